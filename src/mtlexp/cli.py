@@ -1,0 +1,100 @@
+"""The ``mtlexp`` command: pops the subcommand, then hands the rest of the command line to Hydra.
+
+    mtlexp train [overrides] [-m]      conf/config.yaml
+    mtlexp eval ckpt_path=... [...]    conf/eval.yaml
+    mtlexp data inspect [overrides]    conf/config.yaml, data and tasks only
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mtlexp.config import register_configs
+
+USAGE = """usage: mtlexp <command> [hydra overrides]
+
+commands:
+  train          train and test a model (conf/config.yaml); -m for a sweep; --help lists config groups
+  eval           re-evaluate a checkpoint: mtlexp eval ckpt_path=<run>/checkpoints/best.ckpt
+  data inspect   rows, features, label rates and label correlation of a data/tasks config
+"""
+
+
+def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
+    """Run ``task`` under ``@hydra.main``; returns the number of failed single-run jobs."""
+    from mtlexp.runner import run_job
+
+    failures: list[str] = []
+
+    @hydra.main(config_path="conf", config_name=config_name, version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        output_dir = Path(cfg.paths.output_dir)
+        if not run_job(task, cfg, output_dir) and HydraConfig.get().mode == RunMode.RUN:
+            failures.append(str(output_dir))
+
+    app()
+    return len(failures)
+
+
+def _train(cfg: DictConfig) -> None:
+    from mtlexp.train import train
+
+    train(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    from mtlexp.evaluate import evaluate
+
+    evaluate(cfg)
+
+
+def _inspect(overrides: list[str]) -> int:
+    from hydra import compose, initialize_config_module
+
+    from mtlexp.data.inspect import inspect_report
+    from mtlexp.errors import MtlexpError
+    from mtlexp.instantiate import build
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module("mtlexp.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        tasks = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") is not None else {}
+        data = build(cfg.data, "data", tasks=tasks, seed=int(cfg.seed))
+        data.setup("fit")
+        print(inspect_report(data))
+        return 0
+    except MtlexpError as error:
+        print(f"mtlexp: error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - Hydra composition errors, as one readable message
+        print(f"mtlexp: error: {error}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    register_configs()
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command == "data":
+        if not rest or rest[0] != "inspect":
+            sys.exit("mtlexp: error: expected 'mtlexp data inspect [overrides]'")
+        sys.exit(_inspect(rest[1:]))
+    apps = {"train": ("config", _train), "eval": ("eval", _evaluate)}
+    if command not in apps:
+        sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted([*apps, 'data'])}\n{USAGE}")
+    # Hydra parses sys.argv itself; it must not see the subcommand.
+    sys.argv = [f"mtlexp-{command}", *rest]
+    config_name, task = apps[command]
+    if _hydra_app(config_name, task):
+        sys.exit(1)

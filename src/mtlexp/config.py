@@ -1,0 +1,58 @@
+"""Typed schemas of the top-level run configs, registered in Hydra's ConfigStore.
+
+Types are checked by OmegaConf when the config is composed (``seed=abc`` fails there, naming the key);
+ranges are checked in ``__post_init__``, which ``validate_run`` triggers before any training starts.
+Component nodes (data, model, ...) are ``_target_`` nodes whose constructor signatures are their schema
+(see ``mtlexp.instantiate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from mtlexp.errors import MtlexpError
+
+
+@dataclass
+class RunConfig:
+    """``mtlexp train``: one run."""
+
+    data: Any = MISSING
+    tasks: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    weighting: Any = MISSING
+    module: Any = MISSING
+    trainer: Any = MISSING
+    callbacks: Any = field(default_factory=dict)
+    logger: Any = field(default_factory=dict)
+    paths: Any = MISSING
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    monitor: str = "val/norm_loss"
+    monitor_mode: str = "min"
+    run_test: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise MtlexpError(f"seed: expected an integer >= 0, got {self.seed}")
+        if self.monitor_mode not in ("min", "max"):
+            raise MtlexpError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
+        if not self.monitor.startswith("val/"):
+            raise MtlexpError(f"monitor: expected a validation metric ('val/...'), got {self.monitor!r}")
+
+
+def validate_run(cfg: DictConfig) -> RunConfig:
+    """Run the range checks of ``RunConfig`` on the scalar top-level keys of a composed config."""
+    scalars = {f.name: cfg.get(f.name) for f in fields(RunConfig) if f.name in cfg and f.default is not MISSING}
+    scalars = {k: v for k, v in scalars.items() if not isinstance(v, DictConfig)}
+    return RunConfig(**scalars)
+
+
+def register_configs() -> None:
+    """Make the schemas available to the defaults lists (``- run_schema`` in conf/config.yaml)."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

@@ -1,0 +1,137 @@
+"""In-memory tensor tables and the index-batching loaders over them.
+
+Tabular MTL models are tiny, so per-step overhead decides throughput: the loaders gather whole batches
+by index from tensors already in memory (no per-sample ``__getitem__``, no collate). The training loader
+yields *chunks* of several batches at once, gathered with one index operation, so that the Lightning
+module can take several optimizer steps per ``training_step`` (see ``mtlexp.module``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# A batch: {"numeric": (B, Dn) float, "categorical": (B, Dc) long, "labels": {task: (B,)}, "weight"?: (B,)}
+Batch = dict
+
+
+@dataclass
+class TensorTable:
+    """One split held as tensors: numeric features, categorical indices, a label per task, optional weights."""
+
+    numeric: Tensor
+    categorical: Tensor
+    labels: dict[str, Tensor]
+    weight: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.numeric.shape[0]
+
+    def take(self, index: Tensor | slice) -> Batch:
+        """Gather the rows ``index`` as a batch."""
+        batch: Batch = {
+            "numeric": self.numeric[index],
+            "categorical": self.categorical[index],
+            "labels": {name: y[index] for name, y in self.labels.items()},
+        }
+        if self.weight is not None:
+            batch["weight"] = self.weight[index]
+        return batch
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every tensor's bytes: identifies the data a run actually used."""
+        digest = hashlib.sha256()
+        parts = [self.numeric, self.categorical, *(self.labels[k] for k in sorted(self.labels))]
+        if self.weight is not None:
+            parts.append(self.weight)
+        for part in parts:
+            digest.update(part.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def split_batch(batch: Batch, size: int) -> list[Batch]:
+    """Cut one gathered chunk into consecutive batches of ``size`` rows (views, no copies)."""
+    n = batch["numeric"].shape[0]
+    out = []
+    for start in range(0, n, size):
+        part = slice(start, start + size)
+        sub: Batch = {
+            "numeric": batch["numeric"][part],
+            "categorical": batch["categorical"][part],
+            "labels": {k: v[part] for k, v in batch["labels"].items()},
+        }
+        if "weight" in batch:
+            sub["weight"] = batch["weight"][part]
+        out.append(sub)
+    return out
+
+
+class ChunkedShuffleLoader:
+    """Training loader: a fresh seeded permutation each epoch, yielded as chunks of ``chunk_steps`` batches.
+
+    Each item is a list of up to ``chunk_steps`` batches of ``batch_size`` rows (the last batch of the epoch
+    may be smaller). Under DDP each rank takes every ``world_size``-th row of the permutation, truncated so
+    that all ranks take the same number of steps.
+    """
+
+    def __init__(
+        self,
+        table: TensorTable,
+        batch_size: int,
+        chunk_steps: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.table = table
+        self.batch_size = batch_size
+        self.chunk_steps = chunk_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch whose permutation comes next (the module calls this, so a resumed run reshuffles
+        exactly as the uninterrupted one would have)."""
+        self.epoch = epoch
+
+    def _rows_per_rank(self) -> int:
+        return len(self.table) // self.world_size
+
+    def __len__(self) -> int:
+        steps = -(-self._rows_per_rank() // self.batch_size)
+        return -(-steps // self.chunk_steps)
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.table), generator=generator)
+        order = order[self.rank :: self.world_size][: self._rows_per_rank()]
+        rows_per_chunk = self.batch_size * self.chunk_steps
+        for start in range(0, order.numel(), rows_per_chunk):
+            chunk = self.table.take(order[start : start + rows_per_chunk])
+            yield split_batch(chunk, self.batch_size)
+
+
+class SequentialLoader:
+    """Evaluation loader: consecutive slices of ``batch_size`` rows, in order (rank-sharded under DDP)."""
+
+    def __init__(self, table: TensorTable, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.table = table
+        self.batch_size = batch_size
+        n = len(table)
+        per_rank = -(-n // world_size)
+        self.start = min(n, rank * per_rank)
+        self.stop = min(n, self.start + per_rank)
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(self.start, self.stop, self.batch_size):
+            yield self.table.take(slice(start, min(start + self.batch_size, self.stop)))

@@ -1,0 +1,29 @@
+"""The one error type users see: a single line naming the bad key, file or column."""
+
+from __future__ import annotations
+
+
+class MtlexpError(Exception):
+    """A problem with the user's input (config, data, checkpoint), reported as one line.
+
+    Anything raised as ``MtlexpError`` reaches the user as ``mtlexp: error: <message>`` with no traceback.
+    """
+
+
+class ConfigValueError(MtlexpError):
+    """A constructor argument out of range; ``field`` is the argument's name.
+
+    Constructors raise it without knowing where they sit in the config tree; the instantiation helper
+    prefixes the config path (``model.num_experts``), so the message names the key the user typed.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def require(condition: bool, field: str, expected: str, got: object) -> None:
+    """Raise ``ConfigValueError`` unless ``condition`` holds: ``<field>: expected <expected>, got <got>``."""
+    if not condition:
+        raise ConfigValueError(field, f"expected {expected}, got {got!r}")

@@ -1,0 +1,117 @@
+"""The one place config nodes become objects.
+
+``build(node, key, **late)`` checks the node against its target's constructor signature (unknown keys,
+value types) and turns constructor range errors into one-line messages that name the full config key
+(``model.num_experts: expected an integer >= 1, got 0``). Dimensions that depend on the data (the feature
+spec, the task specs) are passed as call-site arguments, never written in YAML. Targets are restricted to
+the libraries mtlexp builds from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, get_method, instantiate
+from omegaconf import DictConfig, ListConfig
+
+from mtlexp.errors import ConfigValueError, MtlexpError
+
+ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.")
+
+
+def _resolve_target(target: str, key: str) -> Any:
+    if not target.startswith(ALLOWED_TARGETS):
+        raise MtlexpError(f"{key}._target_: {target!r} is outside the allowed packages {list(ALLOWED_TARGETS)}")
+    try:
+        return get_class(target)
+    except Exception:  # noqa: BLE001 - a function target, or none at all
+        try:
+            return get_method(target)
+        except Exception:  # noqa: BLE001
+            raise MtlexpError(f"{key}._target_: cannot import {target!r}") from None
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a config value fits a constructor annotation (unknown annotations always fit)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        args = typing.get_args(annotation)
+        return not args or all(_matches(v, args[0]) for v in value)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
+    """Unknown keys and wrongly typed values of a ``_target_`` node, named by their full key."""
+    target = _resolve_target(str(node.get("_target_")), key)
+    if not inspect.isclass(target) or not str(node._target_).startswith("mtlexp."):
+        return
+    signature = inspect.signature(target.__init__)
+    hints = typing.get_type_hints(target.__init__)
+    params = {n: p for n, p in signature.parameters.items() if n != "self"}
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for name in node:
+        if str(name).startswith("_"):
+            continue
+        if name not in params:
+            if accepts_any:
+                continue
+            options = sorted(n for n in params if n not in late)
+            raise MtlexpError(f"{key}.{name}: unknown key for {node._target_}; expected one of {options}")
+        value = node[name]
+        if isinstance(value, DictConfig):
+            continue
+        if not _matches(value, hints.get(name, inspect.Parameter.empty)):
+            raise MtlexpError(f"{key}.{name}: expected {_describe(hints[name])}, got {value!r}")
+
+
+def build(node: DictConfig, key: str, **late: Any) -> Any:
+    """Instantiate ``node`` (at config path ``key``) with the call-site arguments ``late``."""
+    if node is None or "_target_" not in node:
+        raise MtlexpError(f"{key}: expected a config node with a _target_, got {node!r}")
+    check_node(node, key, tuple(late))
+    try:
+        # Late arguments are passed to the finished factory, not through instantiate(): Hydra would turn
+        # dataclass arguments (the feature and task specs) into DictConfigs.
+        factory = instantiate(node, _partial_=True) if late else None
+        return factory(**late) if late else instantiate(node)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigValueError):
+            raise MtlexpError(f"{key}.{cause.field}: {cause.message}") from None
+        if isinstance(cause, MtlexpError):
+            raise cause from None
+        raise MtlexpError(f"{key}: {cause or error}".replace("\n", " ")) from None
+    except ConfigValueError as cause:
+        raise MtlexpError(f"{key}.{cause.field}: {cause.message}") from None
+
+
+def build_all(nodes: DictConfig | None, key: str) -> list[Any]:
+    """Instantiate every ``_target_`` child of a dict node (callbacks, loggers); null children are off."""
+    if not nodes:
+        return []
+    return [build(child, f"{key}.{name}") for name, child in nodes.items() if child is not None]

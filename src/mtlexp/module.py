@@ -1,0 +1,205 @@
+"""The Lightning module: per-task losses, weighting, per-task metrics per split, gate statistics.
+
+Optimisation is manual: the training loader yields a chunk of ``chunk_steps`` batches and
+``training_step`` takes one optimizer step per batch. Lightning's loop costs about 0.4 ms per
+``training_step`` on CPU, as much as a whole step of a paper-sized MMoE, so paying it once per chunk is
+what lets mtlexp keep up with a hand-written loop (``scripts/bench_train.py``). Manual optimisation is
+also the seam for gradient-based weighting, which needs per-task backward passes.
+
+Under full precision without gradient clipping, the plain ``optimizer.step()`` is called and Lightning's
+step counter is advanced by hand; with mixed precision or clipping, Lightning's precision plugin path
+(``manual_backward`` + ``LightningOptimizer.step``) is used so its scaling and unscaling still happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from mtlexp.data.tensors import Batch
+from mtlexp.errors import MtlexpError, require
+from mtlexp.metrics import predictions, task_loss, task_metrics
+from mtlexp.models.base import MTLModel, MTLOutput
+from mtlexp.tasks import TaskSpec
+from mtlexp.weighting.base import Weighting
+
+SPLITS = ("train", "val", "test")
+MONITOR = "val/norm_loss"
+
+
+class MTLModule(pl.LightningModule):
+    """Trains and evaluates one multi-task model.
+
+    :param model: the architecture (an ``MTLModel``).
+    :param tasks: the task specs, in the data's order.
+    :param optimizer: a factory ``params -> torch.optim.Optimizer`` (a ``_partial_`` config node).
+    :param weighting: combines per-task losses into one (``weighting/`` config group).
+    :param scheduler: optional factory ``optimizer -> LR scheduler``, stepped once per epoch.
+    :param grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
+    :param run_config: the resolved run config, stored in every checkpoint so ``mtlexp eval`` can rebuild
+        the data and the model from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        model: MTLModel,
+        tasks: Sequence[TaskSpec],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        weighting: Weighting,
+        scheduler: Callable[..., Any] | None = None,
+        grad_clip_norm: float | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        require(grad_clip_norm is None or grad_clip_norm > 0, "grad_clip_norm", "a positive number or null", grad_clip_norm)
+        self.automatic_optimization = False
+        self.model = model
+        self.tasks = list(tasks)
+        self.weighting = weighting
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.grad_clip_norm = grad_clip_norm
+        self.run_config = run_config or {}
+        # Keyed "<split>_split": a ModuleDict key may not shadow nn.Module.train.
+        self.metrics = nn.ModuleDict(
+            {f"{split}_split": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks}) for split in SPLITS}
+        )
+        self.results: dict[str, Any] = {}  # the last evaluation's metrics and gate means, by split
+        self._gate_sums: dict[str, Tensor] = {}
+        self._rows = 0
+        self._epoch_loss: Tensor | None = None
+        self._plain_step = False
+
+    # --- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        self._plain_step = precision in ("32-true", "32", "64-true", "64") and self.grad_clip_norm is None
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.current_epoch)
+        self._epoch_loss = None
+
+    def forward(self, batch: Batch) -> MTLOutput:
+        return self.model(batch["numeric"], batch["categorical"])
+
+    def task_losses(self, out: MTLOutput, batch: Batch) -> dict[str, Tensor]:
+        weight = batch.get("weight")
+        return {t.name: task_loss(t, out.logits[t.name], batch["labels"][t.name], weight) for t in self.tasks}
+
+    def training_step(self, chunk: list[Batch], batch_idx: int) -> None:
+        opt = self.optimizers()
+        shared = self.model.shared_parameters() if self.weighting.needs_task_gradients else []
+        backward = Tensor.backward if self._plain_step else self.manual_backward
+        loss_sum = torch.zeros((), device=self.device)
+        task_sums = torch.zeros(len(self.tasks), device=self.device)
+        outputs: list[MTLOutput] = []
+        for batch in chunk:
+            out = self(batch)
+            losses = self.task_losses(out, batch)
+            opt.zero_grad(set_to_none=True)
+            loss = self.weighting.backward(losses, shared, backward, extra=out.aux_loss)
+            if self._plain_step:
+                opt.optimizer.step()
+            else:
+                if self.grad_clip_norm is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
+                opt.step()
+            loss_sum += loss.detach()
+            task_sums += torch.stack([v.detach() for v in losses.values()])
+            outputs.append(out)
+        if self._plain_step:
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            for _ in chunk:
+                progress.increment_ready()
+                progress.increment_completed()
+        steps = len(chunk)
+        self._epoch_loss = loss_sum if self._epoch_loss is None else self._epoch_loss + loss_sum
+        self.log("train/loss", loss_sum / steps, on_step=True, on_epoch=True, batch_size=steps)
+        for i, task in enumerate(self.tasks):
+            self.log(f"train/{task.name}/loss", task_sums[i] / steps, on_step=False, on_epoch=True, batch_size=steps)
+            logits = torch.cat([o.logits[task.name].detach() for o in outputs])
+            target = torch.cat([b["labels"][task.name] for b in chunk])
+            self._update_metrics("train", task, logits, target)
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_loss is not None and not bool(torch.isfinite(self._epoch_loss)):
+            lr = self.optimizers().param_groups[0]["lr"]
+            raise MtlexpError(
+                f"training diverged: the train loss is {float(self._epoch_loss)} in epoch {self.current_epoch}; "
+                f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
+            )
+        self._log_split("train")
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, target: Tensor) -> None:
+        preds = predictions(task, logits.float())
+        if task.kind == "binary":
+            target = target.long()
+        self.metrics[f"{split}_split"][task.name].update(preds, target)
+
+    def _eval_step(self, batch: Batch, split: str) -> None:
+        out = self(batch)
+        losses = self.task_losses(out, batch)
+        rows = batch["numeric"].shape[0]
+        self.log(f"{split}/loss", sum(losses.values()), on_epoch=True, batch_size=rows)
+        for task in self.tasks:
+            self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows)
+            self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
+        for name, gates in out.gates.items():
+            total = gates.detach().float().sum(0)
+            self._gate_sums[name] = total if name not in self._gate_sums else self._gate_sums[name] + total
+        self._rows += rows
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def _log_split(self, split: str) -> None:
+        values: dict[str, dict[str, float]] = {}
+        logged: dict[str, Tensor] = {}
+        for task in self.tasks:
+            collection = self.metrics[f"{split}_split"][task.name]
+            computed = collection.compute()
+            collection.reset()
+            values[task.name] = {k: float(v) for k, v in computed.items()}
+            logged.update({f"{split}/{task.name}/{k}": v for k, v in computed.items()})
+        norm = torch.stack([logged[f"{split}/{t.name}/norm_loss"] for t in self.tasks]).mean()
+        logged[f"{split}/norm_loss"] = norm
+        result: dict[str, Any] = {"tasks": values, "norm_loss": float(norm)}
+        if split != "train" and self._gate_sums:
+            rows = self._rows * max(1, self.trainer.world_size)
+            gates = {name: self.all_gather(total).reshape(-1, total.numel()).sum(0) / rows for name, total in self._gate_sums.items()}
+            for name, mean in gates.items():
+                logged.update({f"{split}/gate/{name}/expert_{e}": v for e, v in enumerate(mean)})
+            result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in gates.items()}
+        self._gate_sums, self._rows = {}, 0
+        self.log_dict(logged, sync_dist=False)
+        self.results[split] = result
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mtlexp"] = {"config": self.run_config}

@@ -1,0 +1,45 @@
+"""What a run was made of: the project's git commit, package versions, the data actually used."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("mtlexp", "torch", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics", "numpy", "pandas", "pyarrow")
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding ``path`` (``None`` for an installed copy)."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(path), *args], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def provenance(data_fingerprint: str, data_summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "git": git_state(Path(__file__).resolve().parent),
+        "versions": versions(),
+        "command": sys.argv,
+        "host": platform.node(),
+        "data": {"sha256": data_fingerprint, **data_summary},
+    }

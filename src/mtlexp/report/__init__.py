@@ -1,0 +1,1 @@
+"""Reading run folders: summary tables now, sweep reports later. Imports no training code."""

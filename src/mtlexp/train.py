@@ -1,0 +1,126 @@
+"""``train(cfg)``: the whole of one run, as a pure function of its composed config.
+
+seed -> data module -> model -> Lightning module -> trainer -> fit -> best checkpoint on val and test
+-> metrics.json, provenance.json, summary table. The CLI wraps it; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtlexp.config import validate_run
+from mtlexp.data.base import MTLDataModule
+from mtlexp.instantiate import build, build_all
+from mtlexp.io import AtomicCheckpointIO, read_json, write_json
+from mtlexp.module import MTLModule
+from mtlexp.provenance import provenance
+from mtlexp.report.table import summary_table
+
+log = logging.getLogger(__name__)
+
+
+def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
+    """The data module (set up) and the Lightning module of a run config; shared by train and eval."""
+    tasks = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") is not None else {}
+    data: MTLDataModule = build(cfg.data, "data", tasks=tasks, seed=int(cfg.seed))
+    data.setup("fit")
+    model = build(cfg.model, "model", features=data.features, tasks=data.tasks)
+    module = build(
+        cfg.module,
+        "module",
+        model=model,
+        tasks=data.tasks,
+        optimizer=build(cfg.optimizer, "optimizer"),
+        weighting=build(cfg.weighting, "weighting"),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return data, module
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Any]) -> pl.Trainer:
+    return build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=build_all(cfg.get("logger"), "logger") or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, select the best checkpoint on validation, test it, and write the run folder."""
+    validate_run(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed)})
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    data, module = build_components(cfg)
+    summary = data.describe()
+    num_params = count_parameters(module.model)
+    log.info("model %s: %d parameters; data: %s", cfg.model._target_.rsplit(".", 1)[-1], num_params, summary["rows"])
+    write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
+
+    callbacks = build_all(cfg.get("callbacks"), "callbacks")
+    trainer = build_trainer(cfg, output_dir, callbacks)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"num_params": num_params, **_flat_config(cfg)})
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or None
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
+    # The val metrics recorded are the best checkpoint's, the one that is tested, not the last epoch's.
+    trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
+    results: dict[str, Any] = {"val": module.results["val"]}
+    if cfg.run_test:
+        trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
+        results["test"] = module.results["test"]
+
+    metrics = {
+        "status": "ok",
+        "val": results["val"]["tasks"],
+        "test": results.get("test", {}).get("tasks", {}),
+        "val_norm_loss": results["val"]["norm_loss"],
+        "test_norm_loss": results.get("test", {}).get("norm_loss"),
+        "best_epoch": best_epoch,
+        "epochs_trained": trainer.current_epoch,
+        "num_params": num_params,
+        "seed": int(cfg.seed),
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "gates": results["val"].get("gates", {}),
+        "data": summary,
+        "best_checkpoint": str(Path(best).relative_to(output_dir)) if best and Path(best).is_relative_to(output_dir) else best,
+        "duration_s": round(time.time() - started, 2),
+    }
+    write_json(output_dir / "metrics.json", {**read_json(output_dir / "metrics.json"), **metrics})
+    log.info("\n%s", summary_table(metrics, data.tasks))
+    log.info("run dir: %s", output_dir)
+    return metrics
+
+
+def _flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config flattened to ``a/b/c: value`` pairs, for the loggers' hyperparameter tables."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat

@@ -1,0 +1,1 @@
+"""Loss weighting and gradient aggregation: how per-task losses become one update."""
