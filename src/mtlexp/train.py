@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlexp.config import validate_run
 from mtlexp.data.base import MTLDataModule
+from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import AtomicCheckpointIO, read_json, write_json
 from mtlexp.module import MTLModule
@@ -32,12 +33,17 @@ def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
     data: MTLDataModule = build(cfg.data, "data", tasks=tasks, seed=int(cfg.seed))
     data.setup("fit")
     model = build(cfg.model, "model", features=data.features, tasks=data.tasks)
+    optimizer = build(cfg.optimizer, "optimizer")
+    try:  # the optimizer checks its hyperparameters only when built: do it now, not deep inside fit
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise MtlexpError(f"optimizer: {error}") from None
     module = build(
         cfg.module,
         "module",
         model=model,
         tasks=data.tasks,
-        optimizer=build(cfg.optimizer, "optimizer"),
+        optimizer=optimizer,
         weighting=build(cfg.weighting, "weighting"),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )

@@ -1,0 +1,102 @@
+"""The installed ``mtlexp`` command, run as a user runs it: subprocesses from a foreign working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = [
+    "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
+    "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+]
+MTLEXP = shutil.which("mtlexp") or str(Path(sys.executable).with_name("mtlexp"))
+
+
+def run(args: list[str], cwd: Path, console_script: bool = False) -> subprocess.CompletedProcess:
+    command = [MTLEXP, *args] if console_script else [sys.executable, "-m", "mtlexp", *args]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_console_script_trains_and_eval_reevaluates(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run(["train", "model=mmoe", *FAST, f"hydra.run.dir={run_dir}"], tmp_path, console_script=True)
+    assert result.returncode == 0, result.stderr
+    assert "run dir:" in result.stdout and "norm_loss" in result.stdout
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+
+    eval_dir = tmp_path / "eval"
+    result = run(
+        ["eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.enable_progress_bar=false",
+         f"hydra.run.dir={eval_dir}"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["test"]["task1"]["mse"] == pytest.approx(metrics["test"]["task1"]["mse"], rel=1e-5)
+
+
+def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run(
+        ["train", "-m", "model=shared_bottom,omoe", "data.correlation=0.5,1.5", *FAST, f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )
+    assert result.returncode == 1
+    statuses = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        statuses[job.name] = (json.loads((job / "metrics.json").read_text())["status"], "1.5" in overrides)
+    assert len(statuses) == 4
+    assert all((status == "failed") == bad for status, bad in statuses.values())
+    assert "data.correlation: expected a cosine in [-1, 1], got 1.5" in result.stderr
+    assert "2 of 4 jobs failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "data.correlation=1.5"], "mtlexp: error: data.correlation: expected a cosine in [-1, 1], got 1.5"),
+        (["train", "model.num_experts=0"], "mtlexp: error: model.num_experts: expected an integer >= 1, got 0"),
+        (["train", "model=nope"], "Could not find 'model/nope'"),
+        (["train", "seed=abc"], "seed"),
+        (["eval", "ckpt_path=/nonexistent.ckpt"], "mtlexp: error: ckpt_path: no such file"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_clear_error_without_traceback(tmp_path, args, expected):
+    result = run([*args, f"hydra.run.dir={tmp_path / 'r'}"] if args[0] != "frobnicate" else args, tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unknown_model_lists_the_options(tmp_path):
+    result = run(["train", "model=nope"], tmp_path)
+    for option in ("mmoe", "omoe", "shared_bottom", "single_task"):
+        assert option in result.stderr
+
+
+def test_help_lists_config_groups(tmp_path):
+    result = run(["train", "--help"], tmp_path)
+    assert result.returncode == 0
+    assert "mtlexp" in result.stdout
+    for group in ("model: ", "data: ", "trainer: ", "experiment: "):
+        assert group in result.stdout
+
+
+def test_paper_synthetic_experiment_composes(tmp_path):
+    result = run(["train", "experiment=paper_synthetic", "--cfg", "job"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "num_train: 100000" in result.stdout

@@ -1,0 +1,125 @@
+"""``train(cfg)`` in-process: every model, the run folder, reproducibility, eval, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlexp.errors import MtlexpError
+from mtlexp.evaluate import evaluate
+from mtlexp.train import train
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_and_writes_the_run_folder(make_cfg, model):
+    cfg = make_cfg(f"model={model}")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["status"] == "ok" and saved["seed"] == 0 and saved["num_params"] > 0
+    for split in ("val", "test"):
+        assert set(saved[split]) == {"task1", "task2"}
+        assert set(saved[split]["task1"]) >= {"mse", "mae", "r2", "norm_loss"}
+    assert saved["best_epoch"] in (0, 1)
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert len(provenance["data"]["sha256"]) == 64 and provenance["versions"]["torch"]
+    if model in ("mmoe", "omoe"):
+        gates = metrics["gates"]["task1"]
+        assert len(gates) == 8 and abs(sum(gates) - 1) < 1e-4
+
+
+def test_metric_names_in_the_csv_log(make_cfg):
+    cfg = make_cfg()
+    train(cfg)
+    header = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train/loss_step", "val/task1/mse", "val/task2/r2", "val/norm_loss", "train/task1/mse",
+                 "test/task1/mse", "val/gate/task1/expert_0"):
+        assert name in header, name
+
+
+def test_same_config_and_seed_give_identical_metrics(make_cfg):
+    first = train(make_cfg("seed=7"))
+    second = train(make_cfg("seed=7"))
+    assert first["test"] == second["test"] and first["val"] == second["val"]
+    assert train(make_cfg("seed=8"))["test"] != first["test"]
+
+
+def test_val_metrics_are_the_best_checkpoints(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=3")
+    metrics = train(cfg)
+    rows = [line.split(",") for line in (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()]
+    header, body = rows[0], rows[1:]
+    col = header.index("val/norm_loss")
+    logged = [float(r[col]) for r in body if r[col]]
+    # The fit's per-epoch values plus the final re-validation of the best checkpoint.
+    assert metrics["val_norm_loss"] == pytest.approx(min(logged[:-1]), rel=1e-5)
+
+
+def test_mmoe_learns_well_below_predicting_the_mean(make_cfg):
+    cfg = make_cfg(
+        "model=mmoe", "data.num_train=8000", "data.num_val=1000", "data.num_test=1000",
+        "data.batch_size=128", "trainer.max_epochs=6", fast=False,
+    )
+    cfg.trainer.enable_progress_bar = False
+    metrics = train(cfg)
+    # norm_loss = MSE / Var(y): 1.0 is exactly the predict-the-mean baseline.
+    for task in ("task1", "task2"):
+        assert metrics["test"][task]["norm_loss"] < 0.5, metrics["test"]
+
+
+def test_eval_reproduces_the_test_metrics_in_its_own_folder(make_cfg):
+    cfg = make_cfg()
+    metrics = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    eval_cfg = make_cfg(f"ckpt_path={ckpt}", "trainer.enable_progress_bar=false", config_name="eval")
+    result = evaluate(eval_cfg)
+    for task, values in metrics["test"].items():
+        for name, value in values.items():
+            assert result["test"][task][name] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    assert Path(eval_cfg.paths.output_dir, "metrics.json").is_file()
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+def test_resume_from_last_checkpoint_continues_training(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=1")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = make_cfg("trainer.max_epochs=3", f"ckpt_path={last}")
+    metrics = train(resumed)
+    assert metrics["epochs_trained"] == 3
+    state = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("data.correlation=1.5", "data.correlation: expected a cosine in [-1, 1], got 1.5"),
+        ("model.num_experts=0", "model.num_experts: expected an integer >= 1, got 0"),
+        ("model.num_experts=abc", "model.num_experts: expected int, got 'abc'"),
+        ("+model.num_expert=3", "model.num_expert: unknown key"),
+        ("seed=-1", "seed: expected an integer >= 0"),
+        ("tasks.task1.kind=ranking", "tasks.task1.kind: expected one of"),
+        ("optimizer.lr=-1", "optimizer: "),
+    ],
+)
+def test_bad_config_values_fail_before_training_naming_the_key(make_cfg, override, expected):
+    cfg = make_cfg(override)
+    with pytest.raises(MtlexpError) as error:
+        train(cfg)
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_a_diverging_run_stops_with_a_clear_error(make_cfg):
+    cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e6", "optimizer.momentum=0.99")
+    with pytest.raises(MtlexpError, match="training diverged"):
+        train(cfg)
