@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
 
+COMMANDS = ("train", "eval", "data")
+_COMMAND_ENV = "MTLEXP_COMMAND"
 USAGE = """usage: mtlexp <command> [hydra overrides]
 
 commands:
@@ -86,15 +89,21 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = args[0], args[1:]
+    if command not in COMMANDS and os.environ.get(_COMMAND_ENV) and "LOCAL_RANK" in os.environ:
+        # A DDP worker that Lightning started by re-running this script: it gets our arguments minus the
+        # subcommand (Hydra never saw it), so the subcommand travels in the environment.
+        command, rest = os.environ[_COMMAND_ENV], args
     if command == "data":
         if not rest or rest[0] != "inspect":
             sys.exit("mtlexp: error: expected 'mtlexp data inspect [overrides]'")
         sys.exit(_inspect(rest[1:]))
     apps = {"train": ("config", _train), "eval": ("eval", _evaluate)}
     if command not in apps:
-        sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted([*apps, 'data'])}\n{USAGE}")
-    # Hydra parses sys.argv itself; it must not see the subcommand.
-    sys.argv = [f"mtlexp-{command}", *rest]
+        sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n{USAGE}")
+    # Hydra parses sys.argv itself; it must not see the subcommand. argv[0] stays the real script path,
+    # which Lightning re-runs to start DDP workers.
+    sys.argv = [sys.argv[0], *rest]
+    os.environ[_COMMAND_ENV] = command
     config_name, task = apps[command]
     if _hydra_app(config_name, task):
         sys.exit(1)

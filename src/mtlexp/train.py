@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +23,7 @@ from mtlexp.instantiate import build, build_all
 from mtlexp.io import AtomicCheckpointIO, read_json, write_json
 from mtlexp.module import MTLModule
 from mtlexp.provenance import provenance
+from mtlexp.report.figures import plot_gates
 from mtlexp.report.table import summary_table
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed)})
+    # Under DDP every rank runs this function; only rank 0 writes the run folder.
+    is_main = rank_zero_only.rank == 0
+    if is_main:
+        write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed)})
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     data, module = build_components(cfg)
     summary = data.describe()
     num_params = count_parameters(module.model)
     log.info("model %s: %d parameters; data: %s", cfg.model._target_.rsplit(".", 1)[-1], num_params, summary["rows"])
-    write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
+    if is_main:
+        write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
 
     callbacks = build_all(cfg.get("callbacks"), "callbacks")
     trainer = build_trainer(cfg, output_dir, callbacks)
@@ -111,9 +117,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best and Path(best).is_relative_to(output_dir) else best,
         "duration_s": round(time.time() - started, 2),
     }
-    write_json(output_dir / "metrics.json", {**read_json(output_dir / "metrics.json"), **metrics})
-    log.info("\n%s", summary_table(metrics, data.tasks))
-    log.info("run dir: %s", output_dir)
+    if is_main:
+        write_json(output_dir / "metrics.json", {**read_json(output_dir / "metrics.json"), **metrics})
+        if metrics["gates"]:
+            plot_gates(metrics["gates"], output_dir / "figures" / "gates.png", title=f"{metrics['model']} gates")
+        log.info("\n%s", summary_table(metrics, data.tasks))
+        log.info("run dir: %s", output_dir)
     return metrics
 
 

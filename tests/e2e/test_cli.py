@@ -100,3 +100,13 @@ def test_paper_synthetic_experiment_composes(tmp_path):
     result = run(["train", "experiment=paper_synthetic", "--cfg", "job"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "num_train: 100000" in result.stdout
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run(["train", "trainer=ddp", "trainer.accelerator=cpu", *FAST, f"hydra.run.dir={run_dir}"], tmp_path,
+                 console_script=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and set(metrics["test"]) == {"task1", "task2"}
+    assert result.stdout.count("run dir:") == 1  # only rank 0 reports

@@ -33,6 +33,7 @@ def test_every_model_trains_and_writes_the_run_folder(make_cfg, model):
     if model in ("mmoe", "omoe"):
         gates = metrics["gates"]["task1"]
         assert len(gates) == 8 and abs(sum(gates) - 1) < 1e-4
+        assert (run / "figures" / "gates.png").stat().st_size > 1000
 
 
 def test_metric_names_in_the_csv_log(make_cfg):
