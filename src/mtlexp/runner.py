@@ -56,19 +56,27 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        overrides = {job.name: _overrides(job) for job in jobs}
+        # Show only what varies across jobs: the swept keys.
+        common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
         rows, failed = [], 0
-        for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        for job in jobs:
             metrics = read_json(job / "metrics.json")
-            overrides_file = job / ".hydra" / "overrides.yaml"
-            overrides = " ".join(
-                line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")
-            ) if overrides_file.is_file() else ""
             status = metrics.get("status", "missing")
             failed += status != "ok"
-            rows.append([job.name, overrides, status, metrics.get("test_norm_loss"), metrics.get("error", "")])
+            swept = " ".join(o for o in overrides[job.name] if o not in common)
+            rows.append([job.name, swept, status, metrics.get("test_norm_loss"), metrics.get("error", "")])
         if rows:
             print(format_table(["job", "overrides", "status", "test/norm_loss", "error"], rows))
         print(f"sweep dir: {sweep_dir}")
         if failed:
             print(f"mtlexp: error: {failed} of {len(rows)} jobs failed", file=sys.stderr)
             raise SystemExit(1)
+
+
+def _overrides(job: Path) -> list[str]:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]

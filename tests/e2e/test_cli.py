@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,10 +47,12 @@ def test_console_script_trains_and_eval_reevaluates(tmp_path):
     assert evaluated["test"]["task1"]["mse"] == pytest.approx(metrics["test"]["task1"]["mse"], rel=1e-5)
 
 
-def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     result = run(
-        ["train", "-m", "model=shared_bottom,omoe", "data.correlation=0.5,1.5", *FAST, f"hydra.sweep.dir={sweep}"],
+        ["train", "-m", f"hydra/launcher={launcher}", "model=shared_bottom,omoe", "data.correlation=0.5,1.5",
+         *FAST, f"hydra.sweep.dir={sweep}"],
         tmp_path,
     )
     assert result.returncode == 1
@@ -62,6 +65,7 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     assert "data.correlation: expected a cosine in [-1, 1], got 1.5" in result.stderr
     assert "2 of 4 jobs failed" in result.stderr
     assert "Traceback" not in result.stderr
+    assert re.search(r"\n3\s+model=omoe data.correlation=1.5\s+failed", result.stdout)
 
 
 @pytest.mark.parametrize(
