@@ -1,6 +1,7 @@
 """``train(cfg)`` in-process: every model, the run folder, reproducibility, eval, resume, bad input."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,20 @@ def test_a_diverging_run_stops_with_a_clear_error(make_cfg):
     cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e6", "optimizer.momentum=0.99")
     with pytest.raises(MtlexpError, match="training diverged"):
         train(cfg)
+
+
+def test_lightning_optimizer_path_matches_the_plain_step(make_cfg):
+    # Clipping takes Lightning's manual_backward + LightningOptimizer.step path instead of the plain
+    # optimizer step; with a bound that never binds, both paths must give the same model.
+    plain = train(make_cfg())
+    lightning_path = train(make_cfg("module.grad_clip_norm=1e9"))
+    for task, values in plain["test"].items():
+        for name, value in values.items():
+            assert lightning_path["test"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-5)
+    assert lightning_path["best_epoch"] == plain["best_epoch"]
+
+
+def test_mixed_precision_on_cpu(make_cfg):
+    metrics = train(make_cfg("trainer.precision=bf16-mixed"))
+    assert metrics["status"] == "ok"
+    assert all(math.isfinite(v["mse"]) for v in metrics["test"].values())
