@@ -1,0 +1,77 @@
+"""``mtlexp data inspect``: a readable report of what a data module hands to the model."""
+
+from __future__ import annotations
+
+import torch
+
+from mtlexp.data.base import SPLITS, MTLDataModule
+
+
+def _label_summary(kind: str, labels: torch.Tensor, num_classes: int) -> str:
+    if kind == "binary":
+        return f"{100 * float(labels.float().mean()):.2f}% positive"
+    if kind == "regression":
+        values = labels.double()
+        return f"mean {float(values.mean()):.4g} sd {float(values.std()):.4g}"
+    counts = torch.bincount(labels.long(), minlength=num_classes).double() / max(1, labels.numel())
+    return " ".join(f"{c}:{100 * float(p):.1f}%" for c, p in enumerate(counts))
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def inspect_report(dm: MTLDataModule) -> str:
+    """The report for a data module after ``setup()``: sizes, features, label rates, correlation, leaks."""
+    lines = [f"data: {type(dm).__name__}"]
+    lines.append("rows: " + " | ".join(f"{split} {len(dm.splits[split]):,}" for split in SPLITS))
+
+    features = dm.features
+    embedding = sum(c.embedding_dim for c in features.categorical)
+    lines.append(
+        f"features: {features.num_numeric} numeric + {len(features.categorical)} categorical "
+        f"(embeddings {embedding} wide) = input width {features.input_dim}"
+    )
+    if features.categorical:
+        cardinalities = sorted(features.categorical, key=lambda c: -c.cardinality)
+        shown = ", ".join(f"{c.name} {c.cardinality}" for c in cardinalities[:5])
+        lines.append(f"  largest vocabularies (incl. index 0 = unseen/missing): {shown}")
+    weight = dm.splits["train"].weight
+    if weight is not None:
+        lines.append(f"  sample weight: mean {float(weight.double().mean()):.4g} (train)")
+
+    lines.append("labels:")
+    rows = [["task", "kind", *SPLITS]]
+    for task in dm.tasks:
+        rows.append(
+            [task.name, task.kind]
+            + [_label_summary(task.kind, dm.splits[s].labels[task.name], task.num_classes) for s in SPLITS]
+        )
+    lines += _table(rows)
+
+    correlated = [t for t in dm.tasks if t.kind != "multiclass"]
+    if len(correlated) >= 2:
+        lines.append("label correlation (train, Pearson):")
+        train = dm.splits["train"].labels
+        matrix = torch.corrcoef(torch.stack([train[t.name].double() for t in correlated]))
+        for i, a in enumerate(correlated):
+            for j, b in enumerate(correlated[i + 1 :], start=i + 1):
+                r = float(matrix[i, j])
+                lines.append(f"  {a.name} ~ {b.name}: r = {r:+.4f}  |r| = {abs(r):.4f}")
+
+    summary = dm.describe()
+    leaks = summary.get("leaks")
+    if leaks is not None:
+        lines.append("leaks (one feature alone, train split; categorical: two-fold category means):")
+        for leak in leaks:
+            status = "known" if leak["known"] else "WARNING: not a known leak"
+            lines.append(f"  {leak['feature']} -> {leak['task']}: {leak['metric']} {leak['score']:.4f} ({status})")
+        if not any(not leak["known"] for leak in leaks):
+            other = " other" if leaks else ""
+            lines.append(f"  no{other} feature reaches {getattr(dm, 'leak_auc_threshold', 'the threshold')}")
+        for name in summary.get("dropped", []):
+            lines.append(f"  dropped column: {name}")
+        for name in summary.get("excluded_as_labels", []):
+            lines.append(f"  excluded from the features (a label): {name}")
+    return "\n".join(lines)
