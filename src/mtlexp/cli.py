@@ -3,6 +3,7 @@
     mtlexp train [overrides] [-m]      conf/config.yaml
     mtlexp eval ckpt_path=... [...]    conf/eval.yaml
     mtlexp data inspect [overrides]    conf/config.yaml, data and tasks only
+    mtlexp report DIR...               reads run folders only
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
 
-COMMANDS = ("train", "eval", "data")
+COMMANDS = ("train", "eval", "data", "report")
 _COMMAND_ENV = "MTLEXP_COMMAND"
 USAGE = """usage: mtlexp <command> [hydra overrides]
 
@@ -28,6 +29,7 @@ commands:
   train          train and test a model (conf/config.yaml); -m for a sweep; --help lists config groups
   eval           re-evaluate a checkpoint: mtlexp eval ckpt_path=<run>/checkpoints/best.ckpt
   data inspect   rows, features, label rates and label correlation of a data/tasks config
+  report DIR...  mean ± sd over seeds of every configuration in sweep folders (reads run folders only)
 """
 
 
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         # A DDP worker that Lightning started by re-running this script: it gets our arguments minus the
         # subcommand (Hydra never saw it), so the subcommand travels in the environment.
         command, rest = os.environ[_COMMAND_ENV], args
+    if command == "report":
+        from mtlexp.report.sweep import main as report_main
+
+        sys.exit(report_main(rest))
     if command == "data":
         if not rest or rest[0] != "inspect":
             sys.exit("mtlexp: error: expected 'mtlexp data inspect [overrides]'")

@@ -67,6 +67,12 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     assert "Traceback" not in result.stderr
     assert re.search(r"\n3\s+model=omoe data.correlation=1.5\s+failed", result.stdout)
 
+    report = run(["report", str(sweep)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert re.search(r"model=omoe data.correlation=0.5\s+1\s+\d\.\d{4}\s+\d\.\d{4}", report.stdout), report.stdout
+    assert re.search(r"model=omoe data.correlation=1.5\s+0 \(\+1 failed\)", report.stdout), report.stdout
+    assert (sweep / "report.md").is_file() and (sweep / "report.csv").is_file()
+
 
 @pytest.mark.parametrize(
     "args,expected",

@@ -1,0 +1,101 @@
+"""``mtlexp report <dir>...``: mean and spread over seeds of every configuration in one or more sweeps.
+
+Reads run folders only (``metrics.json`` and ``.hydra/overrides.yaml``), never training code, so it works on
+old runs and runs from other machines. Runs are grouped by their overrides minus ``seed`` and minus the
+overrides every run shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mtlexp.io import read_json, write_atomic
+from mtlexp.report.table import format_table
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    return sorted({p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()})
+
+
+def run_overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+
+
+def default_metric(values: dict[str, float]) -> str:
+    return "auroc" if "auroc" in values else "mse" if "mse" in values else next(iter(values))
+
+
+def summarise(runs: list[Path], split: str = "test", metric: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: one row per configuration, ``mean ± sd (n)`` per task."""
+    loaded = [(run, read_json(run / "metrics.json"), run_overrides(run)) for run in runs]
+    common = set.intersection(*(set(o) for _, _, o in loaded)) if loaded else set()
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    failed: dict[str, int] = defaultdict(int)
+    tasks: list[str] = []
+    for _, metrics, overrides in loaded:
+        key = " ".join(o for o in overrides if o not in common and not o.startswith("seed="))
+        if metrics.get("status") != "ok":
+            failed[key] += 1
+            continue
+        groups[key].append(metrics)
+        tasks += [t for t in metrics.get(split, {}) if t not in tasks]
+    header = ["configuration", "runs"]
+    names = {}
+    for task in tasks:
+        sample = next(m[split][task] for ms in groups.values() for m in ms if task in m.get(split, {}))
+        names[task] = metric or default_metric(sample)
+        header.append(f"{task} {split} {names[task]}")
+    header.append(f"{split} norm_loss")
+    rows = []
+    for key in sorted(set(groups) | set(failed)):
+        ms = groups.get(key, [])
+        row: list[Any] = [key or "(all)", f"{len(ms)}" + (f" (+{failed[key]} failed)" if failed.get(key) else "")]
+        for task in tasks:
+            row.append(_mean_sd([m[split][task][names[task]] for m in ms if task in m.get(split, {})]))
+        row.append(_mean_sd([m[f"{split}_norm_loss"] for m in ms if m.get(f"{split}_norm_loss") is not None]))
+        rows.append(row)
+    return header, rows
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mtlexp report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--metric", default=None, help="metric per task (default: auroc, else mse)")
+    args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not d.is_dir()]
+    if missing:
+        print(f"mtlexp: error: no such folder {str(missing[0])!r}")
+        return 1
+    runs = find_runs(args.dirs)
+    if not runs:
+        print(f"mtlexp: error: no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}")
+        return 1
+    header, rows = summarise(runs, args.split, args.metric)
+    table = format_table(header, rows)
+    print(table)
+    out = args.dirs[0]
+    write_atomic(out / "report.md", ("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+                                     + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows)).encode())
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    write_atomic(out / "report.csv", buffer.getvalue().encode())
+    print(f"report: {out / 'report.md'}")
+    return 0
