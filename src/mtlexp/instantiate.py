@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_method, instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlexp.errors import ConfigValueError, MtlexpError
 
@@ -77,6 +77,8 @@ def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
     for name in node:
         if str(name).startswith("_"):
             continue
+        if OmegaConf.is_missing(node, name):
+            raise MtlexpError(f"{key}.{name}: required, but not set (add {key}.{name}=... to the command line)")
         if name not in params:
             if accepts_any:
                 continue
