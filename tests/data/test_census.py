@@ -17,7 +17,7 @@ import yaml
 
 from mtlexp.data.census import SCHEMA, CensusIncomeDataModule
 from mtlexp.data.inspect import inspect_report
-from mtlexp.data.tabular import LeakWarning
+from mtlexp.data.preprocessing import LeakWarning
 from mtlexp.errors import MtlexpError
 
 CENSUS_COLUMNS = yaml.safe_load(SCHEMA.read_text())["columns"]

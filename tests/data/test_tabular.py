@@ -14,7 +14,9 @@ import torch
 import yaml
 
 from mtlexp.data.inspect import inspect_report
-from mtlexp.data.tabular import LeakWarning, TabularDataModule, auto_embedding_dim, load_schema
+from mtlexp.data.preprocessing import LeakWarning
+from mtlexp.data.schema import auto_embedding_dim, load_schema
+from mtlexp.data.tabular import TabularDataModule
 from mtlexp.errors import MtlexpError
 
 

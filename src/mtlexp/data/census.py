@@ -9,7 +9,6 @@ checked against the SHA-256 of their decompressed content.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlexp.data.features import FeatureSpec
+from mtlexp.data.readers import sha256_stream
 from mtlexp.data.tabular import TabularDataModule
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
@@ -164,16 +164,14 @@ def download(url: str, target: Path, expected_sha256: str | None) -> None:
                 raise MtlexpError(
                     f"{url}: download failed ({reason}); put the files in a folder and set data.path"
                 ) from None
-        digest = hashlib.sha256()
         try:
             with gzip.open(tmp, "rb") as data:
-                for block in iter(lambda: data.read(1 << 20), b""):
-                    digest.update(block)
+                digest = sha256_stream(data)
         except (OSError, EOFError) as exc:
             raise MtlexpError(f"{url}: the downloaded file is not valid gzip ({exc}); it was discarded") from None
-        if expected_sha256 and digest.hexdigest() != expected_sha256:
+        if expected_sha256 and digest != expected_sha256:
             raise MtlexpError(
-                f"{url}: SHA-256 of the decompressed content is {digest.hexdigest()}, expected {expected_sha256}; "
+                f"{url}: SHA-256 of the decompressed content is {digest}, expected {expected_sha256}; "
                 "the download was discarded"
             )
         os.replace(tmp, target)

@@ -1,0 +1,162 @@
+"""Preprocessing of parsed tables, fitted on the training split only.
+
+Splits without a file of their own are carved out of another file; labels are extracted per task; numeric
+features are standardised (a missing value becomes the training mean, i.e. 0 after standardising); categorical
+values are indexed 1..V in sorted order (0 = unseen in training or missing). Every feature is also scored
+alone against every label, to catch label leaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mtlexp.data.readers import ParsedTable
+from mtlexp.errors import MtlexpError
+from mtlexp.tasks import TaskSpec
+
+
+class LeakWarning(UserWarning):
+    """A single feature predicts a label almost perfectly on the training split."""
+
+
+def carve_splits(
+    files: Mapping[str, ParsedTable], val_fraction: float, test_fraction: float, val_from: str, seed: int
+) -> dict[str, ParsedTable]:
+    """Train/val/test tables: a split with its own file keeps it; a split without is carved out of another.
+
+    ``test`` is carved out of the train file; ``val`` out of ``val_from``'s file. The rows are drawn by a
+    permutation seeded with ``seed`` and kept in file order within each split.
+    """
+    carve = {split: files[split] for split in files}
+    plan: dict[str, list[tuple[str, float]]] = {}
+    if "test" not in files:
+        plan.setdefault("train", []).append(("test", test_fraction))
+    if "val" not in files:
+        plan.setdefault(val_from, []).append(("val", val_fraction))
+    rng = np.random.default_rng(seed)
+    for source, parts in plan.items():
+        table = files[source]
+        order = rng.permutation(len(table))
+        start = 0
+        for split, fraction in parts:
+            size = int(round(fraction * len(table)))
+            carve[split] = table.take(np.sort(order[start : start + size]))
+            start += size
+        carve[source] = table.take(np.sort(order[start:]))
+    return carve
+
+
+def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str]) -> np.ndarray:
+    """The label of ``task`` for every row: float32 (regression, binary 0/1) or int64 class indices."""
+    column = str(task.column)
+    if task.kind == "multiclass" or (task.kind == "binary" and task.positive):
+        codes, values = table.strings[column]
+        missing = codes < 0
+        if task.kind == "binary":
+            positive = np.isin(values, [p.strip() for p in task.positive]).astype(np.float32)
+            labels = np.where(missing, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
+        else:
+            index = {v: i for i, v in enumerate(classes)}
+            lookup = np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)
+            labels = lookup[codes]
+    else:
+        values = table.numeric[column]
+        missing = np.isnan(values)
+        labels = values if task.threshold is None else np.where(missing, np.nan, values > task.threshold)
+        labels = labels.astype(np.float32)
+    if missing.any():
+        raise MtlexpError(
+            f"{table.path}: column {column!r} (task {task.name}): {int(missing.sum())} missing label value(s), "
+            f"first at {table.locate(int(np.flatnonzero(missing)[0]))}; labels must not be missing"
+        )
+    return labels
+
+
+def multiclass_names(task: TaskSpec, tables: Sequence[ParsedTable]) -> list[str]:
+    """Class names in index order: the integers 0..K-1 when the values are integers, else sorted values."""
+    seen = sorted({str(v) for t in tables for v in t.strings[str(task.column)][1]})
+    if seen and all(v.lstrip("-").isdigit() for v in seen):
+        return [str(i) for i in range(max(int(v) for v in seen) + 1)]
+    return seen
+
+
+def standardise(train: np.ndarray, others: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float, float]:
+    """Standardise with the training mean/std; missing values (NaN) become the training mean (0)."""
+    observed = train[~np.isnan(train)]
+    mean = float(observed.mean()) if observed.size else 0.0
+    std = float(observed.std()) if observed.size else 1.0
+    std = std if std > 0 else 1.0
+    out = [np.nan_to_num((x - mean) / std, nan=0.0).astype(np.float32) for x in (train, *others)]
+    return out, mean, std
+
+
+def index_categories(
+    train: tuple[np.ndarray, np.ndarray], others: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[np.ndarray], int]:
+    """Indices 1..V for the values seen in training (sorted), 0 for unseen or missing; returns (indices, V)."""
+    codes, values = train
+    known = np.unique(values[np.unique(codes[codes >= 0])])
+    index = {v: i + 1 for i, v in enumerate(known)}
+    out = []
+    for codes, values in (train, *others):
+        lookup = np.array([index.get(v, 0) for v in values] + [0], dtype=np.int64)
+        out.append(lookup[codes])
+    return out, len(known)
+
+
+def stack_columns(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:
+    """Columns side by side as one (rows, len(columns)) array; (rows, 0) when there are none."""
+    if not columns:
+        return np.zeros((rows, 0), dtype)
+    return np.stack(columns, axis=1).astype(dtype, copy=False)
+
+
+def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
+    """ROC AUC of a score that is constant within groups (ties count half), from per-group counts."""
+    unique, inverse = np.unique(scores, return_inverse=True)
+    pos = np.bincount(inverse, positives, len(unique))
+    neg = np.bincount(inverse, negatives, len(unique))
+    if pos.sum() == 0 or neg.sum() == 0:
+        return 0.5
+    below = np.cumsum(neg) - neg
+    return float((pos * below + 0.5 * pos * neg).sum() / (pos.sum() * neg.sum()))
+
+
+def single_feature_score(
+    feature: np.ndarray, categorical: bool, task: TaskSpec, labels: np.ndarray
+) -> tuple[str, float] | None:
+    """How well one feature alone predicts a label on the training split: ``("auc", a)`` or ``("r2", r2)``.
+
+    A categorical feature is scored by its per-category label mean, fitted on one half of the rows and
+    applied to the other (two-fold), so that an ID-like column with one row per value is not mistaken for a
+    leak. A numeric feature is scored as it is (AUC either way up, or squared Pearson correlation).
+    Multiclass labels are not scored.
+    """
+    if task.kind == "multiclass" or len(labels) < 2:
+        return None
+    y = labels.astype(np.float64)
+    if categorical:
+        fold = np.arange(len(y)) % 2
+        size = int(feature.max()) + 1
+        groups = fold * size + feature  # (fold, category) as one index
+        count = np.bincount(groups, minlength=2 * size).reshape(2, size)
+        total = np.bincount(groups, y, 2 * size).reshape(2, size)
+        overall = y.mean()
+        # the mean of each category in the *other* fold (the overall mean where the other fold never saw it)
+        other_mean = np.where(count[::-1] > 0, total[::-1] / np.maximum(count[::-1], 1), overall).reshape(-1)
+        if task.kind == "binary":
+            pos = np.bincount(groups, y, 2 * size)
+            return "auc", grouped_auc(other_mean, pos, np.bincount(groups, minlength=2 * size) - pos)
+        prediction = other_mean[groups]
+    else:
+        if task.kind == "binary":
+            unique, inverse = np.unique(feature, return_inverse=True)
+            pos = np.bincount(inverse, y, len(unique))
+            auc = grouped_auc(unique, pos, np.bincount(inverse, minlength=len(unique)) - pos)
+            return "auc", max(auc, 1.0 - auc)
+        prediction = feature
+    if prediction.std() == 0 or y.std() == 0:
+        return "r2", 0.0
+    return "r2", float(np.corrcoef(prediction, y)[0, 1] ** 2)
