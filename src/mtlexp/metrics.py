@@ -81,15 +81,15 @@ class OneMinus(Metric):
 
 def task_loss(task: TaskSpec, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """The training loss of one task from its logits (mean over the batch, optionally sample-weighted)."""
+    # Unweighted: the loss kernel's own mean, one autograd node less per task and step than mean() after.
+    reduction = "mean" if weight is None else "none"
     if task.kind == "regression":
-        per_row = F.mse_loss(logits, target, reduction="none")
+        loss = F.mse_loss(logits, target, reduction=reduction)
     elif task.kind == "binary":
-        per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
     else:
-        per_row = F.cross_entropy(logits, target, reduction="none")
-    if weight is None:
-        return per_row.mean()
-    return (per_row * weight).sum() / weight.sum()
+        loss = F.cross_entropy(logits, target, reduction=reduction)
+    return loss if weight is None else (loss * weight).sum() / weight.sum()
 
 
 def predictions(task: TaskSpec, logits: Tensor) -> Tensor:

@@ -63,7 +63,7 @@ class SyntheticDataModule(MTLDataModule):
         seed: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 8192,
-        chunk_steps: int = 8,
+        chunk_steps: int = 16,
     ) -> None:
         super().__init__(tasks, batch_size, eval_batch_size, chunk_steps, seed)
         require(-1.0 <= correlation <= 1.0, "correlation", "a cosine in [-1, 1]", correlation)

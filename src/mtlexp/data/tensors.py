@@ -53,10 +53,41 @@ class TensorTable:
         return digest.hexdigest()
 
 
-def split_batch(batch: Batch, size: int) -> list[Batch]:
+class Chunk(list):
+    """The batches of one ``training_step``: a list that Lightning moves to the device with one ``to`` call.
+
+    Lightning moves any other batch by walking it tensor by tensor, about 9 us per batch on CPU even when
+    nothing moves (0.3 ms for a chunk of 32 batches); an object with a ``to`` method it moves with that call.
+    """
+
+    def to(self, device: torch.device | str, **kwargs: object) -> Chunk:
+        device = torch.device(device)
+        if all(t.device == device for batch in self for t in _tensors(batch)):
+            return self
+        non_blocking = device.type not in ("cpu", "mps")  # as Lightning's own move
+        return Chunk(_move(batch, device, non_blocking) for batch in self)
+
+
+def _tensors(obj: object) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+
+
+def _move(obj: object, device: torch.device, non_blocking: bool) -> object:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: _move(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def split_batch(batch: Batch, size: int) -> Chunk:
     """Cut one gathered chunk into consecutive batches of ``size`` rows (views, no copies)."""
     n = batch["numeric"].shape[0]
-    out = []
+    out = Chunk()
     for start in range(0, n, size):
         part = slice(start, start + size)
         sub: Batch = {
@@ -107,7 +138,7 @@ class ChunkedShuffleLoader:
         steps = -(-self._rows_per_rank() // self.batch_size)
         return -(-steps // self.chunk_steps)
 
-    def __iter__(self) -> Iterator[list[Batch]]:
+    def __iter__(self) -> Iterator[Chunk]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
         order = torch.randperm(len(self.table), generator=generator)

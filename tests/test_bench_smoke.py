@@ -1,0 +1,25 @@
+"""``scripts/bench_train.py --quick`` runs end to end and ends with the ratio line (format only, not values)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_the_ratio_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio_b128=\d+\.\d+ ratio_b1024=\d+\.\d+", lines[-1]), lines[-1]
+    assert "lean" in result.stdout and "mtlexp" in result.stdout
