@@ -68,6 +68,8 @@ from mtlexp.train import _flat_config, build_components, build_trainer, count_pa
 
 # The issue's model: MMoE, 8 experts x 16, towers 8 (the repository's conf/model/mmoe.yaml).
 MODEL = {"num_experts": 8, "expert_hidden": [16], "tower_hidden": [8]}
+CENSUS_BATCH = 1024  # experiment=paper_census_group1
+DEFAULT_CENSUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "census-income"
 
 
 # --- the lean side -----------------------------------------------------------------------------------
@@ -81,9 +83,10 @@ class LeanLoop:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)
         self.names = [t.name for t in data.tasks]
         table = data.splits["train"]
-        self.x = table.numeric
+        self.x, self.c = table.numeric, table.categorical
         self.y = torch.stack([table.labels[n] for n in self.names], dim=1)  # (N, T): one gather per batch
-        self.no_categorical = torch.empty(batch_size, 0, dtype=torch.long)
+        losses = {"regression": F.mse_loss, "binary": F.binary_cross_entropy_with_logits}
+        self.losses = [losses[t.kind] for t in data.tasks]
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.seconds: list[float] = []
@@ -95,9 +98,9 @@ class LeanLoop:
             order = torch.randperm(self.x.shape[0], generator=self.generator)
             for first in range(0, order.numel(), batch_size):
                 index = order[first : first + batch_size]
-                x, y = self.x[index], self.y[index]
-                logits = model(x, self.no_categorical[: x.shape[0]]).logits
-                loss = sum(F.mse_loss(logits[name], y[:, i]) for i, name in enumerate(names))
+                x, c, y = self.x[index], self.c[index], self.y[index]
+                logits = model(x, c).logits
+                loss = sum(fn(logits[name], y[:, i]) for i, (name, fn) in enumerate(zip(names, self.losses)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -166,17 +169,22 @@ class EpochTimer(pl.Callback):
         return [b - a - v - c for a, b, v, c in zip(self.starts, self.stops, self.val, self.ckpt)]
 
 
-def compose_config(args: argparse.Namespace, batch_size: int, logger: str, output_dir: Path) -> DictConfig:
+def compose_config(
+    args: argparse.Namespace, batch_size: int, logger: str, output_dir: Path, census: Path | None = None
+) -> DictConfig:
+    """The synthetic case, or with ``census`` the census-income case (group 1, all 199,523 training rows)."""
+    if census is None:
+        data = ["data=synthetic", f"data.num_train={args.samples}", f"data.num_val={args.val_samples}",
+                "data.num_test=2"]  # the test split is never used here
+    else:
+        data = ["experiment=paper_census_group1", f"data.path={census}", f"data.cache_dir={output_dir / 'cache'}"]
     overrides = [
-        "data=synthetic",
+        *data,
         "model=mmoe",
         "optimizer=adam",
         "callbacks=no_early_stopping",  # every epoch runs; checkpointing stays on
         f"logger={logger}",
         f"seed={args.seed}",
-        f"data.num_train={args.samples}",
-        f"data.num_val={args.val_samples}",
-        "data.num_test=2",  # never used here
         f"data.batch_size={batch_size}",
         f"trainer.max_epochs={1 + args.epochs}",
         "trainer.enable_progress_bar=false",
@@ -218,6 +226,8 @@ def run_mtlexp(cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_
     epochs = int(cfg.trainer.max_epochs)
     assert len(seconds) == epochs and len(lean.seconds) == epochs, (seconds, lean.seconds)
     return {
+        "rows": len(data.splits["train"]),
+        "val_rows": len(data.splits["val"]),
         "mtlexp": seconds[1:],  # the first epoch is the warm-up, on both sides
         "lean": lean.seconds[1:],
         "val": timer.val[1:],
@@ -239,19 +249,31 @@ def bench_batch_size(args: argparse.Namespace, batch_size: int, workdir: Path) -
             result = results.setdefault(name, {"mtlexp": [], "lean": [], "val": [], "ckpt": []})
             for key in ("mtlexp", "lean", "val", "ckpt"):
                 result[key] += out[key]
-            result["chunk_steps"], result["loggers"] = out["chunk_steps"], out["loggers"]
+            result.update({k: out[k] for k in ("chunk_steps", "loggers", "rows", "val_rows")})
             if args.verbose:
-                n = args.samples
+                n = out["rows"]
                 pairs = ", ".join(f"{n / m:,.0f}/{n / lean:,.0f}" for m, lean in zip(out["mtlexp"], out["lean"]))
                 print(f"  [b{batch_size} round {round_} {name}] samples/s mtlexp/lean per timed epoch: {pairs}")
     return results
 
 
-def report(args: argparse.Namespace, batch_size: int, results: dict[str, dict[str, Any]]) -> float:
-    n = args.samples
-    steps = -(-n // batch_size)
+def bench_census(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, Any]]:
+    """The census case: one fit per round at the paper experiment's batch size, lean epochs interleaved."""
+    result: dict[str, Any] = {"mtlexp": [], "lean": [], "val": [], "ckpt": []}
+    for round_ in range(args.rounds):
+        cfg = compose_config(args, CENSUS_BATCH, "csv", workdir / f"census-r{round_}", census=args.census)
+        out = run_mtlexp(cfg, args, CENSUS_BATCH, lean_first=round_ % 2 == 0)
+        for key in ("mtlexp", "lean", "val", "ckpt"):
+            result[key] += out[key]
+        result.update({k: out[k] for k in ("chunk_steps", "loggers", "rows", "val_rows")})
+    return {"mtlexp": result}
+
+
+def report(args: argparse.Namespace, batch_size: int, results: dict[str, dict[str, Any]], title: str = "") -> float:
     first = results["mtlexp"]
-    print(f"batch {batch_size}: {steps} steps/epoch, data.chunk_steps={first['chunk_steps']}, "
+    n = first["rows"]
+    steps = -(-n // batch_size)
+    print(f"{title}batch {batch_size}: {n:,} samples, {steps} steps/epoch, data.chunk_steps={first['chunk_steps']}, "
           f"{len(first['mtlexp'])} timed epochs per side and variant")
     print(f"  {'variant':28s} {'lean samples/s':>15s} {'mtlexp samples/s':>17s} {'ratio':>6s} "
           f"{'(best/best)':>11s} {'validation s':>13s} {'checkpoint s':>13s}")
@@ -265,8 +287,8 @@ def report(args: argparse.Namespace, batch_size: int, results: dict[str, dict[st
         print(f"  {label:28s} {lean:15,.0f} {mine:17,.0f} {mine / lean:6.3f} {best:11.3f} "
               f"{statistics.median(r['val']):13.3f} {statistics.median(r['ckpt']):13.3f}")
     val, train = statistics.median(first["val"]), statistics.median(first["mtlexp"])
-    print(f"  mtlexp per epoch (medians): training {train:.3f} s; validation {val:.3f} s ({args.val_samples:,} "
-          f"samples, {args.val_samples / val:,.0f} samples/s); validation and checkpoint writes (best.ckpt + "
+    print(f"  mtlexp per epoch (medians): training {train:.3f} s; validation {val:.3f} s ({first['val_rows']:,} "
+          f"samples); validation and checkpoint writes (best.ckpt + "
           "last.ckpt) are outside the ratio")
     return ratio
 
@@ -284,7 +306,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensorboard", action="store_true", help="also run mtlexp with CSV + TensorBoard loggers")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, not a figure")
     parser.add_argument("--verbose", action="store_true", help="print every fit's per-epoch figures")
+    parser.add_argument("--census", type=Path, default=None,
+                        help=f"folder with the UCI census-income files (default {DEFAULT_CENSUS} where it exists)")
+    parser.add_argument("--no-census", action="store_true", help="skip the census case")
     args = parser.parse_args(argv)
+    if args.census is None and not args.no_census and not args.quick and DEFAULT_CENSUS.is_dir():
+        args.census = DEFAULT_CENSUS.resolve()
+    if args.no_census:
+        args.census = None
     if args.quick:
         args.samples, args.val_samples, args.epochs, args.rounds = 2048, 256, 1, 1
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -319,9 +348,15 @@ def main(argv: list[str] | None = None) -> None:
           f"epochs interleaved; {args.rounds} fit(s) per batch size{quick}", flush=True)
     ratios = {}
     with tempfile.TemporaryDirectory(prefix="mtlexp-bench-") as tmp:
+        census_ratio = None
+        if args.census is not None:
+            census = bench_census(args, Path(tmp))
+            census_ratio = report(args, CENSUS_BATCH, census, title="census-income group 1 (MMoE, embeddings of 4), ")
         for batch_size in args.batch_sizes:
             ratios[batch_size] = report(args, batch_size, bench_batch_size(args, batch_size, Path(tmp)))
             sys.stdout.flush()
+    if census_ratio is not None:
+        print(f"census_ratio={census_ratio:.3f}")
     print(" ".join(f"ratio_b{b}={r:.3f}" for b, r in ratios.items()), flush=True)
 
 

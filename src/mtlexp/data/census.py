@@ -68,7 +68,7 @@ class CensusIncomeDataModule(TabularDataModule):
         leak_auc_threshold: float = 0.98,
         batch_size: int = 1024,
         eval_batch_size: int = 16384,
-        chunk_steps: int = 4,
+        chunk_steps: int = 16,
         seed: int = 0,
     ) -> None:
         require(
