@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def _inspect(overrides: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    # Lightning 2.6 on torch 2.13 warns about torch's own pytree API on every run; the user cannot act on it.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     register_configs()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
