@@ -216,7 +216,7 @@ def run_mtlexp(cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_
     data, module = build_components(cfg)
     lean = LeanLoop(data, batch_size, float(cfg.optimizer.lr), int(cfg.seed))
     timer = EpochTimer(between=lean.epoch, between_first=lean_first)
-    trainer = build_trainer(cfg, output_dir, [*build_all(cfg.get("callbacks"), "callbacks"), timer])
+    trainer = build_trainer(cfg, [*build_all(cfg.get("callbacks"), "callbacks"), timer])
     for logger in trainer.loggers:
         logger.log_hyperparams({"num_params": count_parameters(module.model), **_flat_config(cfg)})
     threads = torch.get_num_threads()

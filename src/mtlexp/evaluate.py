@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = load_run_config(ckpt_path)
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     data, module = build_components(run_cfg)
-    trainer = build_trainer(cfg, output_dir, callbacks=[])
+    trainer = build_trainer(cfg, callbacks=[])
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(module, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     result = module.results[cfg.split]

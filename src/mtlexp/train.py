@@ -52,7 +52,8 @@ def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
     return data, module
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Any]) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> pl.Trainer:
+    """The Trainer of a config, with its loggers and the atomic checkpoint writer."""
     return build(
         cfg.trainer,
         "trainer",
@@ -86,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
 
     callbacks = build_all(cfg.get("callbacks"), "callbacks")
-    trainer = build_trainer(cfg, output_dir, callbacks)
+    trainer = build_trainer(cfg, callbacks)
     for logger in trainer.loggers:
         logger.log_hyperparams({"num_params": num_params, **_flat_config(cfg)})
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)

@@ -42,10 +42,6 @@ class Weighting(nn.Module):
         backward(loss)
         return loss
 
-    def current_weights(self) -> dict[str, float]:
-        """The task weights applied at the last step, for logging."""
-        return {}
-
 
 def stack_losses(losses: dict[str, Tensor]) -> Tensor:
     return torch.stack(list(losses.values()))
