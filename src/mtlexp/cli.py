@@ -51,8 +51,12 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
 
 
 def _train(cfg: DictConfig) -> None:
+    from mtlexp.errors import MtlexpError
     from mtlexp.train import train
 
+    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy", "")):
+        # Lightning starts DDP workers by re-running the command line, -m included: each would sweep again.
+        raise MtlexpError("trainer.strategy: DDP runs one job at a time; run it without -m (or sweep on one device)")
     train(cfg)
 
 
@@ -67,16 +71,12 @@ def _inspect(overrides: list[str]) -> int:
 
     from mtlexp.data.inspect import inspect_report
     from mtlexp.errors import MtlexpError
-    from mtlexp.instantiate import build
-    from omegaconf import OmegaConf
+    from mtlexp.train import build_data
 
     try:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        tasks = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") is not None else {}
-        data = build(cfg.data, "data", tasks=tasks, seed=int(cfg.seed))
-        data.setup("fit")
-        print(inspect_report(data))
+        print(inspect_report(build_data(cfg)))
         return 0
     except MtlexpError as error:
         print(f"mtlexp: error: {error}", file=sys.stderr)

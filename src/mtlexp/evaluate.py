@@ -54,7 +54,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_params": count_parameters(module.model),
     }
     write_json(output_dir / "metrics.json", metrics)
-    shown = {**metrics, "val": metrics.get("val") or metrics.get("test")}
-    log.info("\n%s", summary_table(shown, data.tasks))
+    log.info("\n%s", summary_table(metrics, data.tasks, splits=(cfg.split,)))
     log.info("run dir: %s", output_dir)
     return metrics

@@ -9,8 +9,6 @@ tasks of different scales and kinds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -125,8 +123,3 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
         }
     # compute_groups would merge metrics by state; explicit keys keep names as "{task}/{metric}".
     return MetricCollection(metrics, compute_groups=False)
-
-
-def metric_directions(tasks: Sequence[TaskSpec]) -> dict[str, dict[str, bool]]:
-    """``{task: {metric: higher_is_better}}``, for reports and Delta-m."""
-    return {t.name: {k: bool(m.higher_is_better) for k, m in task_metrics(t).items()} for t in tasks}

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
 from mtlexp.metrics import predictions, task_loss, task_metrics
@@ -27,7 +28,6 @@ from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import Weighting
 
-SPLITS = ("train", "val", "test")
 
 
 class MTLModule(pl.LightningModule):
@@ -84,7 +84,12 @@ class MTLModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         precision = str(self.trainer.precision)
-        self._plain_step = precision in ("32-true", "32", "64-true", "64") and self.grad_clip_norm is None
+        # manual_backward is what lets DDP sync gradients: the plain path is for one process only.
+        self._plain_step = (
+            precision in ("32-true", "32", "64-true", "64")
+            and self.grad_clip_norm is None
+            and self.trainer.world_size == 1
+        )
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
@@ -148,10 +153,10 @@ class MTLModule(pl.LightningModule):
                     f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
                 )
             means = self._epoch_sums / self._epoch_steps
-            self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True)
-            self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False)  # as a forked metric had it
+            self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True)
+            self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
             for i, task in enumerate(self.tasks, start=1):
-                self.log(f"train/{task.name}/loss", means[i], on_step=False, on_epoch=True)
+                self.log(f"train/{task.name}/loss", means[i], on_step=False, on_epoch=True, sync_dist=True)
         self._log_split("train")
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -168,9 +173,9 @@ class MTLModule(pl.LightningModule):
         out = self(batch)
         losses = self.task_losses(out, batch)
         rows = batch["numeric"].shape[0]
-        self.log(f"{split}/loss", sum(losses.values()), on_epoch=True, batch_size=rows)
+        self.log(f"{split}/loss", sum(losses.values()), on_epoch=True, batch_size=rows, sync_dist=True)
         for task in self.tasks:
-            self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows)
+            self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
             self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
         for name, gates in out.gates.items():
             total = gates.detach().float().sum(0)
@@ -202,13 +207,18 @@ class MTLModule(pl.LightningModule):
         logged[f"{split}/norm_loss"] = norm
         result: dict[str, Any] = {"tasks": values, "norm_loss": float(norm)}
         if split != "train" and self._gate_sums:
-            rows = self._rows * max(1, self.trainer.world_size)
-            gates = {name: self.all_gather(total).reshape(-1, total.numel()).sum(0) / rows for name, total in self._gate_sums.items()}
+            # Ranks hold unequal shares of the split: gather the row counts, not just the sums.
+            rows = self.all_gather(torch.tensor(float(self._rows), device=self.device)).sum()
+            gates = {
+                name: self.all_gather(total).reshape(-1, total.numel()).sum(0) / rows
+                for name, total in self._gate_sums.items()
+            }
             for name, mean in gates.items():
                 logged.update({f"{split}/gate/{name}/expert_{e}": v for e, v in enumerate(mean)})
             result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in gates.items()}
         self._gate_sums, self._rows = {}, 0
-        self.log_dict(logged, sync_dist=False)
+        # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
+        self.log_dict(logged, sync_dist=True)
         self.results[split] = result
 
     # --- checkpoints -------------------------------------------------------------------------------

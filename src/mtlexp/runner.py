@@ -19,7 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mtlexp.errors import MtlexpError
-from mtlexp.io import read_json, write_json
+from mtlexp.io import read_json, write_atomic, write_json
+from mtlexp.report.sweep import run_overrides, swept_only
 from mtlexp.report.table import format_table
 
 log = logging.getLogger(__name__)
@@ -32,22 +33,30 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         return True
     except MtlexpError as error:
         message = str(error)
-    except KeyboardInterrupt:
-        message = "interrupted"
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl-C during fit into SystemExit: record it, then stop the whole sweep.
+        _mark(output_dir, "interrupted", "interrupted")
+        raise
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become one line
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "error.log").write_text(traceback.format_exc())
+            write_atomic(output_dir / "error.log", traceback.format_exc().encode())
             message += f" (traceback in {output_dir / 'error.log'})"
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
-    if output_dir is not None:
-        try:
-            metrics = read_json(output_dir / "metrics.json")
-            write_json(output_dir / "metrics.json", {**metrics, "status": "failed", "error": message})
-        except OSError:
-            pass
+    _mark(output_dir, "failed", message)
     return False
+
+
+def _mark(output_dir: Path | None, status: str, message: str) -> None:
+    """Record the outcome in metrics.json, keeping whatever the run wrote there."""
+    if output_dir is None:
+        return
+    try:
+        metrics = read_json(output_dir / "metrics.json")
+        write_json(output_dir / "metrics.json", {**metrics, "status": status, "error": message})
+    except OSError:
+        pass
 
 
 class SweepSummary(Callback):
@@ -57,16 +66,14 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-        overrides = {job.name: _overrides(job) for job in jobs}
-        # Show only what varies across jobs: the swept keys.
-        common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+        swept = dict(zip((job.name for job in jobs), swept_only([run_overrides(job) for job in jobs])))
         rows, failed = [], 0
         for job in jobs:
             metrics = read_json(job / "metrics.json")
             status = metrics.get("status", "missing")
             failed += status != "ok"
-            swept = " ".join(o for o in overrides[job.name] if o not in common)
-            rows.append([job.name, swept, status, metrics.get("test_norm_loss"), metrics.get("error", "")])
+            error = metrics.get("error", "")
+            rows.append([job.name, " ".join(swept[job.name]), status, metrics.get("test_norm_loss"), error])
         if rows:
             print(format_table(["job", "overrides", "status", "test/norm_loss", "error"], rows))
         print(f"sweep dir: {sweep_dir}")
@@ -74,9 +81,3 @@ class SweepSummary(Callback):
             print(f"mtlexp: error: {failed} of {len(rows)} jobs failed", file=sys.stderr)
             raise SystemExit(1)
 
-
-def _overrides(job: Path) -> list[str]:
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]

@@ -39,11 +39,6 @@ class TaskSpec:
         """Number of logits the model emits for this task."""
         return self.num_classes if self.kind == "multiclass" else 1
 
-    @property
-    def primary_metric(self) -> str:
-        """The metric a summary table shows first for this task."""
-        return {"regression": "mse", "binary": "auroc", "multiclass": "accuracy"}[self.kind]
-
     @classmethod
     def from_config(cls, name: str, node: Mapping[str, Any] | None) -> TaskSpec:
         """Build from one entry of the ``tasks`` config node, with errors naming ``tasks.<name>.<key>``."""

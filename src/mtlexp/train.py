@@ -29,11 +29,17 @@ from mtlexp.report.table import summary_table
 log = logging.getLogger(__name__)
 
 
-def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
-    """The data module (set up) and the Lightning module of a run config; shared by train and eval."""
+def build_data(cfg: DictConfig) -> MTLDataModule:
+    """The data module of a run config, set up (splits loaded, labels checked)."""
     tasks = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") is not None else {}
     data: MTLDataModule = build(cfg.data, "data", tasks=tasks, seed=int(cfg.seed))
     data.setup("fit")
+    return data
+
+
+def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
+    """The data module (set up) and the Lightning module of a run config; shared by train and eval."""
+    data = build_data(cfg)
     model = build(cfg.model, "model", features=data.features, tasks=data.tasks)
     optimizer = build(cfg.optimizer, "optimizer")
     try:  # the optimizer checks its hyperparameters only when built: do it now, not deep inside fit
@@ -94,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or None
+    if cfg.ckpt_path and checkpoint is not None:
+        best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
     # The val metrics recorded are the best checkpoint's, the one that is tested, not the last epoch's.
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
@@ -125,6 +133,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("\n%s", summary_table(metrics, data.tasks))
         log.info("run dir: %s", output_dir)
     return metrics
+
+
+def best_across_resume(ckpt_path: str, best: str | None, score: Any, mode: str) -> str | None:
+    """The better of this run's best checkpoint and the resumed run's.
+
+    A resumed run writes into a new folder, and Lightning then does not restore the checkpoint callback's best
+    score, so the first epoch after the resume would count as "best" whatever came before it.
+    """
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("callbacks", {})
+    for key, value in state.items():
+        if not (key.startswith("ModelCheckpoint") and isinstance(value, dict)):
+            continue
+        old_path, old_score = value.get("best_model_path"), value.get("best_model_score")
+        if not old_path or old_score is None or not Path(old_path).is_file():
+            continue
+        if best is None or score is None:
+            return old_path
+        better = float(old_score) < float(score) if mode == "min" else float(old_score) > float(score)
+        return old_path if better else best
+    return best
 
 
 def _flat_config(cfg: DictConfig) -> dict[str, Any]:

@@ -90,12 +90,19 @@ def test_eval_reproduces_the_test_metrics_in_its_own_folder(make_cfg):
 
 
 def test_resume_from_last_checkpoint_continues_training(make_cfg):
-    cfg = make_cfg("trainer.max_epochs=1")
+    cfg = make_cfg("trainer.max_epochs=2")
     train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     resumed = make_cfg("trainer.max_epochs=3", f"ckpt_path={last}")
     metrics = train(resumed)
     assert metrics["epochs_trained"] == 3
+    # The best checkpoint is the best over both runs, not only over the epochs after the resume.
+    logged = []
+    for run in (cfg, resumed):
+        rows = (Path(run.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
+        col = rows[0].split(",").index("val/norm_loss")
+        logged += [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert metrics["val_norm_loss"] == pytest.approx(min(logged), rel=1e-5)
     state = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["epoch"] == 2
 
@@ -142,3 +149,18 @@ def test_mixed_precision_on_cpu(make_cfg):
     metrics = train(make_cfg("trainer.precision=bf16-mixed"))
     assert metrics["status"] == "ok"
     assert all(math.isfinite(v["mse"]) for v in metrics["test"].values())
+
+
+@pytest.mark.parametrize("mode,new_score,expect_old", [("min", 0.5, True), ("min", 0.05, False), ("max", 0.5, False)])
+def test_resumed_run_keeps_the_earlier_best_checkpoint_when_it_is_better(tmp_path, mode, new_score, expect_old):
+    from mtlexp.train import best_across_resume
+
+    old_best = tmp_path / "old" / "best.ckpt"
+    old_best.parent.mkdir()
+    old_best.write_bytes(b"x")
+    last = tmp_path / "old" / "last.ckpt"
+    state = {"best_model_path": str(old_best), "best_model_score": torch.tensor(0.1)}
+    torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/norm_loss'}": state}}, last)
+    new_best = str(tmp_path / "new" / "best.ckpt")
+    chosen = best_across_resume(str(last), new_best, torch.tensor(new_score), mode)
+    assert chosen == (str(old_best) if expect_old else new_best)

@@ -68,8 +68,9 @@ class MTLDataModule(pl.LightningDataModule):
         summary: dict[str, Any] = {"rows": {s: len(t) for s, t in self.splits.items()}}
         train = self.splits.get("train")
         if train is not None:
-            summary["label_mean"] = {k: float(v.float().mean()) for k, v in train.labels.items()}
-            names = [t.name for t in self.tasks]
+            # Class indices of a multiclass task are not quantities: no mean, no correlation.
+            names = [t.name for t in self.tasks if t.kind != "multiclass"]
+            summary["label_mean"] = {k: float(train.labels[k].float().mean()) for k in names}
             if len(names) >= 2:
                 ys = torch.stack([train.labels[n].double() for n in names])
                 corr = torch.corrcoef(ys)

@@ -11,10 +11,12 @@ import argparse
 import csv
 import io
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mtlexp.errors import MtlexpError
 from mtlexp.io import read_json, write_atomic
 from mtlexp.report.table import format_table
 
@@ -30,19 +32,25 @@ def run_overrides(run: Path) -> list[str]:
     return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
 
 
+def swept_only(overrides: list[list[str]]) -> list[list[str]]:
+    """Each run's overrides minus those every run shares: what the sweep varied."""
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    return [[o for o in run if o not in common] for run in overrides]
+
+
 def default_metric(values: dict[str, float]) -> str:
     return "auroc" if "auroc" in values else "mse" if "mse" in values else next(iter(values))
 
 
 def summarise(runs: list[Path], split: str = "test", metric: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: one row per configuration, ``mean ± sd (n)`` per task."""
-    loaded = [(run, read_json(run / "metrics.json"), run_overrides(run)) for run in runs]
-    common = set.intersection(*(set(o) for _, _, o in loaded)) if loaded else set()
+    swept = swept_only([run_overrides(run) for run in runs])
+    loaded = [(run, read_json(run / "metrics.json"), overrides) for run, overrides in zip(runs, swept)]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     failed: dict[str, int] = defaultdict(int)
     tasks: list[str] = []
     for _, metrics, overrides in loaded:
-        key = " ".join(o for o in overrides if o not in common and not o.startswith("seed="))
+        key = " ".join(o for o in overrides if not o.startswith("seed="))
         if metrics.get("status") != "ok":
             failed[key] += 1
             continue
@@ -53,6 +61,8 @@ def summarise(runs: list[Path], split: str = "test", metric: str | None = None) 
     for task in tasks:
         sample = next(m[split][task] for ms in groups.values() for m in ms if task in m.get(split, {}))
         names[task] = metric or default_metric(sample)
+        if names[task] not in sample:
+            raise MtlexpError(f"--metric: task {task!r} has no {names[task]!r}; it has {sorted(sample)}")
         header.append(f"{task} {split} {names[task]}")
     header.append(f"{split} norm_loss")
     rows = []
@@ -82,13 +92,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
-        print(f"mtlexp: error: no such folder {str(missing[0])!r}")
+        print(f"mtlexp: error: no such folder {str(missing[0])!r}", file=sys.stderr)
         return 1
     runs = find_runs(args.dirs)
     if not runs:
-        print(f"mtlexp: error: no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}")
+        print(f"mtlexp: error: no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}",
+              file=sys.stderr)
         return 1
-    header, rows = summarise(runs, args.split, args.metric)
+    try:
+        header, rows = summarise(runs, args.split, args.metric)
+    except MtlexpError as error:
+        print(f"mtlexp: error: {error}", file=sys.stderr)
+        return 1
     table = format_table(header, rows)
     print(table)
     out = args.dirs[0]

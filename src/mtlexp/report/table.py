@@ -22,15 +22,14 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def summary_table(metrics: dict[str, Any], tasks: Sequence[Any]) -> str:
-    """Per task and metric: the best checkpoint's validation and test values."""
+def summary_table(metrics: dict[str, Any], tasks: Sequence[Any], splits: Sequence[str] = ("val", "test")) -> str:
+    """Per task and metric, one column per split (by default: the best checkpoint's val and test values)."""
     rows = []
     for task in tasks:
         name = getattr(task, "name", task)
-        for metric, value in metrics.get("val", {}).get(name, {}).items():
-            rows.append([name, metric, value, metrics.get("test", {}).get(name, {}).get(metric)])
-    title = (
-        f"{metrics.get('model', '')}  seed={metrics.get('seed')}  best_epoch={metrics.get('best_epoch')}  "
-        f"params={metrics.get('num_params')}"
-    )
-    return title + "\n" + format_table(["task", "metric", "val", "test"], rows)
+        for metric in metrics.get(splits[0], {}).get(name, {}):
+            rows.append([name, metric, *(metrics.get(s, {}).get(name, {}).get(metric) for s in splits)])
+    title = f"{metrics.get('model', '')}  seed={metrics.get('seed')}  params={metrics.get('num_params')}"
+    if metrics.get("best_epoch") is not None:
+        title += f"  best_epoch={metrics['best_epoch']}"
+    return title + "\n" + format_table(["task", "metric", *splits], rows)
