@@ -9,9 +9,7 @@ checked against the SHA-256 of their decompressed content.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ from mtlexp.data.readers import sha256_stream
 from mtlexp.data.tabular import TabularDataModule
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
+from mtlexp.io import atomic_path
 
 SCHEMA = Path(__file__).parent / "schemas" / "census_income.yaml"
 UCI_URL_BASE = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld"
@@ -151,19 +150,15 @@ class CensusIncomeDataModule(TabularDataModule):
 
 def download(url: str, target: Path, expected_sha256: str | None) -> None:
     """Fetch ``url`` to ``target`` (atomically), checking the SHA-256 of its gunzipped content first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (http(s) or file by config)
-                    shutil.copyfileobj(response, out, 1 << 20)
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise MtlexpError(
-                    f"{url}: download failed ({reason}); put the files in a folder and set data.path"
-                ) from None
+    with atomic_path(target) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # noqa: S310
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MtlexpError(
+                f"{url}: download failed ({reason}); put the files in a folder and set data.path"
+            ) from None
         try:
             with gzip.open(tmp, "rb") as data:
                 digest = sha256_stream(data)
@@ -174,6 +169,3 @@ def download(url: str, target: Path, expected_sha256: str | None) -> None:
                 f"{url}: SHA-256 of the decompressed content is {digest}, expected {expected_sha256}; "
                 "the download was discarded"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
