@@ -9,7 +9,7 @@ and towers of 8, two regression tasks, ``torch.optim.Adam(fused=True)`` at lr 1e
   and train-split metrics as the module does them, ``data.chunk_steps`` from the config. A callback
   (:class:`EpochTimer`) stamps every training epoch and times the validation loop and every checkpoint
   write apart.
-* lean side: the same model class (``mtlexp.models.mmoe.MMoE``) on the same training tensors, a plain loop:
+* lean side: the same model class (``mtlexp.models.MMoE``) on the same training tensors, a plain loop:
   a random permutation per epoch, an index gather per batch, the sum of the task MSEs, ``zero_grad`` /
   ``backward`` / ``step``; no metrics, no logging, no validation.
 
@@ -63,7 +63,7 @@ from omegaconf import DictConfig, open_dict
 from mtlexp.config import register_configs, validate_run
 from mtlexp.data.base import MTLDataModule
 from mtlexp.instantiate import build_all
-from mtlexp.models.mmoe import MMoE
+from mtlexp.models import MMoE
 from mtlexp.train import _flat_config, build_components, build_trainer, count_parameters
 
 # The model: MMoE, 8 experts x 16, towers 8 (the repository's conf/model/mmoe.yaml).
@@ -198,7 +198,7 @@ def compose_config(
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     model = {k: (v if isinstance(v, int) else list(v)) for k, v in cfg.model.items() if k in MODEL}
-    assert model == MODEL and cfg.model._target_.endswith("mmoe.MMoE"), f"conf/model/mmoe.yaml changed: {model}"
+    assert model == MODEL and cfg.model._target_ == "mtlexp.models.MMoE", f"conf/model/mmoe.yaml changed: {model}"
     assert cfg.optimizer.fused is True, "the benchmark expects the fused Adam of conf/optimizer/adam.yaml"
     return cfg
 

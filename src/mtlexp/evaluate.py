@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlexp.errors import MtlexpError
 from mtlexp.io import write_json
+from mtlexp.models.names import model_name, upgrade_model_config
 from mtlexp.report.table import summary_table
 from mtlexp.train import build_components, build_trainer, count_parameters
 
@@ -28,7 +29,9 @@ def load_run_config(ckpt_path: Path) -> DictConfig:
     stored = checkpoint.get("mtlexp", {}).get("config") if isinstance(checkpoint, dict) else None
     if not stored:
         raise MtlexpError(f"ckpt_path: {str(ckpt_path)!r} was not written by mtlexp train (no stored config)")
-    return OmegaConf.create(stored)
+    cfg = OmegaConf.create(stored)
+    cfg.model = upgrade_model_config(cfg.model)  # checkpoints of older versions name module paths
+    return cfg
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "gates": result.get("gates", {}),
         "ckpt_path": str(ckpt_path.resolve()),
         "seed": run_cfg.seed,
-        "model": run_cfg.model._target_.rsplit(".", 1)[-1],
+        "model": model_name(run_cfg.model),
         "num_params": count_parameters(module.model),
     }
     write_json(output_dir / "metrics.json", metrics)

@@ -22,6 +22,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mtlexp.errors import ConfigValueError, MtlexpError
 
 ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.")
+# Keys that describe a node rather than configure its target (``_name_``: a model's stable name).
+META_KEYS = ("_name_",)
+
+
+def _without_meta(node: DictConfig) -> DictConfig:
+    if not any(k in node for k in META_KEYS):
+        return node
+    plain = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    for k in META_KEYS:
+        plain.pop(k, None)
+    return plain
 
 
 def _resolve_target(target: str, key: str) -> Any:
@@ -86,6 +97,8 @@ def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
             raise MtlexpError(f"{key}.{name}: unknown key for {node._target_}; expected one of {options}")
         value = node[name]
         if isinstance(value, DictConfig):
+            if "_target_" in value:  # a nested component (a model's gate factory or penalty)
+                check_node(value, f"{key}.{name}")
             continue
         if not _matches(value, hints.get(name, inspect.Parameter.empty)):
             raise MtlexpError(f"{key}.{name}: expected {_describe(hints[name])}, got {value!r}")
@@ -96,6 +109,7 @@ def build(node: DictConfig, key: str, **late: Any) -> Any:
     if node is None or "_target_" not in node:
         raise MtlexpError(f"{key}: expected a config node with a _target_, got {node!r}")
     check_node(node, key, tuple(late))
+    node = _without_meta(node)
     try:
         # Late arguments are passed to the finished factory, not through instantiate(): Hydra would turn
         # dataclass arguments (the feature and task specs) into DictConfigs.

@@ -122,6 +122,8 @@ class MTLModule(pl.LightningModule):
                     self.clip_gradients(opt, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
                 opt.step()
             step_losses += [loss.detach(), *(v.detach() for v in losses.values())]
+            if out.aux_loss is not None:  # the same models return one every step: the stack stays rectangular
+                step_losses.append(out.aux_loss.detach())
             outputs.append(out)
         if self._plain_step:
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
@@ -129,7 +131,7 @@ class MTLModule(pl.LightningModule):
                 progress.increment_ready()
                 progress.increment_completed()
         steps = len(chunk)
-        sums = torch.stack(step_losses).view(steps, -1).float().sum(0)  # (1 + tasks,), summed in float32
+        sums = torch.stack(step_losses).view(steps, -1).float().sum(0)  # (1 + tasks [+ aux],) in float32
         self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
         self._epoch_steps += steps
         # self.log costs ~0.5 ms a call on CPU even on chunks whose values no logger writes, so the step loss is
@@ -157,6 +159,8 @@ class MTLModule(pl.LightningModule):
             self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
             for i, task in enumerate(self.tasks, start=1):
                 self.log(f"train/{task.name}/loss", means[i], on_step=False, on_epoch=True, sync_dist=True)
+            if len(means) > len(self.tasks) + 1:
+                self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True)
         self._log_split("train")
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -178,8 +182,18 @@ class MTLModule(pl.LightningModule):
             self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
             self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
         for name, gates in out.gates.items():
-            total = gates.detach().float().sum(0)
-            self._gate_sums[name] = total if name not in self._gate_sums else self._gate_sums[name] + total
+            gates = gates.detach().float()
+            active = (gates > 0).sum(-1).float()  # (B,) experts each row uses
+            # Per gate: summed weights (E), then rows' summed active counts, max active count, and a 0/1 per
+            # expert of whether any row used it, packed in one vector so one gather syncs it under DDP.
+            stats = torch.cat([gates.sum(0), active.sum().view(1), active.max().view(1), (gates > 0).any(0).float()])
+            old = self._gate_sums.get(name)
+            if old is None:
+                self._gate_sums[name] = stats
+            else:
+                e = gates.shape[-1]
+                old[: e + 1] += stats[: e + 1]
+                old[e + 1 :] = torch.maximum(old[e + 1 :], stats[e + 1 :])
         self._rows += rows
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -209,13 +223,27 @@ class MTLModule(pl.LightningModule):
         if split != "train" and self._gate_sums:
             # Ranks hold unequal shares of the split: gather the row counts, not just the sums.
             rows = self.all_gather(torch.tensor(float(self._rows), device=self.device)).sum()
-            gates = {
-                name: self.all_gather(total).reshape(-1, total.numel()).sum(0) / rows
-                for name, total in self._gate_sums.items()
-            }
-            for name, mean in gates.items():
+            means, active = {}, {}
+            for name, stats in self._gate_sums.items():
+                gathered = self.all_gather(stats).reshape(-1, stats.numel())
+                e = (stats.numel() - 2) // 2
+                means[name] = gathered[:, :e].sum(0) / rows
+                active[name] = {
+                    "per_row_mean": round(float(gathered[:, e].sum() / rows), 4),
+                    "per_row_max": int(gathered[:, e + 1].max()),
+                    "used": int(gathered[:, e + 2 :].max(0).values.sum()),
+                }
+            for name, mean in means.items():
                 logged.update({f"{split}/gate/{name}/expert_{e}": v for e, v in enumerate(mean)})
-            result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in gates.items()}
+                logged[f"{split}/gate/{name}/active"] = torch.tensor(active[name]["per_row_mean"])
+            result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in means.items()}
+            result["gate_active"] = active
+        if split != "train":
+            diagnostics = self.model.diagnostics()
+            for name, value in diagnostics.items():
+                flat = value.detach().float().flatten()
+                logged.update({f"{split}/model/{name}" + (f"/{i}" if flat.numel() > 1 else ""): v for i, v in enumerate(flat)})
+            result["diagnostics"] = {name: value.detach().float().cpu().tolist() for name, value in diagnostics.items()}
         self._gate_sums, self._rows = {}, 0
         # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
         self.log_dict(logged, sync_dist=True)

@@ -21,6 +21,7 @@ from mtlexp.data.base import MTLDataModule
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import AtomicCheckpointIO, read_json, write_json
+from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.provenance import provenance
 from mtlexp.report.figures import plot_gates
@@ -88,7 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data, module = build_components(cfg)
     summary = data.describe()
     num_params = count_parameters(module.model)
-    log.info("model %s: %d parameters; data: %s", cfg.model._target_.rsplit(".", 1)[-1], num_params, summary["rows"])
+    name = model_name(cfg.model)
+    log.info("model %s: %d parameters; data: %s", name, num_params, summary["rows"])
     if is_main:
         write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
 
@@ -120,8 +122,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs_trained": trainer.current_epoch,
         "num_params": num_params,
         "seed": int(cfg.seed),
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "model": name,
+        "model_class": type(module.model).__name__,
         "gates": results["val"].get("gates", {}),
+        "gate_experts": module.model.gate_experts() if results["val"].get("gates") else {},
+        "gate_active": results["val"].get("gate_active", {}),
+        "diagnostics": results["val"].get("diagnostics", {}),
         "data": summary,
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best and Path(best).is_relative_to(output_dir) else best,
         "duration_s": round(time.time() - started, 2),
@@ -129,7 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if is_main:
         write_json(output_dir / "metrics.json", {**read_json(output_dir / "metrics.json"), **metrics})
         if metrics["gates"]:
-            plot_gates(metrics["gates"], output_dir / "figures" / "gates.png", title=f"{metrics['model']} gates")
+            plot_gates(metrics["gates"], output_dir / "figures" / "gates.png", title=f"{metrics['model']}: mean gate weights (val)",
+                       experts=metrics["gate_experts"])
         log.info("\n%s", summary_table(metrics, data.tasks))
         log.info("run dir: %s", output_dir)
     return metrics

@@ -45,7 +45,7 @@ def test_paper_experiment_and_group2_through_the_cli(census_dir: Path, tmp_path:
                     *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"college", "never_married"} and metrics["model"] == "SharedBottom"
+    assert set(metrics["test"]) == {"college", "never_married"} and metrics["model"] == "shared_bottom"
 
 
 def test_data_inspect_prints_rows_rates_and_label_correlation(census_dir: Path, tmp_path: Path) -> None:

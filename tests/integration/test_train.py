@@ -13,6 +13,7 @@ from mtlexp.train import train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+GATED = {p.stem for p in (CONF / "model").glob("*.yaml") if "gate:" in p.read_text()}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -31,10 +32,19 @@ def test_every_model_trains_and_writes_the_run_folder(make_cfg, model):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     provenance = json.loads((run / "provenance.json").read_text())
     assert len(provenance["data"]["sha256"]) == 64 and provenance["versions"]["torch"]
-    if model in ("mmoe", "omoe"):
+    assert saved["model"] == model  # the config's stable name
+    header = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    if model in GATED:
         gates = metrics["gates"]["task1"]
-        assert len(gates) == 8 and abs(sum(gates) - 1) < 1e-4
+        assert len(gates) == len(saved["gate_experts"]["task1"]) and abs(sum(gates) - 1) < 1e-4
+        assert 1 <= saved["gate_active"]["task1"]["per_row_mean"] <= len(gates)
         assert (run / "figures" / "gates.png").stat().st_size > 1000
+    if model in ("l2_constrained", "trace_norm"):  # the penalty is the aux loss, logged and recorded
+        assert "train/aux_loss" in header and saved["diagnostics"]["penalty"] > 0
+    if model == "cross_stitch":  # the learned units are recorded and logged
+        unit = saved["diagnostics"]["stitch_0"]
+        assert len(unit) == 2 and unit != [[0.9, 0.1], [0.1, 0.9]]
+        assert "val/model/stitch_0/1" in header
 
 
 def test_metric_names_in_the_csv_log(make_cfg):

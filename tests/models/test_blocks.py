@@ -3,7 +3,7 @@ import torch
 
 from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.errors import ConfigValueError
-from mtlexp.models.blocks import MLP, ExpertBank, InputBlock, SoftmaxGate, TaskTowers, mix_experts
+from mtlexp.models.blocks import MLP, ExpertBank, InputBlock, TaskTowers, mix_experts
 from mtlexp.tasks import TaskSpec
 
 
@@ -35,18 +35,6 @@ def test_expert_bank_rejects_bad_sizes():
         ExpertBank(4, 0, [3])
     with pytest.raises(ConfigValueError, match="expert_hidden"):
         ExpertBank(4, 2, [0])
-
-
-@pytest.mark.parametrize("gates,experts", [(1, 8), (3, 5)])
-def test_gate_rows_sum_to_one_and_mix_shapes(gates, experts):
-    gate = SoftmaxGate(input_dim=6, num_experts=experts, num_gates=gates)
-    x = torch.randn(4, 6)
-    weights = gate(x)
-    assert weights.shape == (4, gates, experts)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(4, gates))
-    assert (weights >= 0).all()
-    mixed = mix_experts(weights, torch.randn(4, experts, 9))
-    assert mixed.shape == (4, gates, 9)
 
 
 def test_input_block_embeds_categoricals_of_mixed_widths():

@@ -1,4 +1,4 @@
-"""Building blocks shared by every architecture: input block, MLP, expert bank, softmax gates, task towers.
+"""Building blocks shared by every architecture: input block, MLP, expert bank, task towers (gates: ``gates``).
 
 Shapes use B = batch, E = experts, G = gates, D = feature width, T = tasks.
 """
@@ -51,6 +51,17 @@ class InputBlock(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+class TaskInputs(nn.ModuleList):
+    """One ``InputBlock`` per task, for architectures whose tasks keep their own embeddings: (T, B, D)."""
+
+    def __init__(self, features: FeatureSpec, num_tasks: int) -> None:
+        super().__init__(InputBlock(features) for _ in range(num_tasks))
+        self.output_dim = features.input_dim
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        return torch.stack([block(numeric, categorical) for block in self])
+
+
 class MLP(nn.Sequential):
     """Linear + ReLU layers of the given widths (an empty list is the identity)."""
 
@@ -90,32 +101,27 @@ class ExpertBank(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(num_experts, 1, fan_out).uniform_(-bound, bound)))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights)
+
+    def layer(self, h: Tensor, index: int) -> Tensor:
+        """Layer ``index`` of every expert: (B, D) read by all experts, or (E, B, D) one input per expert ->
+        (E, B, H)."""
+        weight, bias = self.weights[index], self.biases[index]
+        if h.dim() == 3:
+            out = torch.baddbmm(bias, h, weight)  # (E, B, H)
+        else:  # one matmul over all experts at once
+            out = h @ weight.permute(1, 0, 2).reshape(weight.shape[1], -1)  # (B, E*H)
+            out = out.view(h.shape[0], self.num_experts, -1).transpose(0, 1) + bias  # (E, B, H)
+        return self.dropout(torch.relu(out))
+
     def forward(self, x: Tensor) -> Tensor:
         """``x`` is (B, D), shared by all experts, or (E, B, D), one input per expert; returns (B, E, H)."""
-        e, first = self.num_experts, self.weights[0]
-        if x.dim() == 3:
-            h = torch.baddbmm(self.biases[0], x, first)  # (E, B, H1)
-        else:
-            h = x @ first.permute(1, 0, 2).reshape(first.shape[1], -1)  # (B, E*H1)
-            h = h.view(x.shape[0], e, -1).transpose(0, 1) + self.biases[0]  # (E, B, H1)
-        h = self.dropout(torch.relu(h))
-        for weight, bias in zip(self.weights[1:], self.biases[1:]):
-            h = self.dropout(torch.relu(torch.baddbmm(bias, h, weight)))  # (E, B, H)
+        h = x
+        for index in range(self.num_layers):
+            h = self.layer(h, index)
         return h.transpose(0, 1)  # (B, E, H)
-
-
-class SoftmaxGate(nn.Module):
-    """G softmax gates over E experts from one linear layer: (B, D) -> (B, G, E), rows summing to 1."""
-
-    def __init__(self, input_dim: int, num_experts: int, num_gates: int) -> None:
-        super().__init__()
-        self.num_experts = num_experts
-        self.num_gates = num_gates
-        self.linear = nn.Linear(input_dim, num_gates * num_experts)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.linear(x).view(x.shape[0], self.num_gates, self.num_experts)  # (B, G, E)
-        return torch.softmax(logits, dim=-1)
 
 
 def mix_experts(gates: Tensor, experts: Tensor) -> Tensor:

@@ -1,0 +1,54 @@
+"""Stable model names, and the upgrade of model configs written by older versions.
+
+A model configuration's name is its config file's (``model=omoe``), stored in the node as ``_name_`` so it
+travels with ``.hydra/config.yaml`` and every checkpoint. Its ``_target_`` is a public name from
+``mtlexp.models`` (``mtlexp.models.MMoE``), never a module path. Configs written before this contract
+(checkpoints of mtlexp <= f684185) named module paths and had an ``OMoE`` class; ``upgrade_model_config``
+maps them onto today's names, so ``mtlexp eval`` keeps reading old checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import mtlexp.models
+
+NAME_KEY = "_name_"
+
+# Classes that were renamed or folded into another: old class name -> (public class, fixed arguments).
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "OMoE": ("MMoE", {"shared_gate": True}),
+}
+# Names of configurations written before ``_name_`` existed, by public class.
+LEGACY_NAMES = {"MMoE": "mmoe", "SharedBottom": "shared_bottom", "SingleTask": "single_task"}
+
+
+def model_name(node: DictConfig | dict[str, Any]) -> str:
+    """The stable name of a model config node (``omoe``), for metrics.json and reports."""
+    name = node.get(NAME_KEY)
+    if name:
+        return str(name)
+    cls = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    if cls == "MMoE" and node.get("shared_gate"):
+        return "omoe"
+    return LEGACY_NAMES.get(cls, cls.lower())
+
+
+def upgrade_model_config(node: DictConfig) -> DictConfig:
+    """A model node written by any mtlexp version, rewritten to today's public target and with its name."""
+    node = OmegaConf.create(OmegaConf.to_container(node))
+    target = str(node.get("_target_", ""))
+    if target.startswith("mtlexp.models.") and target.count(".") > 2:  # a module path, not a public name
+        cls = target.rsplit(".", 1)[-1]
+        cls, fixed = ALIASES.get(cls, (cls, {}))
+        if hasattr(mtlexp.models, cls):
+            with open_dict(node):
+                node._target_ = f"mtlexp.models.{cls}"
+                for key, value in fixed.items():
+                    node[key] = value
+    if NAME_KEY not in node:
+        with open_dict(node):
+            node[NAME_KEY] = model_name(node)
+    return node
