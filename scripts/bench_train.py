@@ -35,6 +35,9 @@ Usage::
     .venv/bin/python scripts/bench_train.py --tensorboard    # also mtlexp with CSV + TensorBoard loggers
     .venv/bin/python scripts/bench_train.py --quick          # a smoke test (seconds), not a measurement
 
+Then every model config (and MMoE with each sparse gate) is trained through mtlexp at batch 1024 on the same
+data, printing its samples/s and its ratio to MMoE's (no lean loop: this axis compares architectures).
+
 The last line printed is ``ratio_b128=<x> ratio_b1024=<y>`` (one entry per ``--batch-sizes`` value).
 """
 
@@ -49,7 +52,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,8 @@ from mtlexp.train import _flat_config, build_components, build_trainer, count_pa
 # The issue's model: MMoE, 8 experts x 16, towers 8 (the repository's conf/model/mmoe.yaml).
 MODEL = {"num_experts": 8, "expert_hidden": [16], "tower_hidden": [8]}
 CENSUS_BATCH = 1024  # experiment=paper_census_group1
+ARCH_BATCH = 1024  # the per-architecture figures
+ARCHITECTURES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
 DEFAULT_CENSUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "census-income"
 
 
@@ -170,7 +175,8 @@ class EpochTimer(pl.Callback):
 
 
 def compose_config(
-    args: argparse.Namespace, batch_size: int, logger: str, output_dir: Path, census: Path | None = None
+    args: argparse.Namespace, batch_size: int, logger: str, output_dir: Path, census: Path | None = None,
+    model: Sequence[str] = ("model=mmoe",),
 ) -> DictConfig:
     """The synthetic case, or with ``census`` the census-income case (group 1, all 199,523 training rows)."""
     if census is None:
@@ -180,7 +186,7 @@ def compose_config(
         data = ["experiment=paper_census_group1", f"data.path={census}", f"data.cache_dir={output_dir / 'cache'}"]
     overrides = [
         *data,
-        "model=mmoe",
+        *model,
         "optimizer=adam",
         "callbacks=no_early_stopping",  # every epoch runs; checkpointing stays on
         f"logger={logger}",
@@ -197,15 +203,18 @@ def compose_config(
     GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-    model = {k: (v if isinstance(v, int) else list(v)) for k, v in cfg.model.items() if k in MODEL}
-    assert model == MODEL and cfg.model._target_ == "mtlexp.models.MMoE", f"conf/model/mmoe.yaml changed: {model}"
+    sizes = {k: (v if isinstance(v, int) else list(v)) for k, v in cfg.model.items() if k in MODEL}
+    if tuple(model) == ("model=mmoe",):
+        assert sizes == MODEL and cfg.model._target_ == "mtlexp.models.MMoE", f"conf/model/mmoe.yaml changed: {sizes}"
     assert cfg.optimizer.fused is True, "the benchmark expects the fused Adam of conf/optimizer/adam.yaml"
     return cfg
 
 
-def run_mtlexp(cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_first: bool) -> dict[str, Any]:
+def run_mtlexp(
+    cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_first: bool, with_lean: bool = True
+) -> dict[str, Any]:
     """One fit through mtlexp's own code path (as ``mtlexp.train.train`` does it, minus the final test), with
-    the lean loop's epochs interleaved."""
+    the lean loop's epochs interleaved (unless ``with_lean`` is off)."""
     validate_run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +223,8 @@ def run_mtlexp(cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_
     torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data, module = build_components(cfg)
-    lean = LeanLoop(data, batch_size, float(cfg.optimizer.lr), int(cfg.seed))
-    timer = EpochTimer(between=lean.epoch, between_first=lean_first)
+    lean = LeanLoop(data, batch_size, float(cfg.optimizer.lr), int(cfg.seed)) if with_lean else None
+    timer = EpochTimer(between=lean.epoch if lean else None, between_first=lean_first)
     trainer = build_trainer(cfg, [*build_all(cfg.get("callbacks"), "callbacks"), timer])
     for logger in trainer.loggers:
         logger.log_hyperparams({"num_params": count_parameters(module.model), **_flat_config(cfg)})
@@ -224,12 +233,13 @@ def run_mtlexp(cfg: DictConfig, args: argparse.Namespace, batch_size: int, lean_
     assert torch.get_num_threads() == threads, "the fit changed torch's thread count"
     seconds = timer.train_seconds()
     epochs = int(cfg.trainer.max_epochs)
-    assert len(seconds) == epochs and len(lean.seconds) == epochs, (seconds, lean.seconds)
+    assert len(seconds) == epochs and (lean is None or len(lean.seconds) == epochs), seconds
     return {
         "rows": len(data.splits["train"]),
         "val_rows": len(data.splits["val"]),
         "mtlexp": seconds[1:],  # the first epoch is the warm-up, on both sides
-        "lean": lean.seconds[1:],
+        "lean": lean.seconds[1:] if lean else [],
+        "num_params": count_parameters(module.model),
         "val": timer.val[1:],
         "ckpt": timer.ckpt[1:],
         "chunk_steps": data.chunk_steps,
@@ -267,6 +277,31 @@ def bench_census(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str,
             result[key] += out[key]
         result.update({k: out[k] for k in ("chunk_steps", "loggers", "rows", "val_rows")})
     return {"mtlexp": result}
+
+
+def bench_architectures(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Every model config (and MMoE with each sparse gate) through mtlexp at ``ARCH_BATCH``, rounds in
+    alternating order; samples/s is the median over a model's timed epochs."""
+    cases = {name: [f"model={name}"] for name in ARCHITECTURES}
+    cases.update({f"mmoe+{gate}": ["model=mmoe", f"model/gate={gate}"] for gate in ("topk", "dselect_k")})
+    results: dict[str, dict[str, Any]] = {name: {"seconds": []} for name in cases}
+    for round_ in range(args.rounds):
+        for name in (list(cases) if round_ % 2 == 0 else list(cases)[::-1]):
+            cfg = compose_config(args, ARCH_BATCH, "csv", workdir / f"arch-{name}-r{round_}", model=cases[name])
+            out = run_mtlexp(cfg, args, ARCH_BATCH, lean_first=True, with_lean=False)
+            results[name]["seconds"] += out["mtlexp"]
+            results[name].update(rows=out["rows"], num_params=out["num_params"])
+    return results
+
+
+def report_architectures(results: dict[str, dict[str, Any]]) -> None:
+    speed = {name: r["rows"] / statistics.median(r["seconds"]) for name, r in results.items()}
+    print(f"architectures through mtlexp, batch {ARCH_BATCH} ({next(iter(results.values()))['rows']:,} samples, "
+          "median over timed epochs):")
+    print(f"  {'model':22s} {'parameters':>10s} {'samples/s':>11s} {'vs mmoe':>8s}")
+    for name, r in results.items():
+        flag = "  < 0.5 x mmoe" if speed[name] < 0.5 * speed["mmoe"] else ""
+        print(f"  {name:22s} {r['num_params']:10,d} {speed[name]:11,.0f} {speed[name] / speed['mmoe']:8.2f}{flag}")
 
 
 def report(args: argparse.Namespace, batch_size: int, results: dict[str, dict[str, Any]], title: str = "") -> float:
@@ -309,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--census", type=Path, default=None,
                         help=f"folder with the UCI census-income files (default {DEFAULT_CENSUS} where it exists)")
     parser.add_argument("--no-census", action="store_true", help="skip the census case")
+    parser.add_argument("--no-architectures", action="store_true", help="skip the samples/s of every architecture")
     args = parser.parse_args(argv)
     if args.census is None and not args.no_census and not args.quick and DEFAULT_CENSUS.is_dir():
         args.census = DEFAULT_CENSUS.resolve()
@@ -352,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.census is not None:
             census = bench_census(args, Path(tmp))
             census_ratio = report(args, CENSUS_BATCH, census, title="census-income group 1 (MMoE, embeddings of 4), ")
+        if not args.no_architectures:
+            report_architectures(bench_architectures(args, Path(tmp)))
+            sys.stdout.flush()
         for batch_size in args.batch_sizes:
             ratios[batch_size] = report(args, batch_size, bench_batch_size(args, batch_size, Path(tmp)))
             sys.stdout.flush()

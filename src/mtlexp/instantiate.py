@@ -9,6 +9,8 @@ the libraries mtlexp builds from.
 
 from __future__ import annotations
 
+import collections.abc
+import importlib.resources
 import inspect
 import types
 import typing
@@ -64,16 +66,28 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
+    if origin is collections.abc.Callable:  # a factory: a nested _target_ node, never a plain value
+        return value is None
     if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
         if not isinstance(value, (list, tuple, ListConfig)):
             return False
         args = typing.get_args(annotation)
         return not args or all(_matches(v, args[0]) for v in value)
+    if inspect.isclass(annotation) and isinstance(value, (str, int, float, bool)):
+        return isinstance(value, annotation)  # a component (a penalty) given as a plain value
     return True
 
 
 def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _group_options(group: str) -> list[str]:
+    """The options of a nested config group (``model/gate``), or [] when there is no such group."""
+    folder = importlib.resources.files("mtlexp.conf").joinpath(group)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
@@ -101,6 +115,11 @@ def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
                 check_node(value, f"{key}.{name}")
             continue
         if not _matches(value, hints.get(name, inspect.Parameter.empty)):
+            group = _group_options(f"{key}/{name}")
+            if group:
+                choice = f"{key}/{name}={value}" if value in group else f"{key}/{name}=<option>"
+                raise MtlexpError(f"{key}.{name}: expected a {key}/{name} config, got {value!r}; choose one with "
+                                  f"{choice} (options: {', '.join(group)})")
             raise MtlexpError(f"{key}.{name}: expected {_describe(hints[name])}, got {value!r}")
 
 

@@ -91,3 +91,59 @@ def test_generic_tabular_parquet_with_a_schema(tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["bought"]["auroc"] > 0.75  # x separates the classes well: the model must find it
     assert metrics["test"]["spend"]["r2"] > 0.5
+
+
+ZOO = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "model").glob("*.yaml"))
+
+
+def sweep_metrics(sweep: Path) -> dict[str, dict]:
+    """metrics.json of every job of a sweep, by model name."""
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    return {m["model"]: m for m in jobs}
+
+
+def test_every_model_trains_on_census_through_the_cli(census_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = mtlexp("train", "-m", "data=census_income", "tasks=census_group1", f"model={','.join(ZOO)}",
+                    f"data.path={census_dir}", *FAST, "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sweep_metrics(sweep)
+    assert set(runs) == set(ZOO)
+    for name, metrics in runs.items():
+        assert metrics["status"] == "ok", name
+        for task in ("income", "never_married"):
+            assert 0.0 <= metrics["test"][task]["auroc"] <= 1.0, name
+
+
+def test_every_model_trains_on_a_table_with_every_task_kind(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = 400
+    x = rng.normal(size=rows)
+    frame = pd.DataFrame({
+        "x": x,
+        "z": rng.normal(size=rows),
+        "colour": rng.choice(["red", "green", "blue"], rows),
+        "bought": np.where(x + rng.normal(0, 0.5, rows) > 0, "yes", "no"),
+        "spend": 3 * x + rng.normal(0, 0.1, rows),
+        "tier": np.digitize(x, [-0.5, 0.5]),
+    })
+    frame.to_csv(tmp_path / "shop.csv", index=False)
+    schema = {
+        "numeric": ["x", "z"],
+        "categorical": {"colour": None},
+        "tasks": {"bought": {"kind": "binary", "positive": "yes"}, "spend": {"kind": "regression"},
+                  "tier": {"kind": "multiclass", "num_classes": 3}},
+    }
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(schema))
+    sweep = tmp_path / "sweep"
+    result = mtlexp("train", "-m", "data=tabular", f"data.path={tmp_path / 'shop.csv'}",
+                    f"data.schema={tmp_path / 'shop.yaml'}", f"model={','.join(ZOO)}", *FAST, "logger=csv",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sweep_metrics(sweep)
+    assert set(runs) == set(ZOO)
+    for name, metrics in runs.items():
+        assert metrics["status"] == "ok", name
+        assert set(metrics["test"]) == {"bought", "spend", "tier"}
+        assert "auroc" in metrics["test"]["bought"] and "r2" in metrics["test"]["spend"]
+        assert "accuracy" in metrics["test"]["tier"]

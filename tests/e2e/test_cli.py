@@ -120,3 +120,27 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok" and set(metrics["test"]) == {"task1", "task2"}
     assert result.stdout.count("run dir:") == 1  # only rank 0 reports
+
+
+def test_sparse_gates_through_the_cli_record_how_many_experts_each_task_uses(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run(["train", "-m", "model=mmoe,cgc", "model/gate=topk,dselect_k", *FAST, "logger=csv",
+                  f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(jobs) == 4
+    for job in jobs:
+        assert job["status"] == "ok"
+        active = job["gate_active"]["task1"]
+        assert 1 <= active["per_row_mean"] <= active["per_row_max"] <= len(job["gates"]["task1"])
+    topk = [job for job in jobs if job["gate_active"]["task1"]["per_row_max"] == 2 and job["gate_active"]["task1"]["per_row_mean"] == 2]
+    assert len(topk) >= 2  # noisy top-2 uses exactly two experts on every row
+
+
+def test_a_gate_given_as_a_value_names_the_group_to_use(tmp_path):
+    result = run(["train", "model=mmoe", "model.gate=dselect_k", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mtlexp: error: model.gate: expected a model/gate config, got 'dselect_k'; choose one with "
+        "model/gate=dselect_k (options: dselect_k, softmax, topk)"
+    )

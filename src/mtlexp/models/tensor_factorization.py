@@ -41,7 +41,8 @@ class TuckerLayer(nn.Module):
 
     def weight(self) -> Tensor:
         """The per-task weights, (T, D_in, D_out)."""
-        return torch.einsum("ir,jq,tp,rqp->tij", self.in_factor, self.out_factor, self.task_factor, self.core)
+        per_task = torch.einsum("tp,rqp->trq", self.task_factor, self.core)  # (T, r_in, r_out)
+        return self.in_factor @ per_task @ self.out_factor.T  # (T, D_in, D_out)
 
     def forward(self, h: Tensor) -> Tensor:
         return torch.baddbmm(self.bias, h, self.weight())
