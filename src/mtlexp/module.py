@@ -182,11 +182,11 @@ class MTLModule(pl.LightningModule):
             self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
             self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
         for name, gates in out.gates.items():
-            gates = gates.detach().float()
-            active = (gates > 0).sum(-1).float()  # (B,) experts each row uses
-            # Per gate: summed weights (E), then rows' summed active counts, max active count, and a 0/1 per
-            # expert of whether any row used it, packed in one vector so one gather syncs it under DDP.
-            stats = torch.cat([gates.sum(0), active.sum().view(1), active.max().view(1), (gates > 0).any(0).float()])
+            gates = gates.detach().double()
+            active = (gates > 0).sum(-1).double()  # (B,) experts each row uses
+            # Per gate: summed weights (E), summed active counts, max active count, and whether any row used
+            # each expert (E); the last E + 1 merge by max.
+            stats = torch.cat([gates.sum(0), active.sum().view(1), active.max().view(1), (gates > 0).any(0).double()])
             old = self._gate_sums.get(name)
             if old is None:
                 self._gate_sums[name] = stats
@@ -220,22 +220,28 @@ class MTLModule(pl.LightningModule):
         norm = torch.stack([logged[f"{split}/{t.name}/norm_loss"] for t in self.tasks]).mean()
         logged[f"{split}/norm_loss"] = norm
         result: dict[str, Any] = {"tasks": values, "norm_loss": float(norm)}
-        if split != "train" and self._gate_sums:
-            # Ranks hold unequal shares of the split: gather the row counts, not just the sums.
-            rows = self.all_gather(torch.tensor(float(self._rows), device=self.device)).sum()
-            means, active = {}, {}
-            for name, stats in self._gate_sums.items():
-                gathered = self.all_gather(stats).reshape(-1, stats.numel())
-                e = (stats.numel() - 2) // 2
-                means[name] = gathered[:, :e].sum(0) / rows
+        widths = {name: len(experts) for name, experts in self.model.gate_experts().items()}
+        if split != "train" and widths:
+            # Every rank gathers the same vector, decided by the model, not by the data: a rank may have seen
+            # no rows. One gather for all gates; row counts too, since ranks hold unequal shares.
+            packed = [torch.tensor([float(self._rows)], dtype=torch.float64, device=self.device)]
+            for name, e in widths.items():
+                packed.append(self._gate_sums.get(name, torch.zeros(2 * e + 2, dtype=torch.float64, device=self.device)))
+            gathered = self.all_gather(torch.cat(packed)).reshape(-1, sum(p.numel() for p in packed))
+            rows = gathered[:, 0].sum().clamp_min(1)
+            means, active, at = {}, {}, 1
+            for name, e in widths.items():
+                stats = gathered[:, at : at + 2 * e + 2]
+                at += 2 * e + 2
+                means[name] = stats[:, :e].sum(0) / rows
                 active[name] = {
-                    "per_row_mean": round(float(gathered[:, e].sum() / rows), 4),
-                    "per_row_max": int(gathered[:, e + 1].max()),
-                    "used": int(gathered[:, e + 2 :].max(0).values.sum()),
+                    "per_row_mean": round(float(stats[:, e].sum() / rows), 4),
+                    "per_row_max": int(stats[:, e + 1].max()),
+                    "used": int(stats[:, e + 2 :].max(0).values.sum()),
                 }
             for name, mean in means.items():
-                logged.update({f"{split}/gate/{name}/expert_{e}": v for e, v in enumerate(mean)})
-                logged[f"{split}/gate/{name}/active"] = torch.tensor(active[name]["per_row_mean"])
+                logged.update({f"{split}/gate/{name}/expert_{e}": v.float() for e, v in enumerate(mean)})
+                logged[f"{split}/gate/{name}/active"] = torch.tensor(active[name]["per_row_mean"], device=self.device)
             result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in means.items()}
             result["gate_active"] = active
         if split != "train":

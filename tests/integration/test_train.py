@@ -155,8 +155,12 @@ def test_lightning_optimizer_path_matches_the_plain_step(make_cfg):
     assert lightning_path["best_epoch"] == plain["best_epoch"]
 
 
-def test_mixed_precision_on_cpu(make_cfg):
-    metrics = train(make_cfg("trainer.precision=bf16-mixed"))
+@pytest.mark.parametrize("model", [
+    ("model=mmoe",), ("model=mmoe", "model/gate=topk", "model.gate.noisy=false"), ("model=ple", "model/gate=dselect_k"),
+    ("model=trace_norm",), ("model=tensor_factorization",),
+], ids=["mmoe", "mmoe-topk-noiseless", "ple-dselect_k", "trace_norm", "tensor_factorization"])
+def test_mixed_precision_on_cpu(make_cfg, model):
+    metrics = train(make_cfg("trainer.precision=bf16-mixed", *model))
     assert metrics["status"] == "ok"
     assert all(math.isfinite(v["mse"]) for v in metrics["test"].values())
 

@@ -24,11 +24,21 @@ from mtlexp.tasks import TaskSpec
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 GATES = sorted(p.stem for p in (CONF / "gate").glob("*.yaml"))
 GATED = sorted(p.stem for p in CONF.glob("*.yaml") if "gate:" in p.read_text())
+# Beyond the shipped sizes: asymmetric and degenerate expert counts, where ownership changes.
+VARIANTS = {
+    "ple-3levels": ("ple", {"num_levels": 3, "num_task_experts": 1, "num_shared_experts": 3}),
+    "ple-no-shared": ("ple", {"num_levels": 3, "num_task_experts": 2, "num_shared_experts": 0}),
+    "ple-no-own": ("ple", {"num_levels": 2, "num_task_experts": 0, "num_shared_experts": 3}),
+    "cgc-no-shared": ("cgc", {"num_task_experts": 3, "num_shared_experts": 0}),
+    "cross_stitch-2layers": ("cross_stitch", {"column_hidden": "[5,4]"}),
+    "tensor_factorization-2layers": ("tensor_factorization", {"bottom_hidden": "[6,4]", "rank": 3}),
+}
 CASES = [
-    *((m, None) for m in sorted(p.stem for p in CONF.glob("*.yaml")) if m not in GATED),
-    *((m, g) for m in GATED for g in GATES),
+    *((m, None, {}) for m in sorted(p.stem for p in CONF.glob("*.yaml")) if m not in GATED),
+    *((m, g, {}) for m in GATED for g in GATES),
+    *((m, "softmax" if m in GATED else None, o) for m, o in VARIANTS.values()),
 ]
-IDS = [m if g is None else f"{m}-{g}" for m, g in CASES]
+IDS = [m if g is None else f"{m}-{g}" for m, g, _ in CASES[: len(CASES) - len(VARIANTS)]] + list(VARIANTS)
 
 FEATURES = FeatureSpec(
     numeric=tuple(f"x{i}" for i in range(6)),
@@ -65,10 +75,10 @@ def task_losses(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> dict[st
     }
 
 
-@pytest.mark.parametrize(("name", "gate"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
 @pytest.mark.parametrize("rows", [1, 5])
-def test_outputs_for_every_task_kind(name, gate, rows):
-    model = make_model(name, gate)
+def test_outputs_for_every_task_kind(name, gate, sizes, rows):
+    model = make_model(name, gate, **sizes)
     numeric, categorical, _ = batch(rows)
     for training in (True, False):
         model.train(training)
@@ -76,8 +86,10 @@ def test_outputs_for_every_task_kind(name, gate, rows):
         assert list(out.logits) == ["r", "b", "m"]
         assert out.logits["r"].shape == (rows,) and out.logits["b"].shape == (rows,)
         assert out.logits["m"].shape == (rows, 3)
-        for weights in out.gates.values():
-            assert weights.shape[0] == rows and (weights >= 0).all()
+        experts = model.gate_experts()
+        assert set(out.gates) == set(experts)  # every gate is named, with its experts
+        for gate_name, weights in out.gates.items():
+            assert weights.shape == (rows, len(experts[gate_name])) and (weights >= 0).all()
             torch.testing.assert_close(weights.sum(-1), torch.ones(rows))
         if out.aux_loss is not None:
             assert out.aux_loss.dim() == 0 and torch.isfinite(out.aux_loss)
@@ -85,9 +97,9 @@ def test_outputs_for_every_task_kind(name, gate, rows):
             assert out.aux_loss is None  # auxiliary losses are for training only
 
 
-@pytest.mark.parametrize(("name", "gate"), CASES, ids=IDS)
-def test_every_parameter_receives_a_gradient(name, gate):
-    model = make_model(name, gate)
+@pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
+def test_every_parameter_receives_a_gradient(name, gate, sizes):
+    model = make_model(name, gate, **sizes)
     numeric, categorical, labels = batch(32)
     out = model(numeric, categorical)
     loss = sum(task_losses(out.logits, labels).values())
@@ -98,11 +110,11 @@ def test_every_parameter_receives_a_gradient(name, gate):
     assert not starved
 
 
-@pytest.mark.parametrize(("name", "gate"), CASES, ids=IDS)
-def test_ownership_is_exact(name, gate):
+@pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
+def test_ownership_is_exact(name, gate, sizes):
     """Task t's loss alone reaches only t's parameters (and slices) and the shared ones; some entry of every
     shared parameter is reached by two tasks or more, and every owned one by its task."""
-    model = make_model(name, gate)
+    model = make_model(name, gate, **sizes)
     owners = model.ownership()
     params = dict(model.named_parameters())
     with torch.no_grad():  # off any special initial point (identity units, zero-initialised gates)
@@ -130,6 +142,9 @@ def test_ownership_is_exact(name, gate):
             assert (touched >= 2).any(), f"{pname} is declared shared but no entry of it is reached by two tasks"
         elif isinstance(owner, TaskSlices):
             assert set(owner.slices) == set(losses)
+            bounds = sorted((part.start, part.stop) for part in owner.slices.values())  # the slices tile the dim
+            assert bounds[0][0] == 0 and bounds[-1][1] == params[pname].shape[owner.dim]
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
             for task, part in owner.slices.items():
                 assert reached(task, pname, part), f"{task} does not reach its slice of {pname}"
                 for other in losses:
@@ -142,13 +157,15 @@ def test_ownership_is_exact(name, gate):
     assert shared == {id(params[n]) for n, o in owners.items() if o is SHARED}
     for task in losses:
         own = {id(p) for p in model.task_parameters(task)}
-        assert not own & shared
+        expected = {id(params[n]) for n, o in owners.items()
+                    if o == task or (isinstance(o, TaskSlices) and task in o.slices)}
+        assert own == expected and not own & shared
 
 
-@pytest.mark.parametrize(("name", "gate"), CASES, ids=IDS)
-def test_two_tasks_and_one_task(name, gate):
+@pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
+def test_two_tasks_and_one_task(name, gate, sizes):
     for tasks in (TASKS3[:2], TASKS3[1:2]):
-        model = make_model(name, gate, tasks=tasks)
+        model = make_model(name, gate, tasks=tasks, **sizes)
         numeric, categorical, _ = batch(3)
         assert list(model(numeric, categorical).logits) == [t.name for t in tasks]
     assert model.shared_parameters() == []  # one task: nothing is reached by two

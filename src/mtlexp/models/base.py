@@ -9,7 +9,8 @@ the *ownership* of each of its parameters:
   of a fused gate layer, one task's expert in a stacked bank); every entry is reached by at most one task;
 * ``SHARED``: two or more tasks' losses reach it; this is where task gradients can conflict.
 
-Gradient-weighting methods rely on this being exact (``tests/models/test_contract.py`` checks it against
+Ownership describes the task losses only: the auxiliary loss (penalties, gate balancing) may reach any
+parameter. Gradient-weighting methods rely on this being exact (``tests/models/test_contract.py`` checks it against
 per-task gradients for every model): ``shared_parameters()`` is what they aggregate, and a fused
 ``TaskSlices`` tensor gets each task's own gradient from the plain sum of task losses, because its slices
 are disjoint.
@@ -124,7 +125,9 @@ class MTLModel(nn.Module):
         params = dict(self.named_parameters())
         owners: dict[str, Owner] = {}
         for name in self.names_under(prefix):
-            width = params[name].shape[dim] // len(self.task_names)
+            width, remainder = divmod(params[name].shape[dim], len(self.task_names))
+            if remainder:
+                raise ValueError(f"{name}: dimension {dim} ({params[name].shape[dim]}) does not split into tasks")
             owners[name] = TaskSlices(dim, {t: slice(i * width, (i + 1) * width) for i, t in enumerate(self.task_names)})
         return owners
 
@@ -143,8 +146,9 @@ class MTLModel(nn.Module):
 
     # --- what a run records ------------------------------------------------------------------------
     def gate_experts(self) -> dict[str, list[str]]:
-        """For each gate in ``MTLOutput.gates``, the names of the experts its weights refer to, in order. The
-        same name in two gates is the same expert; figures align gates on these names."""
+        """For every gate in ``MTLOutput.gates`` (all of them, always), the names of the experts its weights
+        refer to, in order. The same name in two gates is the same expert; figures align gates on these
+        names, and the Lightning module sizes its gate statistics from them."""
         return {}
 
     def diagnostics(self) -> dict[str, Tensor]:

@@ -1,6 +1,7 @@
 """Gates: G gates over E experts in one module, so all of a model's task gates cost one op.
 
-A gate maps ``x`` to expert weights ``(B, G, E)`` whose rows sum to 1, plus an auxiliary loss (or ``None``)
+A gate maps ``x`` to float32 expert weights ``(B, G, E)`` whose rows sum to 1 (computed in float32 under
+mixed precision too, so sparse scatters and thresholds behave), plus an auxiliary loss (or ``None``)
 that the model adds to its ``aux_loss``. ``x`` is ``(B, D)``, read by every gate, or ``(G, B, D)``, one
 input per gate (CGC/PLE's task gates at deeper levels). The auxiliary loss is computed in training mode
 only. Models take a gate *factory* (a ``_partial_`` config node under ``model.gate``) and call it as
@@ -52,7 +53,7 @@ class SoftmaxGate(Gate):
         self.linear = nn.Linear(input_dim, num_gates * num_experts)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return torch.softmax(grouped_linear(x, self.linear, self.num_gates), dim=-1), None  # (B, G, E)
+        return torch.softmax(grouped_linear(x, self.linear, self.num_gates).float(), dim=-1), None  # (B, G, E)
 
 
 def _cv_squared(values: Tensor) -> Tensor:
@@ -91,10 +92,10 @@ class NoisyTopKGate(Gate):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        clean = grouped_linear(x, self.linear, self.num_gates)  # (B, G, E)
+        clean = grouped_linear(x, self.linear, self.num_gates).float()  # (B, G, E)
         logits, std = clean, None
         if self.training and self.noise is not None:
-            std = F.softplus(grouped_linear(x, self.noise, self.num_gates)) + 1e-2
+            std = F.softplus(grouped_linear(x, self.noise, self.num_gates).float()) + 1e-2
             logits = clean + torch.randn_like(clean) * std
         top = logits.topk(min(self.k + 1, self.num_experts), dim=-1)
         weights = torch.zeros_like(logits).scatter(
@@ -107,7 +108,7 @@ class NoisyTopKGate(Gate):
             # P(expert e stays in the top k if only its own noise were redrawn) (the paper's Eq. 8-9).
             selected = logits > top.values[..., self.k : self.k + 1]
             threshold = torch.where(selected, top.values[..., self.k : self.k + 1], top.values[..., self.k - 1 : self.k])
-            load = torch.distributions.Normal(0.0, 1.0).cdf((clean - threshold) / std).sum(0)
+            load = torch.special.ndtr((clean - threshold) / std).sum(0)  # the standard normal CDF
         else:
             load = (weights > 0).to(weights.dtype).sum(0)
         return weights, self.balance_weight * (_cv_squared(importance) + _cv_squared(load))
@@ -152,11 +153,11 @@ class DSelectKGate(Gate):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         g, k, e = self.num_gates, self.k, self.num_experts
-        z = grouped_linear(x, self.selectors, g).unflatten(-1, (k, self.num_bits))  # (B, G, k, m)
+        z = grouped_linear(x, self.selectors, g).float().unflatten(-1, (k, self.num_bits))  # (B, G, k, m)
         s = smooth_step(z, self.gamma).unsqueeze(-2)  # (B, G, k, 1, m)
         codes = (self.bits * s + (1 - self.bits) * (1 - s)).prod(-1)  # (B, G, k, 2^m), sums to 1 over codes
         folded = codes[..., :e] + F.pad(codes[..., e:], (0, 2 * e - codes.shape[-1]))  # (B, G, k, E)
-        alpha = torch.softmax(grouped_linear(x, self.mix, g), dim=-1)  # (B, G, k)
+        alpha = torch.softmax(grouped_linear(x, self.mix, g).float(), dim=-1)  # (B, G, k)
         weights = (alpha.unsqueeze(-1) * folded).sum(-2)  # (B, G, E)
         if not self.training or self.entropy_weight == 0:
             return weights, None

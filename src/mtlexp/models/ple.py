@@ -103,21 +103,27 @@ class PLE(MTLModel):
         for level in range(num_levels):
             self.levels.append(ExtractionLevel(
                 width, len(tasks), num_task_experts, num_shared_experts, expert_hidden, dropout,
-                gate or SoftmaxGate, with_shared_gate=level < num_levels - 1,
+                # A shared gate only feeds the next level's shared experts: none without them.
+                gate or SoftmaxGate, with_shared_gate=level < num_levels - 1 and num_shared_experts > 0,
             ))
             width = self.levels[-1].output_dim
         self.towers = self.build_towers(width)
 
     def declare_ownership(self) -> dict[str, Owner]:
         owners = super().declare_ownership()
-        top = len(self.levels) - 1
-        # The top level's own experts and gates reach their task alone. One level down, a task's gate output
-        # feeds only that task's top-level experts and gate; that level's own experts also feed its shared
-        # gate, which reaches every task.
-        owners.update(self.sliced_by_task(f"levels.{top}.task_experts"))
-        owners.update(self.sliced_by_task(f"levels.{top}.task_gates"))
-        if top >= 1:
-            owners.update(self.sliced_by_task(f"levels.{top - 1}.task_gates"))
+        # From the top down: a task gate's output feeds only that task's experts and gate one level up, so it
+        # is the task's own when those are; a task's own experts feed its gate and the level's shared gate,
+        # so they are its own when the gate is and there is no shared gate. (Default PLE: the top level's own
+        # experts and gates, and the task gates one level below, are a task's; lower own experts are shared.)
+        gate_owned = True
+        for index in reversed(range(len(self.levels))):
+            level = self.levels[index]
+            experts_owned = gate_owned and (level.shared_gate is None or level.task_experts is None)
+            if gate_owned:
+                owners.update(self.sliced_by_task(f"levels.{index}.task_gates"))
+            if experts_owned:
+                owners.update(self.sliced_by_task(f"levels.{index}.task_experts"))
+            gate_owned = experts_owned
         return owners
 
     def gate_experts(self) -> dict[str, list[str]]:
