@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
+from mtlexp.gate_stats import GateStatistics
 from mtlexp.metrics import predictions, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
@@ -68,8 +69,7 @@ class MTLModule(pl.LightningModule):
             {f"{split}_split": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks}) for split in SPLITS}
         )
         self.results: dict[str, Any] = {}  # the last evaluation's metrics and gate means, by split
-        self._gate_sums: dict[str, Tensor] = {}
-        self._rows = 0
+        self._gates = GateStatistics()
         self._epoch_sums: Tensor | None = None  # this epoch's summed (loss, task losses...) over its steps
         self._epoch_steps = 0
         self._plain_step = False
@@ -181,20 +181,7 @@ class MTLModule(pl.LightningModule):
         for task in self.tasks:
             self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
             self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
-        for name, gates in out.gates.items():
-            gates = gates.detach().double()
-            active = (gates > 0).sum(-1).double()  # (B,) experts each row uses
-            # Per gate: summed weights (E), summed active counts, max active count, and whether any row used
-            # each expert (E); the last E + 1 merge by max.
-            stats = torch.cat([gates.sum(0), active.sum().view(1), active.max().view(1), (gates > 0).any(0).double()])
-            old = self._gate_sums.get(name)
-            if old is None:
-                self._gate_sums[name] = stats
-            else:
-                e = gates.shape[-1]
-                old[: e + 1] += stats[: e + 1]
-                old[e + 1 :] = torch.maximum(old[e + 1 :], stats[e + 1 :])
-        self._rows += rows
+        self._gates.update(out.gates, rows)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -222,23 +209,7 @@ class MTLModule(pl.LightningModule):
         result: dict[str, Any] = {"tasks": values, "norm_loss": float(norm)}
         widths = {name: len(experts) for name, experts in self.model.gate_experts().items()}
         if split != "train" and widths:
-            # Every rank gathers the same vector, decided by the model, not by the data: a rank may have seen
-            # no rows. One gather for all gates; row counts too, since ranks hold unequal shares.
-            packed = [torch.tensor([float(self._rows)], dtype=torch.float64, device=self.device)]
-            for name, e in widths.items():
-                packed.append(self._gate_sums.get(name, torch.zeros(2 * e + 2, dtype=torch.float64, device=self.device)))
-            gathered = self.all_gather(torch.cat(packed)).reshape(-1, sum(p.numel() for p in packed))
-            rows = gathered[:, 0].sum().clamp_min(1)
-            means, active, at = {}, {}, 1
-            for name, e in widths.items():
-                stats = gathered[:, at : at + 2 * e + 2]
-                at += 2 * e + 2
-                means[name] = stats[:, :e].sum(0) / rows
-                active[name] = {
-                    "per_row_mean": round(float(stats[:, e].sum() / rows), 4),
-                    "per_row_max": int(stats[:, e + 1].max()),
-                    "used": int(stats[:, e + 2 :].max(0).values.sum()),
-                }
+            means, active = self._gates.summary(widths, self.all_gather, self.device)
             for name, mean in means.items():
                 logged.update({f"{split}/gate/{name}/expert_{e}": v.float() for e, v in enumerate(mean)})
                 logged[f"{split}/gate/{name}/active"] = torch.tensor(active[name]["per_row_mean"], device=self.device)
@@ -250,7 +221,7 @@ class MTLModule(pl.LightningModule):
                 flat = value.detach().float().flatten()
                 logged.update({f"{split}/model/{name}" + (f"/{i}" if flat.numel() > 1 else ""): v for i, v in enumerate(flat)})
             result["diagnostics"] = {name: value.detach().float().cpu().tolist() for name, value in diagnostics.items()}
-        self._gate_sums, self._rows = {}, 0
+        self._gates = GateStatistics()
         # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
         self.log_dict(logged, sync_dist=True)
         self.results[split] = result
