@@ -119,6 +119,10 @@ class MTLModel(nn.Module):
         """Names of the parameters of the submodule (or the one parameter) at ``prefix``."""
         return [n for n, _ in self.named_parameters() if n == prefix or n.startswith(prefix + ".")]
 
+    def indexed_by_task(self, prefix: str) -> dict[str, Owner]:
+        """Submodule ``<prefix>.<t>`` (a ``ModuleList`` with one entry per task) is task t's."""
+        return {n: task for t, task in enumerate(self.task_names) for n in self.names_under(f"{prefix}.{t}")}
+
     def sliced_by_task(self, prefix: str, dim: int = 0) -> dict[str, Owner]:
         """Every parameter under ``prefix`` split along ``dim`` into equal consecutive blocks, one per task in
         task order: a fused gate layer's rows (one gate per task), a per-task expert bank's experts."""

@@ -50,8 +50,7 @@ class SingleTask(MTLModel):
 
     def declare_ownership(self) -> dict[str, Owner]:
         owners = super().declare_ownership()
-        for t, name in enumerate(self.task_names):
-            owners.update(dict.fromkeys(self.names_under(f"input.{t}"), name))
+        owners.update(self.indexed_by_task("input"))  # each task's own embeddings
         owners.update(self.sliced_by_task("bottoms"))  # task t's network is expert t of the bank
         return owners
 

@@ -78,8 +78,7 @@ class TensorFactorization(MTLModel):
 
     def declare_ownership(self) -> dict[str, Owner]:
         owners = super().declare_ownership()
-        for t, name in enumerate(self.task_names):
-            owners.update(dict.fromkeys(self.names_under(f"input.{t}"), name))
+        owners.update(self.indexed_by_task("input"))  # each task's own embeddings
         for index in range(len(self.layers)):
             # W_t reads row t of the task factor and its own bias only; the core and U_in/U_out are shared.
             owners.update(self.sliced_by_task(f"layers.{index}.task_factor"))
