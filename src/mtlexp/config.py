@@ -50,6 +50,10 @@ def validate_run(cfg: DictConfig) -> RunConfig:
     """Run the range checks of ``RunConfig`` on the scalar top-level keys of a composed config."""
     scalars = {f.name: cfg.get(f.name) for f in fields(RunConfig) if f.name in cfg and f.default is not MISSING}
     scalars = {k: v for k, v in scalars.items() if not isinstance(v, DictConfig)}
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs != -1 and epochs < 1:
+        # Lightning would "train" zero epochs and the run would report an untrained model as ok.
+        raise MtlexpError(f"trainer.max_epochs: expected an integer >= 1 (or -1 for no limit), got {epochs}")
     return RunConfig(**scalars)
 
 

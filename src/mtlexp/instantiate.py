@@ -79,6 +79,8 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation) if a is not type(None))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -90,10 +92,27 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _check_types(node: DictConfig, key: str, target: type) -> None:
+    """Wrongly typed plain values for a library class's constructor (``trainer.max_epochs=abc``)."""
+    try:
+        hints = typing.get_type_hints(target.__init__)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve at runtime: nothing to check against
+        return
+    for name in node:
+        if str(name).startswith("_") or name not in hints or OmegaConf.is_missing(node, name):
+            continue
+        value = node[name]
+        if isinstance(value, (str, int, float, bool)) and not _matches(value, hints[name]):
+            raise MtlexpError(f"{key}.{name}: expected {_describe(hints[name])}, got {value!r}")
+
+
 def check_node(node: DictConfig, key: str, late: Sequence[str] = ()) -> None:
     """Unknown keys and wrongly typed values of a ``_target_`` node, named by their full key."""
     target = _resolve_target(str(node.get("_target_")), key)
-    if not inspect.isclass(target) or not str(node._target_).startswith("mtlexp."):
+    if not inspect.isclass(target):
+        return
+    if not str(node._target_).startswith("mtlexp."):
+        _check_types(node, key, target)  # library classes (Trainer, optimizers): value types only
         return
     signature = inspect.signature(target.__init__)
     hints = typing.get_type_hints(target.__init__)

@@ -127,10 +127,14 @@ def test_resume_from_last_checkpoint_continues_training(make_cfg):
         ("seed=-1", "seed: expected an integer >= 0"),
         ("tasks.task1.kind=ranking", "tasks.task1.kind: expected one of"),
         ("optimizer.lr=-1", "optimizer: "),
+        ("optimizer.lr=abc", "optimizer.lr: expected float or Tensor, got 'abc'"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs: expected int, got 'abc'"),
+        ("trainer.max_epochs=0", "trainer.max_epochs: expected an integer >= 1 (or -1 for no limit), got 0"),
+        ("model=single_task model.penalty=l2", "model.penalty: expected Penalty, got 'l2'"),
     ],
 )
 def test_bad_config_values_fail_before_training_naming_the_key(make_cfg, override, expected):
-    cfg = make_cfg(override)
+    cfg = make_cfg(*override.split())
     with pytest.raises(MtlexpError) as error:
         train(cfg)
     assert expected in str(error.value)
