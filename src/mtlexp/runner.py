@@ -33,10 +33,14 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         return True
     except MtlexpError as error:
         message = str(error)
-    except (KeyboardInterrupt, SystemExit):
-        # Lightning turns Ctrl-C during fit into SystemExit: record it, then stop the whole sweep.
+    except (KeyboardInterrupt, SystemExit) as error:
+        # Lightning turns Ctrl-C during fit into SystemExit(1), and SIGTERM (what schedulers send on
+        # preemption) into a SystemExit without a code, which would exit 0: record it, say how to resume,
+        # and stop the whole sweep with a non-zero status (128 + the signal when there is no code).
         _mark(output_dir, "interrupted", "interrupted")
-        raise
+        print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
+        code = error.code if isinstance(error, SystemExit) else None
+        raise SystemExit(code if code not in (None, 0) else 130 if isinstance(error, KeyboardInterrupt) else 143) from None
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become one line
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         if output_dir is not None:
@@ -46,6 +50,16 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
     _mark(output_dir, "failed", message)
     return False
+
+
+def _resume_hint(output_dir: Path | None) -> str:
+    """The command line that resumes an interrupted run from its last checkpoint."""
+    last = output_dir / "checkpoints" / "last.ckpt" if output_dir is not None else None
+    if last is None or not last.is_file():
+        return "no checkpoint was written yet: run the same command again"
+    # A resumed run writes a folder of its own (and keeps the better best checkpoint of the two).
+    overrides = [o for o in run_overrides(output_dir) if not o.startswith(("ckpt_path=", "hydra."))]
+    return "resume with: mtlexp train " + " ".join([*overrides, f"ckpt_path={last}"])
 
 
 def _mark(output_dir: Path | None, status: str, message: str) -> None:

@@ -151,3 +151,24 @@ def test_a_gate_given_as_a_value_names_the_group_to_use(tmp_path):
         "mtlexp: error: model.gate: expected a model/gate config, got 'dselect_k'; choose one with "
         "model/gate=dselect_k (options: dselect_k, softmax, topk)"
     )
+
+
+def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "mtlexp", "train", "data.num_train=2048", "data.num_val=256", "data.num_test=256",
+               "trainer.max_epochs=1000", "trainer.enable_progress_bar=false", "logger=none", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    hint = stderr.strip().splitlines()[-1]
+    assert hint.startswith("mtlexp: interrupted; resume with: mtlexp train ") and "trainer.max_epochs=1000" in hint
+    assert "hydra.run.dir" not in hint  # the resumed run gets a folder of its own
+    assert hint.endswith(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
