@@ -3,7 +3,7 @@ import torch
 
 from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.errors import ConfigValueError
-from mtlexp.models.blocks import MLP, ExpertBank, InputBlock, TaskTowers, mix_experts
+from mtlexp.models.blocks import MLP, ExpertBank, InputBlock, TaskTowers
 from mtlexp.tasks import TaskSpec
 
 
