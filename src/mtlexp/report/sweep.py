@@ -42,8 +42,20 @@ def default_metric(values: dict[str, float]) -> str:
     return "auroc" if "auroc" in values else "mse" if "mse" in values else next(iter(values))
 
 
-def summarise(runs: list[Path], split: str = "test", metric: str | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows: one row per configuration, ``mean ± sd (n)`` per task."""
+LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "norm_loss", "log_loss")
+
+
+def delta_m(means: dict[str, float], base: dict[str, float], metrics: dict[str, str]) -> float:
+    """Delta-m (%): the mean over tasks of the relative change against the baseline, signed so that a gain is
+    positive whatever the metric's direction (as LibMTL reports it)."""
+    changes = [(means[t] - base[t]) / base[t] * (-1 if metrics[t] in LOWER_IS_BETTER else 1) for t in means]
+    return 100.0 * statistics.fmean(changes)
+
+
+def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
+              baseline: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: one row per configuration, ``mean ± sd (n)`` per task; with ``baseline`` (``key=value``,
+    a swept override), Delta-m of every configuration against the one that differs from it only there."""
     swept = swept_only([run_overrides(run) for run in runs])
     loaded = [(run, read_json(run / "metrics.json"), overrides) for run, overrides in zip(runs, swept)]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -65,6 +77,12 @@ def summarise(runs: list[Path], split: str = "test", metric: str | None = None) 
             raise MtlexpError(f"--metric: task {task!r} has no {names[task]!r}; it has {sorted(sample)}")
         header.append(f"{task} {split} {names[task]}")
     header.append(f"{split} norm_loss")
+    if baseline is not None:
+        if "=" not in baseline or not any(baseline in key.split() for key in groups):
+            raise MtlexpError(f"--baseline: expected a swept override such as weighting=equal, got {baseline!r}")
+        header.append(f"Δm vs {baseline} (%)")
+    means = {key: {t: statistics.fmean(m[split][t][names[t]] for m in ms) for t in tasks
+                   if all(t in m.get(split, {}) for m in ms)} for key, ms in groups.items() if ms}
     rows = []
     for key in sorted(set(groups) | set(failed)):
         ms = groups.get(key, [])
@@ -72,6 +90,11 @@ def summarise(runs: list[Path], split: str = "test", metric: str | None = None) 
         for task in tasks:
             row.append(_mean_sd([m[split][task][names[task]] for m in ms if task in m.get(split, {})]))
         row.append(_mean_sd([m[f"{split}_norm_loss"] for m in ms if m.get(f"{split}_norm_loss") is not None]))
+        if baseline is not None:
+            name = baseline.split("=", 1)[0] + "="
+            base_key = " ".join(baseline if o.startswith(name) else o for o in key.split())
+            ok = key in means and base_key in means and set(means[key]) == set(means[base_key])
+            row.append(f"{delta_m(means[key], means[base_key], names):+.2f}" if ok else "-")
         rows.append(row)
     return header, rows
 
@@ -89,6 +112,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run folders")
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--metric", default=None, help="metric per task (default: auroc, else mse)")
+    parser.add_argument("--baseline", default=None,
+                        help="a swept override (e.g. weighting=equal): add Delta-m against it, per configuration")
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
@@ -100,7 +125,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     try:
-        header, rows = summarise(runs, args.split, args.metric)
+        header, rows = summarise(runs, args.split, args.metric, args.baseline)
     except MtlexpError as error:
         print(f"mtlexp: error: {error}", file=sys.stderr)
         return 1
