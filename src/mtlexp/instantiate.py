@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlexp.errors import ConfigValueError, MtlexpError
 
-ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.")
+ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.", "torchjd.")
 # Keys that describe a node rather than configure its target (``_name_``: a model's stable name).
 META_KEYS = ("_name_",)
 

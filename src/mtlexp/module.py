@@ -27,8 +27,8 @@ from mtlexp.gate_stats import GateStatistics
 from mtlexp.metrics import predictions, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
-from mtlexp.weighting.base import Weighting
-
+from mtlexp.weighting.base import StepInputs, Weighting
+from mtlexp.weighting.conflict import cosine_pairs, task_gradient_cosines
 
 
 class MTLModule(pl.LightningModule):
@@ -40,6 +40,8 @@ class MTLModule(pl.LightningModule):
     :param weighting: combines per-task losses into one (``weighting/`` config group).
     :param scheduler: optional factory ``optimizer -> LR scheduler``, stepped once per epoch.
     :param grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
+    :param grad_cosine_every_n_steps: every this many optimizer steps, measure the cosine similarity between
+        the task gradients on the shared parameters (one extra vectorised backward pass); 0 turns it off.
     :param run_config: the resolved run config, stored in every checkpoint so ``mtlexp eval`` can rebuild
         the data and the model from the checkpoint alone.
     """
@@ -52,10 +54,13 @@ class MTLModule(pl.LightningModule):
         weighting: Weighting,
         scheduler: Callable[..., Any] | None = None,
         grad_clip_norm: float | None = None,
+        grad_cosine_every_n_steps: int = 50,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         require(grad_clip_norm is None or grad_clip_norm > 0, "grad_clip_norm", "a positive number or null", grad_clip_norm)
+        require(isinstance(grad_cosine_every_n_steps, int) and grad_cosine_every_n_steps >= 0,
+                "grad_cosine_every_n_steps", "an integer >= 0 (0: off)", grad_cosine_every_n_steps)
         self.automatic_optimization = False
         self.model = model
         self.tasks = list(tasks)
@@ -63,6 +68,7 @@ class MTLModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.grad_clip_norm = grad_clip_norm
+        self.grad_cosine_every_n_steps = grad_cosine_every_n_steps
         self.run_config = run_config or {}
         # Keyed "<split>_split": a ModuleDict key may not shadow nn.Module.train.
         self.metrics = nn.ModuleDict(
@@ -72,7 +78,9 @@ class MTLModule(pl.LightningModule):
         self._gates = GateStatistics()
         self._epoch_sums: Tensor | None = None  # this epoch's summed (loss, task losses...) over its steps
         self._epoch_steps = 0
+        self._cosines: list[Tensor] = []  # this epoch's measured (T, T) task-gradient cosines
         self._plain_step = False
+        self._shared: list[nn.Parameter] = []
 
     # --- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -90,12 +98,13 @@ class MTLModule(pl.LightningModule):
             and self.grad_clip_norm is None
             and self.trainer.world_size == 1
         )
+        self._shared = self.model.shared_parameters()
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.current_epoch)
-        self._epoch_sums, self._epoch_steps = None, 0
+        self._epoch_sums, self._epoch_steps, self._cosines = None, 0, []
 
     def forward(self, batch: Batch) -> MTLOutput:
         return self.model(batch["numeric"], batch["categorical"])
@@ -106,24 +115,35 @@ class MTLModule(pl.LightningModule):
 
     def training_step(self, chunk: list[Batch], batch_idx: int) -> None:
         opt = self.optimizers()
-        shared = self.model.shared_parameters() if self.weighting.needs_task_gradients else []
         backward = Tensor.backward if self._plain_step else self.manual_backward
-        step_losses: list[Tensor] = []  # (loss, task losses...) of every step, stacked once per chunk
+        writes = self.weighting.writes_gradients
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        first_step = self.global_step  # Lightning's counter lags on the plain path: count from the chunk's start
+        step_values: list[Tensor] = []  # (loss, task losses, weights[, aux]) of every step, summed once per chunk
         outputs: list[MTLOutput] = []
-        for batch in chunk:
+        for offset, batch in enumerate(chunk):
             out = self(batch)
-            losses = self.task_losses(out, batch)
+            losses = torch.stack(list(self.task_losses(out, batch).values()))
+            step = first_step + offset
+            if self._shared and self.grad_cosine_every_n_steps and step % self.grad_cosine_every_n_steps == 0:
+                self._cosines.append(task_gradient_cosines(losses, self._shared).detach())
             opt.zero_grad(set_to_none=True)
-            loss = self.weighting.backward(losses, shared, backward, extra=out.aux_loss)
+            result = self.weighting.step(StepInputs(
+                losses=losses, output=out, model=self.model, shared=self._shared, backward=backward, step=step,
+                epoch=self.current_epoch, grad_scale=float(scaler.get_scale()) if writes and scaler is not None else 1.0,
+            ))
+            if writes and self.trainer.world_size > 1:
+                self._average_gradients()
             if self._plain_step:
                 opt.optimizer.step()
             else:
                 if self.grad_clip_norm is not None:
                     self.clip_gradients(opt, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
                 opt.step()
-            step_losses += [loss.detach(), *(v.detach() for v in losses.values())]
-            if out.aux_loss is not None:  # the same models return one every step: the stack stays rectangular
-                step_losses.append(out.aux_loss.detach())
+            self.weighting.on_after_optimizer_step()
+            step_values += [result.loss.view(1), losses.detach(), result.weights.to(losses)]
+            if out.aux_loss is not None:  # the same models return one every step: the rows stay the same length
+                step_values.append(out.aux_loss.detach().view(1))
             outputs.append(out)
         if self._plain_step:
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
@@ -131,7 +151,7 @@ class MTLModule(pl.LightningModule):
                 progress.increment_ready()
                 progress.increment_completed()
         steps = len(chunk)
-        sums = torch.stack(step_losses).view(steps, -1).float().sum(0)  # (1 + tasks [+ aux],) in float32
+        sums = torch.cat(step_values).view(steps, -1).float().sum(0)  # (1 + 2 tasks [+ aux],) in float32
         self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
         self._epoch_steps += steps
         # self.log costs ~0.5 ms a call on CPU even on chunks whose values no logger writes, so the step loss is
@@ -144,27 +164,75 @@ class MTLModule(pl.LightningModule):
             logits = torch.cat([o.logits[task.name].detach() for o in outputs])
             target = torch.cat([b["labels"][task.name] for b in chunk])
             self._update_metrics("train", task, logits, target)
+        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._finish_training_epoch()
 
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_sums is not None:
-            loss = self._epoch_sums[0]
-            if not bool(torch.isfinite(loss)):
-                lr = self.optimizers().param_groups[0]["lr"]
-                raise MtlexpError(
-                    f"training diverged: the train loss is {float(loss)} in epoch {self.current_epoch}; "
-                    f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
-                )
-            means = self._epoch_sums / self._epoch_steps
-            self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True)
-            self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
-            for i, task in enumerate(self.tasks, start=1):
-                self.log(f"train/{task.name}/loss", means[i], on_step=False, on_epoch=True, sync_dist=True)
-            if len(means) > len(self.tasks) + 1:
-                self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True)
-        self._log_split("train")
+    def _average_gradients(self) -> None:
+        """Average the gradients a weighting wrote itself across DDP ranks: DDP's hooks never saw them.
+
+        What is averaged is each rank's aggregated gradient (the aggregation of its own batch's Jacobian),
+        not an aggregation of the mean Jacobian; see docs/weighting.md.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.flatten() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.trainer.world_size
+        offset = 0
+        for param in params:
+            param.grad = flat[offset: offset + param.numel()].view_as(param).clone()
+            offset += param.numel()
+
+    def _finish_training_epoch(self) -> None:
+        """The end of a training epoch, run in its last step: before validation, so the checkpoint written
+        after validation already holds what the epoch changed (the weighting's loss history, the scheduler),
+        and a run resumed from it continues exactly where the uninterrupted one would."""
+        if self._epoch_sums is None:
+            return
+        loss = self._epoch_sums[0]
+        if not bool(torch.isfinite(loss)):
+            lr = self.optimizers().param_groups[0]["lr"]
+            raise MtlexpError(
+                f"training diverged: the train loss is {float(loss)} in epoch {self.current_epoch}; "
+                f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
+            )
+        means = self._epoch_sums / self._epoch_steps
+        if self.trainer.world_size > 1:  # the weighting's epoch hook must see the same losses on every rank
+            means = self.trainer.strategy.reduce(means, reduce_op="mean")
+        num = len(self.tasks)
+        task_losses, weights = means[1: 1 + num], means[1 + num: 1 + 2 * num]
+        self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
+        for i, task in enumerate(self.tasks):
+            self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, sync_dist=True)
+            self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, sync_dist=True)
+        if len(means) > 1 + 2 * num:
+            self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True)
+        record = self.results.setdefault("weighting", {})
+        record["weights"] = {t.name: round(float(w), 6) for t, w in zip(self.tasks, weights)}
+        if self._cosines:
+            cosines = torch.stack(self._cosines).mean(0)
+            if self.trainer.world_size > 1:
+                cosines = self.trainer.strategy.reduce(cosines, reduce_op="mean")
+            pairs = {key: cosines[i, j] for i, j, key in cosine_pairs([t.name for t in self.tasks])}
+            for key, value in pairs.items():
+                self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, sync_dist=True)
+            record["grad_cosine"] = {key: round(float(v), 6) for key, v in pairs.items()}  # the last epoch measured
+        self.weighting.on_train_epoch_end(task_losses)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_split("train")
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:
+            # Data parallelism is only right while every rank holds the same model: check it once, cheaply.
+            flat = torch.cat([p.detach().flatten() for p in self.parameters()]).double()
+            gathered = self.all_gather(flat)
+            self.results["ddp"] = {"world_size": self.trainer.world_size,
+                                   "max_param_diff_across_ranks": float((gathered - gathered[0]).abs().max())}
 
     # --- evaluation --------------------------------------------------------------------------------
     def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, target: Tensor) -> None:

@@ -53,7 +53,7 @@ def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
         model=model,
         tasks=data.tasks,
         optimizer=optimizer,
-        weighting=build(cfg.weighting, "weighting"),
+        weighting=build(cfg.weighting, "weighting", tasks=data.tasks),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     return data, module
@@ -128,7 +128,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "gate_experts": module.model.gate_experts() if results["val"].get("gates") else {},
         "gate_active": results["val"].get("gate_active", {}),
         "diagnostics": results["val"].get("diagnostics", {}),
+        "weighting": {"method": cfg.weighting.get("_name_") or type(module.weighting).__name__,
+                      **module.results.get("weighting", {})},
         "data": summary,
+        **({"ddp": module.results["ddp"]} if "ddp" in module.results else {}),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best and Path(best).is_relative_to(output_dir) else best,
         "duration_s": round(time.time() - started, 2),
     }

@@ -48,7 +48,16 @@ def test_every_data_config_matches_its_constructor_and_has_a_task_set(data):
     assert (CONF / "tasks" / f"{data}.yaml").is_file()  # the `tasks: ${data}` default needs one
 
 
-@pytest.mark.parametrize("group", ["optimizer", "weighting", "logger", "callbacks"])
+@pytest.mark.parametrize("weighting", options("weighting"))
+def test_every_weighting_config_builds_with_the_tasks(weighting):
+    cfg = composed(f"weighting={weighting}", "seed=3")
+    tasks = tasks_from_config({"t1": {"kind": "binary"}, "t2": {"kind": "regression"}, "t3": {"kind": "binary"}})
+    built = build(cfg.weighting, "weighting", tasks=tasks)
+    assert built.task_names == ["t1", "t2", "t3"] and built.seed == 3
+    assert cfg.weighting._name_ == weighting
+
+
+@pytest.mark.parametrize("group", ["optimizer", "logger", "callbacks"])
 def test_small_groups_instantiate(group, tmp_path):
     for option in options(group):
         cfg = composed(f"{group}={option}", f"paths.output_dir={tmp_path}")

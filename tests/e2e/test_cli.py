@@ -119,16 +119,6 @@ def test_paper_synthetic_experiment_composes(tmp_path):
     assert "num_train: 100000" in result.stdout
 
 
-def test_ddp_on_two_cpu_processes(tmp_path):
-    run_dir = tmp_path / "ddp"
-    result = run(["train", "trainer=ddp", "trainer.accelerator=cpu", *FAST, f"hydra.run.dir={run_dir}"], tmp_path,
-                 console_script=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and set(metrics["test"]) == {"task1", "task2"}
-    assert result.stdout.count("run dir:") == 1  # only rank 0 reports
-
-
 def test_sparse_gates_through_the_cli_record_how_many_experts_each_task_uses(tmp_path):
     sweep = tmp_path / "sweep"
     result = run(["train", "-m", "model=mmoe,cgc", "model/gate=topk,dselect_k", *FAST, "logger=csv",

@@ -140,6 +140,11 @@ class MTLModel(nn.Module):
         owners = self.ownership()
         return [p for n, p in self.named_parameters() if owners[n] is SHARED]
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The parameters of the last layer that every task reads (GradNorm's W). Architectures with one such
+        layer name it; the default is every shared parameter, which is what GradNorm falls back to without it."""
+        return self.shared_parameters()
+
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         """Parameters (whole, or fused with a slice that is ``task``'s) that ``task``'s loss reaches alone."""
         owners = self.ownership()

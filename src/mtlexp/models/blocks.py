@@ -105,6 +105,9 @@ class ExpertBank(nn.Module):
     def num_layers(self) -> int:
         return len(self.weights)
 
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        return [self.weights[-1], self.biases[-1]]
+
     def layer(self, h: Tensor, index: int) -> Tensor:
         """Layer ``index`` of every expert: (B, D) read by all experts, or (E, B, D) one input per expert ->
         (E, B, H)."""

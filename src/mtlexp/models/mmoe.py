@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlexp.data.features import FeatureSpec
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
@@ -51,6 +51,9 @@ class MMoE(MTLModel):
         if not self.shared_gate:  # gate t's rows of the fused gate layers reach task t alone
             owners.update(self.sliced_by_task("gate"))
         return owners
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return self.experts.last_layer_parameters()
 
     def gate_experts(self) -> dict[str, list[str]]:
         return {name: [f"expert_{e}" for e in range(self.experts.num_experts)] for name in self.task_names}

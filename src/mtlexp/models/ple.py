@@ -126,6 +126,10 @@ class PLE(MTLModel):
             gate_owned = experts_owned
         return owners
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        banks = [level.shared_experts for level in self.levels if level.shared_experts is not None]
+        return banks[-1].last_layer_parameters() if banks else super().last_shared_layer()
+
     def gate_experts(self) -> dict[str, list[str]]:
         names: dict[str, list[str]] = {}
         top = len(self.levels) - 1

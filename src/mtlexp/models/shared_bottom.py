@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import require
@@ -32,6 +32,9 @@ class SharedBottom(MTLModel):
         require(len(bottom_hidden) >= 1, "bottom_hidden", "at least one layer width", list(bottom_hidden))
         self.bottom = MLP(self.input.output_dim, bottom_hidden, dropout)
         self.towers = self.build_towers(self.bottom.output_dim)
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return list([m for m in self.bottom if isinstance(m, nn.Linear)][-1].parameters())
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> MTLOutput:
         h = self.bottom(self.input(numeric, categorical))  # (B, H)

@@ -1,47 +1,141 @@
-"""The weighting contract.
+"""The weighting contract: how the per-task losses of one step become one update.
 
-Losses stay per task (``{task: scalar}``) until a weighting combines them. A loss-based method (equal,
-uncertainty, DWA) is an ``nn.Module`` whose ``forward`` returns the scalar to back-propagate; its own
-parameters, if any, are optimised with the model's. A gradient-based method (PCGrad, MGDA, ...) will set
-``needs_task_gradients = True`` and implement ``backward(losses, shared_parameters)``, writing the
-aggregated gradient into ``.grad`` itself; the Lightning module already drives the backward pass by hand
-(manual optimisation), so such methods plug in without touching it.
+A weighting is built with the task specs (so learned weights exist before the optimizer is made and are
+optimised with the model) and is called once per optimizer step with a ``StepInputs``: the per-task losses
+as one tensor in task order, the model output, the model (its shared parameters and last shared layer),
+the backward function to use, and the step and epoch. It back-propagates and returns a ``StepResult``: the
+loss it optimised and the per-task weights it applied, which the module logs.
+
+Two families share the contract:
+
+* **loss weightings** (``LossWeighting``: equal, static, uncertainty, DWA, RLW, GradNorm) back-propagate a
+  weighted sum through ``inputs.backward``, so mixed precision and DDP's gradient sync work unchanged;
+* **gradient aggregations** (``GradientAggregation``, on torchjd) compute every task's gradient on the
+  shared parameters and write an aggregated ``.grad`` themselves (``writes_gradients = True``): the module
+  then averages those gradients across DDP ranks, because DDP's hooks never saw them.
+
+State (learned weights, loss history, an aggregator's memory) lives in parameters and buffers, or in
+``get_extra_state``, so it is in every checkpoint and a resumed run continues where it stopped. Randomness
+is drawn from a generator seeded by (run seed, global step), never from the global stream, so a resumed run
+draws what the uninterrupted one would have drawn and every DDP rank draws the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from mtlexp.errors import MtlexpError
+from mtlexp.models.base import MTLModel, MTLOutput
+from mtlexp.tasks import TaskSpec
+
+
+@dataclass
+class StepInputs:
+    """What one optimizer step gives a weighting.
+
+    :param losses: ``(T,)`` per-task losses, in the order of the task specs.
+    :param output: the forward pass (logits, gates, ``aux_loss``: a model regulariser that is added to the
+        objective as it is, never weighted as a task).
+    :param model: the architecture; ``model.shared_parameters()`` is where task gradients meet.
+    :param shared: ``model.shared_parameters()``, computed once per fit.
+    :param backward: how to back-propagate a scalar (Lightning's ``manual_backward`` under mixed precision or
+        DDP, ``Tensor.backward`` otherwise).
+    :param step: the global optimizer step (0-based) this update will be.
+    :param epoch: the current epoch.
+    :param grad_scale: the loss scale of fp16 mixed precision (1 otherwise); ``backward`` applies it, and a
+        weighting that writes gradients itself must write them scaled by it.
+    """
+
+    losses: Tensor
+    output: MTLOutput
+    model: MTLModel
+    shared: Sequence[nn.Parameter]
+    backward: Callable[[Tensor], None]
+    step: int
+    epoch: int
+    grad_scale: float = 1.0
+
+    def objective(self, weighted: Tensor) -> Tensor:
+        """``weighted`` plus the model's auxiliary loss, if it has one."""
+        aux = self.output.aux_loss
+        return weighted if aux is None else weighted + aux
+
+
+@dataclass
+class StepResult:
+    """What a weighting did: ``loss`` is the objective it optimised (detached), ``weights`` the ``(T,)``
+    per-task weights it applied (for an aggregator, the weights of its combination of task gradients)."""
+
+    loss: Tensor
+    weights: Tensor
+
 
 class Weighting(nn.Module):
-    """Base class: combines per-task losses into the loss that is back-propagated."""
+    """Base of every weighting and aggregation method.
 
-    needs_task_gradients = False
+    :param tasks: the task specs, in the data's order (filled in by the train function).
+    :param seed: the run seed (``${seed}`` in the configs), for methods that draw random numbers.
+    """
 
-    def forward(self, losses: dict[str, Tensor]) -> Tensor:
+    writes_gradients = False
+
+    def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
+        super().__init__()
+        if not tasks:
+            raise MtlexpError("weighting: expected at least one task")
+        self.task_names = [t.name for t in tasks]
+        self.seed = int(seed)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def step(self, inputs: StepInputs) -> StepResult:
+        """Back-propagate one step's losses; ``.grad`` is empty when this is called."""
         raise NotImplementedError
 
-    def backward(
-        self,
-        losses: dict[str, Tensor],
-        shared_parameters: Sequence[nn.Parameter],
-        backward: Callable[[Tensor], None] = Tensor.backward,
-        extra: Tensor | None = None,
-    ) -> Tensor:
-        """Back-propagate the combined loss (plus ``extra``, a model's auxiliary loss) and return it.
+    def on_train_epoch_end(self, mean_losses: Tensor) -> None:
+        """Called once per epoch, before validation and checkpointing, with the epoch's ``(T,)`` mean task
+        losses (averaged over DDP ranks)."""
 
-        ``backward`` is how to back-propagate (Lightning's ``manual_backward`` under mixed precision).
-        Gradient-based methods override this to write aggregated gradients on ``shared_parameters``.
-        """
-        loss = self(losses)
+    def on_after_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. to renormalise learned weights)."""
+
+    def step_seed(self, step: int) -> int:
+        """A seed for the draws of one step, from (run seed, step): the same on resume and on every DDP rank."""
+        return self.seed * 1_000_003 + step
+
+    def generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.step_seed(step))
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.task_names}"
+
+
+class LossWeighting(Weighting):
+    """A weighted sum of the task losses, back-propagated through ``inputs.backward``.
+
+    Subclasses give the weights (``weights``) and, optionally, a regulariser on their own parameters.
+    """
+
+    def weights(self, inputs: StepInputs) -> Tensor:
+        """The ``(T,)`` weights of this step; may carry gradient to the method's own parameters."""
+        raise NotImplementedError
+
+    def regularizer(self) -> Tensor | None:
+        """A term added to the objective (uncertainty weighting's log-variances); ``None`` when none."""
+        return None
+
+    def step(self, inputs: StepInputs) -> StepResult:
+        weights = self.weights(inputs)
+        loss = (weights * inputs.losses).sum()
+        extra = self.regularizer()
         if extra is not None:
             loss = loss + extra
-        backward(loss)
-        return loss
-
-
-def stack_losses(losses: dict[str, Tensor]) -> Tensor:
-    return torch.stack(list(losses.values()))
+        loss = inputs.objective(loss)
+        inputs.backward(loss)
+        return StepResult(loss.detach(), weights.detach())

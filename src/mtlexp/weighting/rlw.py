@@ -1,0 +1,20 @@
+"""Random loss weighting (Lin et al., TMLR 2022)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtlexp.weighting.base import LossWeighting, StepInputs
+
+
+class RandomLossWeighting(LossWeighting):
+    """Fresh weights every step: ``softmax`` of a standard normal draw, so they sum to 1.
+
+    Draws come from a generator seeded by (run seed, step): a resumed run draws what the uninterrupted one
+    would have, and every DDP rank draws the same weights.
+    """
+
+    def weights(self, inputs: StepInputs) -> Tensor:
+        draw = torch.randn(self.num_tasks, generator=self.generator(inputs.step))
+        return torch.softmax(draw, dim=0).to(inputs.losses)

@@ -1,0 +1,297 @@
+"""Each weighting's defining property, on hand-built losses and gradients."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mtlexp.data.features import CategoricalFeature, FeatureSpec
+from mtlexp.errors import MtlexpError
+from mtlexp.models import MMoE, SharedBottom
+from mtlexp.models.base import MTLOutput
+from mtlexp.tasks import TaskSpec
+from mtlexp.weighting import (
+    DynamicWeightAverage,
+    EqualWeighting,
+    GradientAggregation,
+    GradNorm,
+    RandomLossWeighting,
+    StaticWeighting,
+    StepInputs,
+    UncertaintyWeighting,
+)
+from mtlexp.weighting.conflict import task_gradient_cosines
+
+TASKS = [TaskSpec("a", "regression"), TaskSpec("b", "binary")]
+TASKS3 = [*TASKS, TaskSpec("c", "regression")]
+FEATURES = FeatureSpec(numeric=tuple(f"x{i}" for i in range(5)), categorical=(CategoricalFeature("c", 4, 2),))
+
+
+class LinearTasks(nn.Module):
+    """Task t's loss is ``g_t . shared + (t + 1) head_t^2``: its Jacobian on ``shared`` is exactly the rows
+    ``g``, and each head is reached by its own task only."""
+
+    def __init__(self, gradients: list[list[float]]) -> None:
+        super().__init__()
+        self.g = torch.tensor(gradients)
+        self.shared = nn.Parameter(torch.zeros(self.g.shape[1]))
+        self.head_params = nn.ParameterList(nn.Parameter(torch.tensor(1.0 + t)) for t in range(len(gradients)))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.shared]
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return [self.shared]
+
+    def losses(self) -> torch.Tensor:
+        return torch.stack([
+            self.g[t] @ self.shared + (t + 1) * self.head_params[t] ** 2 for t in range(len(self.head_params))
+        ])
+
+
+def step_inputs(model, losses, aux=None, step=0) -> StepInputs:
+    return StepInputs(losses=losses, output=MTLOutput(logits={}, aux_loss=aux), model=model,
+                      shared=model.shared_parameters(), backward=torch.Tensor.backward, step=step, epoch=0)
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def small_batch():
+    torch.manual_seed(0)
+    return torch.randn(16, 5), torch.randint(0, 4, (16, 1)), torch.randn(16), torch.randint(0, 2, (16,)).float()
+
+
+def real_losses(model):
+    x, c, ya, yb = small_batch()
+    out = model(x, c)
+    losses = torch.stack([
+        nn.functional.mse_loss(out.logits["a"], ya),
+        nn.functional.binary_cross_entropy_with_logits(out.logits["b"], yb),
+    ])
+    return out, losses
+
+
+# --- loss weightings -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("gate_aux", [False, True])
+def test_equal_reproduces_the_plain_summed_loss_bit_for_bit(gate_aux):
+    torch.manual_seed(1)
+    model = MMoE(FEATURES, TASKS, num_experts=3)
+    out, losses = real_losses(model)
+    aux = (losses.sum() * 0.01) if gate_aux else None
+    (losses.sum() + aux if aux is not None else losses.sum()).backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    out, losses = real_losses(model)
+    aux = (losses.sum() * 0.01) if gate_aux else None
+    result = EqualWeighting(TASKS).step(step_inputs(model, losses, aux))
+    assert all(torch.equal(a, b) for a, b in zip(grads(model), expected))
+    assert torch.equal(result.weights, torch.ones(2))
+
+
+def test_static_weights_by_name_or_position_and_bad_weights_name_the_task():
+    losses = torch.tensor([2.0, 3.0], requires_grad=True)
+    model = LinearTasks([[1.0], [1.0]])
+    result = StaticWeighting(TASKS, weights={"b": 0.5}).step(step_inputs(model, losses))
+    assert result.weights.tolist() == [1.0, 0.5] and float(result.loss) == 3.5
+    assert StaticWeighting(TASKS, weights=[2, 0]).fixed.tolist() == [2.0, 0.0]
+    with pytest.raises(MtlexpError, match="weighting.weights: unknown task 'z'"):
+        StaticWeighting(TASKS, weights={"z": 1.0})
+    with pytest.raises(MtlexpError, match=r"expected 2 weights \(one per task"):
+        StaticWeighting(TASKS, weights=[1.0])
+    with pytest.raises(MtlexpError, match="weighting.weights.a: expected a number >= 0, got -1"):
+        StaticWeighting(TASKS, weights=[-1, 1])
+
+
+def test_uncertainty_weights_are_one_over_two_sigma_squared_and_learn_the_variances():
+    weighting = UncertaintyWeighting(TASKS)
+    with torch.no_grad():
+        weighting.log_variance.copy_(torch.tensor([0.0, math.log(4.0)]))  # sigma^2 = 1 and 4
+    losses = torch.tensor([2.0, 3.0], requires_grad=True)
+    result = weighting.step(step_inputs(LinearTasks([[1.0], [1.0]]), losses))
+    assert torch.allclose(result.weights, torch.tensor([0.5, 0.125]))
+    # d/ds [L e^-s / 2 + s / 2] = -L e^-s / 2 + 1/2: the variance grows while the loss exceeds it.
+    assert torch.allclose(weighting.log_variance.grad, torch.tensor([-0.5, -3 / 8 + 0.5]))
+    assert torch.allclose(losses.grad, result.weights)
+
+
+def test_dwa_weights_follow_the_rate_of_the_last_two_epoch_losses():
+    weighting = DynamicWeightAverage(TASKS, temperature=2.0)
+    model, losses = LinearTasks([[1.0], [1.0]]), torch.tensor([1.0, 1.0], requires_grad=True)
+    assert weighting.step(step_inputs(model, losses)).weights.tolist() == [1.0, 1.0]  # no history yet
+    weighting.on_train_epoch_end(torch.tensor([1.0, 1.0]))
+    assert weighting.current.tolist() == [1.0, 1.0]  # one epoch of history is not a rate
+    weighting.on_train_epoch_end(torch.tensor([0.5, 0.9]))
+    expected = 2 * torch.softmax(torch.tensor([0.5, 0.9]) / 2.0, dim=0)
+    assert torch.allclose(weighting.step(step_inputs(model, losses)).weights, expected)
+    assert weighting.current[1] > weighting.current[0]  # the task whose loss fell less weighs more
+    restored = DynamicWeightAverage(TASKS)
+    restored.load_state_dict(weighting.state_dict())
+    restored.on_train_epoch_end(torch.tensor([0.25, 0.9]))
+    assert torch.allclose(restored.current, 2 * torch.softmax(torch.tensor([0.5, 1.0]) / 2.0, dim=0))
+
+
+def test_rlw_draws_weights_on_the_simplex_reproducibly_per_step():
+    weighting = RandomLossWeighting(TASKS3, seed=7)
+    model, losses = LinearTasks([[1.0]] * 3), torch.ones(3, requires_grad=True)
+    draws = [weighting.step(step_inputs(model, losses, step=s)).weights for s in (0, 1, 0)]
+    assert torch.allclose(draws[0].sum(), torch.tensor(1.0)) and (draws[0] > 0).all()
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], RandomLossWeighting(TASKS3, seed=8).step(step_inputs(model, losses)).weights)
+
+
+def test_gradnorm_moves_weight_from_the_task_with_the_larger_gradient_norm():
+    model = LinearTasks([[10.0, 0.0], [0.0, 1.0]])  # equal training rates, gradient norms 10 and 1
+    weighting = GradNorm(TASKS, alpha=1.5)
+    optimizer = torch.optim.SGD(weighting.parameters(), lr=0.01)
+    for step in range(3):
+        weighting.zero_grad()
+        model.zero_grad()
+        result = weighting.step(step_inputs(model, model.losses(), step=step))
+        grad = weighting.task_weights.grad.clone()
+        optimizer.step()
+        weighting.on_after_optimizer_step()
+    assert grad[0] > 0 > grad[1]  # |w_a 10 - target| shrinks by lowering w_a, |w_b 1 - target| by raising w_b
+    assert result.weights[0] < 1 < result.weights[1]
+    assert torch.allclose(weighting.task_weights.sum(), torch.tensor(2.0))
+    # The model follows the weighted losses, not the GradNorm objective.
+    assert torch.allclose(model.shared.grad, result.weights[0] * model.g[0] + result.weights[1] * model.g[1])
+
+
+# --- gradient aggregation ------------------------------------------------------------------------------
+def aggregate(name: str, gradients: list[list[float]], **kwargs):
+    import torchjd.aggregation as aggregation
+
+    model = LinearTasks(gradients)
+    tasks = [TaskSpec(f"t{t}", "regression") for t in range(len(gradients))]
+    weighting = GradientAggregation(tasks, aggregator=lambda: getattr(aggregation, name)(**kwargs))
+    result = weighting.step(step_inputs(model, model.losses()))
+    return model, result
+
+
+def test_pcgrad_leaves_no_conflict_between_the_projected_gradients():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # conflicting: g1 . g2 < 0
+    model, _ = aggregate("PCGrad", [g1.tolist(), g2.tolist()])
+    p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+    p2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+    assert p1 @ g2 == pytest.approx(0.0, abs=1e-6) and p2 @ g1 == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(model.shared.grad, p1 + p2, atol=1e-6)
+    assert model.shared.grad @ g1 >= 0 and model.shared.grad @ g2 >= 0
+    agreeing, _ = aggregate("PCGrad", [[1.0, 0.0], [1.0, 1.0]])  # no conflict: the plain sum
+    assert torch.allclose(agreeing.shared.grad, torch.tensor([2.0, 1.0]))
+
+
+def test_mgda_returns_the_min_norm_point_of_the_convex_hull():
+    g1, g2 = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    model, result = aggregate("MGDA", [g1.tolist(), g2.tolist()], epsilon=1e-6, max_iters=1000)
+    alpha = float(((g2 - g1) @ g2) / ((g1 - g2) @ (g1 - g2)))  # argmin_a |a g1 + (1 - a) g2|
+    assert torch.allclose(model.shared.grad, alpha * g1 + (1 - alpha) * g2, atol=1e-3)
+    assert torch.allclose(result.weights, torch.tensor([alpha, 1 - alpha]), atol=1e-3)
+
+
+def test_upgrad_update_conflicts_with_no_task():
+    gradients = [[1.0, 0.0, 0.0], [-0.8, 1.0, 0.0], [-0.5, -0.9, 0.2]]
+    model, result = aggregate("UPGrad", gradients)
+    assert (torch.tensor(gradients) @ model.shared.grad >= -1e-6).all()
+    assert (torch.tensor(gradients) @ torch.tensor(gradients).sum(0) < 0).any()  # whereas the sum conflicts
+
+
+def test_task_owned_parameters_get_their_own_task_gradient_and_the_aux_loss_is_added_as_is():
+    import torchjd.aggregation as aggregation
+
+    model = LinearTasks([[1.0, 0.0], [-1.0, 1.0]])
+    weighting = GradientAggregation(TASKS, aggregator=aggregation.UPGrad)
+    aux = 3.0 * model.shared.sum() + model.head_params[0]
+    weighting.step(step_inputs(model, model.losses(), aux=aux))
+    assert model.head_params[0].grad == pytest.approx(2 * 1 * 1.0 + 1.0)  # its loss 1 h^2 at h=1, plus aux
+    assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0)  # its loss 2 h^2 at h=2
+    plain = LinearTasks([[1.0, 0.0], [-1.0, 1.0]])
+    GradientAggregation(TASKS, aggregator=aggregation.UPGrad).step(step_inputs(plain, plain.losses()))
+    assert torch.allclose(model.shared.grad - plain.shared.grad, torch.tensor([3.0, 3.0]))
+
+
+def test_non_weighted_aggregators_report_least_squares_weights():
+    model, result = aggregate("ConFIG", [[1.0, 0.0], [-0.5, 1.0]])
+    direction = result.weights @ model.g
+    assert torch.allclose(direction, model.shared.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kwargs", [("GradVac", {"beta": 0.5}), ("NashMTL", {"n_tasks": 2, "update_weights_every": 2})])
+def test_stateful_aggregators_continue_from_a_saved_state(name, kwargs):
+    import torchjd.aggregation as aggregation
+
+    # Aligned gradients first (GradVac's similarity target rises; Nash-MTL solves for them), then less aligned
+    # ones: what the aggregators do with those depends on the state the first steps left.
+    schedule = [[[1.0, 0.0], [1.0, 0.1]]] * 3 + [[[1.0, 0.0], [0.5, 1.0]], [[1.0, 0.2], [0.3, 1.0]]]
+
+    def fresh():
+        return GradientAggregation(TASKS, aggregator=lambda: getattr(aggregation, name)(**kwargs))
+
+    def run(weighting, step):
+        model = LinearTasks(schedule[step])
+        return weighting.step(step_inputs(model, model.losses(), step=step)).weights
+
+    first = fresh()
+    for step in range(3):
+        run(first, step)
+    keys = {key for values in first.state_dict()["_extra_state"].values() for key in values}
+    assert "_phi_t" in keys or "prvs_alpha" in keys
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # as Lightning loads a checkpoint to resume
+    restored, untouched = fresh(), fresh()
+    restored.load_state_dict(saved)
+    assert not torch.allclose(run(untouched, 3), run(restored, 3), atol=1e-4)  # the state matters here
+    restored.load_state_dict(saved)
+    for step in (3, 4):
+        continued = run(first, step)
+        assert torch.allclose(run(restored, step), continued, atol=1e-6)
+
+
+def test_task_gradient_cosines_on_known_gradients():
+    model = LinearTasks([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
+    cos = task_gradient_cosines(model.losses(), model.shared_parameters())
+    assert torch.allclose(cos, torch.tensor([[1, 2 ** -0.5, -1], [2 ** -0.5, 1, -(2 ** -0.5)], [-1, -(2 ** -0.5), 1]]),
+                          atol=1e-6)
+
+
+def test_no_shared_parameters_means_each_task_keeps_its_own_gradient():
+    import torchjd.aggregation as aggregation
+    from mtlexp.models import SingleTask
+
+    torch.manual_seed(0)
+    model = SingleTask(FEATURES, TASKS)
+    out, losses = real_losses(model)
+    result = GradientAggregation(TASKS, aggregator=aggregation.MGDA).step(step_inputs(model, losses))
+    assert result.weights.tolist() == [1.0, 1.0]
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+    real_losses(model)[1].sum().backward()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, grads(model)))
+
+
+def test_shared_bottom_last_shared_layer_is_the_bottom_output_layer():
+    model = SharedBottom(FEATURES, TASKS, bottom_hidden=[8, 4])
+    assert [p.shape for p in model.last_shared_layer()] == [torch.Size([4, 8]), torch.Size([4])]
+
+
+def test_under_a_loss_scale_the_aggregation_sees_unscaled_gradients_and_writes_scaled_ones():
+    import torchjd.aggregation as aggregation
+
+    def run(scale):
+        model = LinearTasks([[1.0, 0.2], [-0.5, 1.0]])
+        inputs = step_inputs(model, model.losses(), aux=0.5 * model.shared.sum())
+        inputs.grad_scale = scale
+        result = GradientAggregation(TASKS, aggregator=lambda: aggregation.NashMTL(n_tasks=2)).step(inputs)
+        return result.weights, [p.grad for p in model.parameters()]
+
+    weights, plain = run(1.0)
+    scaled_weights, scaled = run(1024.0)
+    assert torch.allclose(scaled_weights, weights, atol=1e-5)  # Nash-MTL's weights are not scale-invariant
+    assert all(torch.allclose(s, 1024.0 * p, rtol=1e-4) for s, p in zip(scaled, plain))

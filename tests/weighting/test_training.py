@@ -1,0 +1,45 @@
+"""Weightings inside a real training run (in process): resume, logging, the cost-free equal path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtlexp.train import train
+
+
+@pytest.mark.parametrize("method", ["dwa", "gradvac", "uncertainty"])
+def test_a_resumed_stateful_method_continues_where_it_stopped(make_cfg, method):
+    common = [f"weighting={method}", "model=mmoe", "logger=csv", "data.chunk_steps=2"]
+    whole = train(make_cfg(*common, "trainer.max_epochs=4"))
+    first = make_cfg(*common, "trainer.max_epochs=2")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = train(make_cfg(*common, "trainer.max_epochs=4", f"ckpt_path={last}"))
+    assert resumed["weighting"]["weights"] == whole["weighting"]["weights"]
+    assert resumed["test"] == whole["test"]
+    if method == "dwa":  # by the fourth epoch DWA has a loss history: its weights have left 1
+        assert whole["weighting"]["weights"] != {"task1": 1.0, "task2": 1.0}
+
+
+def test_the_epoch_weights_and_gradient_cosines_reach_the_csv_log_and_metrics_json(make_cfg):
+    cfg = make_cfg("weighting=uncertainty", "logger=csv", "module.grad_cosine_every_n_steps=3")
+    metrics = train(cfg)
+    rows = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for column in ("train/weight/task1", "train/weight/task2", "train/grad_cosine/task1-task2"):
+        values = [r.split(",")[header.index(column)] for r in rows[1:] if r.split(",")[header.index(column)]]
+        assert len(values) == 2, column  # one per epoch
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved["weighting"] == metrics["weighting"]
+    assert saved["weighting"]["method"] == "uncertainty"
+    assert 0 < saved["weighting"]["weights"]["task1"] < 0.5  # 1/(2 sigma^2), starting at 0.5 as sigma grows
+
+
+def test_grad_cosine_every_n_steps_must_be_a_non_negative_integer(make_cfg):
+    from mtlexp.errors import MtlexpError
+
+    with pytest.raises(MtlexpError, match="module.grad_cosine_every_n_steps: expected an integer >= 0"):
+        train(make_cfg("module.grad_cosine_every_n_steps=-1"))
