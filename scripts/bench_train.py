@@ -36,7 +36,8 @@ Usage::
     .venv/bin/python scripts/bench_train.py --quick          # a smoke test (seconds), not a measurement
 
 Then every model config (and MMoE with each sparse gate) is trained through mtlexp at batch 1024 on the same
-data, printing its samples/s and its ratio to MMoE's (no lean loop: this axis compares architectures).
+data, printing its samples/s and its ratio to MMoE's (no lean loop: this axis compares architectures), and
+MMoE with every weighting config, with its ratio to equal weighting.
 
 The last line printed is ``ratio_b128=<x> ratio_b1024=<y>`` (one entry per ``--batch-sizes`` value).
 """
@@ -74,6 +75,7 @@ MODEL = {"num_experts": 8, "expert_hidden": [16], "tower_hidden": [8]}
 CENSUS_BATCH = 1024  # experiment=paper_census_group1
 ARCH_BATCH = 1024  # the per-architecture figures
 ARCHITECTURES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+WEIGHTINGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "weighting").glob("*.yaml"))
 DEFAULT_CENSUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "census-income"
 
 
@@ -279,29 +281,39 @@ def bench_census(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str,
     return {"mtlexp": result}
 
 
-def bench_architectures(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Every model config (and MMoE with each sparse gate) through mtlexp at ``ARCH_BATCH``, rounds in
-    alternating order; samples/s is the median over a model's timed epochs."""
-    cases = {name: [f"model={name}"] for name in ARCHITECTURES}
-    cases.update({f"mmoe+{gate}": ["model=mmoe", f"model/gate={gate}"] for gate in ("topk", "dselect_k")})
+def bench_axis(args: argparse.Namespace, workdir: Path, cases: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Each case (overrides on top of MMoE) through mtlexp at ``ARCH_BATCH``, rounds in alternating order;
+    samples/s is the median over a case's timed epochs."""
     results: dict[str, dict[str, Any]] = {name: {"seconds": []} for name in cases}
     for round_ in range(args.rounds):
         for name in (list(cases) if round_ % 2 == 0 else list(cases)[::-1]):
-            cfg = compose_config(args, ARCH_BATCH, "csv", workdir / f"arch-{name}-r{round_}", model=cases[name])
+            cfg = compose_config(args, ARCH_BATCH, "csv", workdir / f"{name}-r{round_}", model=cases[name])
             out = run_mtlexp(cfg, args, ARCH_BATCH, lean_first=True, with_lean=False)
             results[name]["seconds"] += out["mtlexp"]
             results[name].update(rows=out["rows"], num_params=out["num_params"])
     return results
 
 
-def report_architectures(results: dict[str, dict[str, Any]]) -> None:
+def architecture_cases() -> dict[str, list[str]]:
+    """Every model config, and MMoE with each sparse gate."""
+    cases = {name: [f"model={name}"] for name in ARCHITECTURES}
+    cases.update({f"mmoe+{gate}": ["model=mmoe", f"model/gate={gate}"] for gate in ("topk", "dselect_k")})
+    return cases
+
+
+def weighting_cases() -> dict[str, list[str]]:
+    """MMoE with every weighting config."""
+    return {name: ["model=mmoe", f"weighting={name}"] for name in WEIGHTINGS}
+
+
+def report_axis(results: dict[str, dict[str, Any]], axis: str, baseline: str) -> None:
     speed = {name: r["rows"] / statistics.median(r["seconds"]) for name, r in results.items()}
-    print(f"architectures through mtlexp, batch {ARCH_BATCH} ({next(iter(results.values()))['rows']:,} samples, "
+    print(f"{axis} through mtlexp, batch {ARCH_BATCH} ({next(iter(results.values()))['rows']:,} samples, "
           "median over timed epochs):")
-    print(f"  {'model':22s} {'parameters':>10s} {'samples/s':>11s} {'vs mmoe':>8s}")
+    print(f"  {axis[:-1]:22s} {'parameters':>10s} {'samples/s':>11s} {'vs ' + baseline:>9s}")
     for name, r in results.items():
-        flag = "  < 0.5 x mmoe" if speed[name] < 0.5 * speed["mmoe"] else ""
-        print(f"  {name:22s} {r['num_params']:10,d} {speed[name]:11,.0f} {speed[name] / speed['mmoe']:8.2f}{flag}")
+        flag = f"  < 0.5 x {baseline}" if speed[name] < 0.5 * speed[baseline] else ""
+        print(f"  {name:22s} {r['num_params']:10,d} {speed[name]:11,.0f} {speed[name] / speed[baseline]:9.2f}{flag}")
 
 
 def report(args: argparse.Namespace, batch_size: int, results: dict[str, dict[str, Any]], title: str = "") -> float:
@@ -345,6 +357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"folder with the UCI census-income files (default {DEFAULT_CENSUS} where it exists)")
     parser.add_argument("--no-census", action="store_true", help="skip the census case")
     parser.add_argument("--no-architectures", action="store_true", help="skip the samples/s of every architecture")
+    parser.add_argument("--no-weightings", action="store_true", help="skip the samples/s of every weighting")
     args = parser.parse_args(argv)
     if args.census is None and not args.no_census and not args.quick and DEFAULT_CENSUS.is_dir():
         args.census = DEFAULT_CENSUS.resolve()
@@ -388,8 +401,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.census is not None:
             census = bench_census(args, Path(tmp))
             census_ratio = report(args, CENSUS_BATCH, census, title="census-income group 1 (MMoE, embeddings of 4), ")
+        # --quick runs two cases per axis: it checks the script, not the figures.
         if not args.no_architectures:
-            report_architectures(bench_architectures(args, Path(tmp)))
+            cases = architecture_cases()
+            cases = {k: cases[k] for k in ("mmoe", "shared_bottom")} if args.quick else cases
+            report_axis(bench_axis(args, Path(tmp), cases), "architectures", "mmoe")
+            sys.stdout.flush()
+        if not args.no_weightings:
+            cases = weighting_cases()
+            cases = {k: cases[k] for k in ("equal", "upgrad")} if args.quick else cases
+            report_axis(bench_axis(args, Path(tmp), cases), "weightings", "equal")
             sys.stdout.flush()
         for batch_size in args.batch_sizes:
             ratios[batch_size] = report(args, batch_size, bench_batch_size(args, batch_size, Path(tmp)))

@@ -23,3 +23,4 @@ def test_bench_quick_prints_the_ratio_line(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio_b128=\d+\.\d+ ratio_b1024=\d+\.\d+", lines[-1]), lines[-1]
     assert "lean" in result.stdout and "mtlexp" in result.stdout
+    assert "weightings through mtlexp" in result.stdout and re.search(r"upgrad .* \d+\.\d\d", result.stdout)
