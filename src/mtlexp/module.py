@@ -24,6 +24,7 @@ from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
+from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.metrics import predictions, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
@@ -146,10 +147,7 @@ class MTLModule(pl.LightningModule):
                 step_values.append(out.aux_loss.detach().view(1))
             outputs.append(out)
         if self._plain_step:
-            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-            for _ in chunk:
-                progress.increment_ready()
-                progress.increment_completed()
+            count_optimizer_steps(self.trainer, len(chunk))
         steps = len(chunk)
         sums = torch.cat(step_values).view(steps, -1).float().sum(0)  # (1 + 2 tasks [+ aux],) in float32
         self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
@@ -158,13 +156,13 @@ class MTLModule(pl.LightningModule):
         # logged only where the loggers write it (trainer.log_every_n_steps, counted in chunks) and the epoch
         # means at epoch end: the same train/loss_step and train/loss_epoch values Lightning's on_step + on_epoch
         # logging gave, for a fraction of the calls.
-        if self.trainer._logger_connector.should_update_logs:
+        if should_update_logs(self.trainer):
             self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False)
         for task in self.tasks:
             logits = torch.cat([o.logits[task.name].detach() for o in outputs])
             target = torch.cat([b["labels"][task.name] for b in chunk])
             self._update_metrics("train", task, logits, target)
-        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
     def _average_gradients(self) -> None:

@@ -27,6 +27,7 @@ from torchjd.autojac import backward, jac_to_grad
 from mtlexp.errors import MtlexpError
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, StepResult, Weighting
+
 # Nash-MTL's convex program is not DPP, so cvxpy warns on every solve that re-solving is not faster; nothing a
 # user can act on.
 warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
@@ -96,7 +97,7 @@ class GradientAggregation(Weighting):
                 param.grad = None
             jacobian = None if self.weighted else torch.cat([p.jac.flatten(1) for p in shared], dim=1)
             # Randomised aggregators (PCGrad's and GradVac's task order, GradDrop's mask) draw from the global
-            # stream: fork it, seeded by the step, so a resume and every DDP rank draw the same.
+            # CPU stream: fork it, seeded by the step, so a resume and every DDP rank draw the same.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.step_seed(inputs.step))
                 weights = jac_to_grad(shared, self.aggregator)
