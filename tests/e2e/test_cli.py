@@ -50,6 +50,11 @@ def test_console_script_trains_and_eval_reevaluates(tmp_path):
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["test"]["task1"]["mse"] == pytest.approx(metrics["test"]["task1"]["mse"], rel=1e-5)
 
+    # The report reads training runs only: the eval folder beside the run is not a second run.
+    report = run(["report", str(tmp_path)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert re.search(r"\(all\)\s+1\s", report.stdout), report.stdout
+
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tmp_path, launcher):

@@ -16,13 +16,26 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mtlexp.errors import MtlexpError
 from mtlexp.io import read_json, write_atomic
 from mtlexp.report.table import format_table
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
-    return sorted({p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()})
+    """Training run folders under ``roots`` (``mtlexp eval`` folders, which look alike, are left out)."""
+    found = {p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()}
+    return sorted(run for run in found if config_name(run) != "eval")
+
+
+def config_name(run: Path) -> str | None:
+    """The primary config a run was composed from (``config`` for mtlexp train, ``eval`` for mtlexp eval)."""
+    path = run / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    job = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("job", {})
+    return job.get("config_name")
 
 
 def run_overrides(run: Path) -> list[str]:
