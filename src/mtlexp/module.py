@@ -55,7 +55,7 @@ class MTLModule(pl.LightningModule):
         weighting: Weighting,
         scheduler: Callable[..., Any] | None = None,
         grad_clip_norm: float | None = None,
-        grad_cosine_every_n_steps: int = 50,
+        grad_cosine_every_n_steps: int = 100,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
