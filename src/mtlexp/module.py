@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from mtlexp.data.base import SPLITS
@@ -29,7 +30,7 @@ from mtlexp.metrics import predictions, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
-from mtlexp.weighting.conflict import cosine_pairs, task_gradient_cosines
+from mtlexp.weighting.conflict import cosine_pairs, loss_scale_warning, task_gradient_cosines
 
 
 class MTLModule(pl.LightningModule):
@@ -126,6 +127,10 @@ class MTLModule(pl.LightningModule):
             out = self(batch)
             losses = torch.stack(list(self.task_losses(out, batch).values()))
             step = first_step + offset
+            if step == 0:
+                warning = loss_scale_warning(losses, [t.name for t in self.tasks])
+                if warning:
+                    rank_zero_warn(warning)
             if self._shared and self.grad_cosine_every_n_steps and step % self.grad_cosine_every_n_steps == 0:
                 self._cosines.append(task_gradient_cosines(losses, self._shared).detach())
             opt.zero_grad(set_to_none=True)

@@ -43,3 +43,30 @@ def test_grad_cosine_every_n_steps_must_be_a_non_negative_integer(make_cfg):
 
     with pytest.raises(MtlexpError, match="module.grad_cosine_every_n_steps: expected an integer >= 0"):
         train(make_cfg("module.grad_cosine_every_n_steps=-1"))
+
+
+def test_a_large_loss_scale_gap_between_tasks_warns_at_the_start(make_cfg, tmp_path):
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    pd.DataFrame({"x": x, "clicked": np.where(x + rng.normal(size=400) > 0, "yes", "no"),
+                  "score": 10 + 6 * (x + rng.normal(size=400))}).to_csv(tmp_path / "table.csv", index=False)  # MSE ~100 next to BCE ~0.7
+    schema = {"numeric": ["x"], "categorical": {},
+              "tasks": {"clicked": {"kind": "binary", "positive": "yes"}, "score": {"kind": "regression"}}}
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
+    cfg = make_cfg("data=tabular", f"data.path={tmp_path / 'table.csv'}", f"data.schema={tmp_path / 'schema.yaml'}",
+                   "data.batch_size=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", fast=False)
+    with pytest.warns(UserWarning, match=r"task losses differ in scale by \d+x at the first step \(clicked .*score"):
+        train(cfg)
+
+
+def test_loss_scales_within_a_factor_of_100_do_not_warn():
+    import torch
+
+    from mtlexp.weighting.conflict import loss_scale_warning
+
+    assert loss_scale_warning(torch.tensor([0.7, 50.0]), ["a", "b"]) is None
+    assert "by 200x" in loss_scale_warning(torch.tensor([0.5, 100.0]), ["a", "b"])
