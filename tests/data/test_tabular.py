@@ -193,6 +193,16 @@ def test_schema_errors(tmp_path: Path, table_csv: Path, change: dict[str, Any], 
     assert "\n" not in str(error.value)
 
 
+def test_duplicate_task_names_in_a_schema_file_are_an_error_naming_the_key_and_line(tmp_path: Path,
+                                                                                    table_csv: Path) -> None:
+    text = yaml.safe_dump(SCHEMA, sort_keys=False) + "  clicked:\n    kind: regression\n"  # a second 'clicked'
+    assert text.count("  clicked:") == 2
+    (tmp_path / "schema.yaml").write_text(text)
+    line = text.splitlines().index("  clicked:", text.splitlines().index("  clicked:") + 1) + 1
+    with pytest.raises(MtlexpError, match=rf"schema\.yaml: line {line}, column 3: invalid YAML \(duplicate key 'clicked'\)"):
+        load(path=table_csv, schema=tmp_path / "schema.yaml")
+
+
 def test_schema_column_missing_from_the_file(tmp_path: Path, table_csv: Path) -> None:
     schema = write_schema(tmp_path, {**SCHEMA, "categorical": {"colr": None, "size": None}})
     message = r"table\.csv: no column 'colr', which .*schema\.yaml names \(did you mean 'colour'\?\)"

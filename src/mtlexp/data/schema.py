@@ -79,6 +79,19 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return names
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys; in a schema that silently merges two tasks."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_schema(schema: str | Path | Mapping[str, Any]) -> TableSchema:
     """Read and validate a schema (a YAML file, or the mapping itself); errors name the file and key."""
     if isinstance(schema, Mapping):
@@ -89,7 +102,7 @@ def load_schema(schema: str | Path | Mapping[str, Any]) -> TableSchema:
         if not path.is_file():
             raise MtlexpError(f"data.schema: {path}: file not found")
         try:
-            content = yaml.safe_load(path.read_text())
+            content = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
