@@ -7,6 +7,8 @@ seed -> data module -> model -> Lightning module -> trainer -> fit -> best check
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Under DDP every rank runs this function; only rank 0 writes the run folder.
     is_main = rank_zero_only.rank == 0
     if is_main:
-        write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed)})
+        # The process and host let `mtlexp report` tell a run still going from one killed without a word (kill -9).
+        write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed), "pid": os.getpid(),
+                                                 "host": socket.gethostname()})
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     data, module = build_components(cfg)

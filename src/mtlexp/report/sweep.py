@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
+import socket
 import statistics
 import sys
 from collections import defaultdict
@@ -65,6 +67,24 @@ def delta_m(means: dict[str, float], base: dict[str, float], metrics: dict[str, 
     return 100.0 * statistics.fmean(changes)
 
 
+def run_state(metrics: dict[str, Any]) -> str:
+    """``ok``, ``failed``, ``interrupted``, ``running``, or ``stale``: recorded as running, but its process is gone
+    (killed without a chance to record it; resume it from its ``last.ckpt``)."""
+    status = str(metrics.get("status", "failed"))
+    if status != "running":
+        return status
+    pid, host = metrics.get("pid"), metrics.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return "running"  # another machine's run (or an older record): nothing to check it against
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "stale"
+    except PermissionError:
+        pass
+    return "running"
+
+
 def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
               baseline: str | None = None) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: one row per configuration, ``mean ± sd (n)`` per task; with ``baseline`` (``key=value``,
@@ -72,12 +92,13 @@ def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
     swept = swept_only([run_overrides(run) for run in runs])
     loaded = [(run, read_json(run / "metrics.json"), overrides) for run, overrides in zip(runs, swept)]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    failed: dict[str, int] = defaultdict(int)
+    others: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # runs not ok, by state
     tasks: list[str] = []
     for _, metrics, overrides in loaded:
         key = " ".join(o for o in overrides if not o.startswith("seed="))
-        if metrics.get("status") != "ok":
-            failed[key] += 1
+        state = run_state(metrics)
+        if state != "ok":
+            others[key][state] += 1
             continue
         groups[key].append(metrics)
         tasks += [t for t in metrics.get(split, {}) if t not in tasks]
@@ -97,9 +118,10 @@ def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
     means = {key: {t: statistics.fmean(m[split][t][names[t]] for m in ms) for t in tasks
                    if all(t in m.get(split, {}) for m in ms)} for key, ms in groups.items() if ms}
     rows = []
-    for key in sorted(set(groups) | set(failed)):
+    for key in sorted(set(groups) | set(others)):
         ms = groups.get(key, [])
-        row: list[Any] = [key or "(all)", f"{len(ms)}" + (f" (+{failed[key]} failed)" if failed.get(key) else "")]
+        extra = ", ".join(f"+{n} {state}" for state, n in sorted(others[key].items())) if key in others else ""
+        row: list[Any] = [key or "(all)", f"{len(ms)}" + (f" ({extra})" if extra else "")]
         for task in tasks:
             row.append(_mean_sd([m[split][task][names[task]] for m in ms if task in m.get(split, {})]))
         row.append(_mean_sd([m[f"{split}_norm_loss"] for m in ms if m.get(f"{split}_norm_loss") is not None]))
