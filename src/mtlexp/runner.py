@@ -73,6 +73,37 @@ def _mark(output_dir: Path | None, status: str, message: str) -> None:
         pass
 
 
+class OutputFolderCheck(Callback):
+    """Before Hydra creates the run (or sweep) folder: a folder that cannot be created is one line, not
+    Hydra's traceback. The check creates the missing folders and removes them again: the path may hold
+    ``${now:...}``, which resolves anew (to another microsecond) when Hydra creates the real one."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_creatable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _check_creatable(folder: Path, key: str) -> None:
+    missing = []
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        for path in reversed(missing):
+            path.mkdir()
+        for path in missing:
+            path.rmdir()
+    except OSError as error:
+        print(f"mtlexp: error: {key}: cannot create the output folder {folder} ({error.strerror or error})",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: one row per job (its overrides, status, headline metric), and a non-zero
     exit status when any job failed. Reads only the job folders, so it works with every launcher."""

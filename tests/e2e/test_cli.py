@@ -167,3 +167,17 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path):
     assert hint.startswith("mtlexp: interrupted; resume with: mtlexp train ") and "trainer.max_epochs=1000" in hint
     assert "hydra.run.dir" not in hint  # the resumed run gets a folder of its own
     assert hint.endswith(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, mode):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    args = ["train", f"hydra.run.dir={blocker / 'run'}"] if mode == "run" else \
+        ["train", "-m", "seed=1,2", f"hydra.sweep.dir={blocker / 'sweep'}"]
+    result = run(args, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"mtlexp: error: hydra.{mode}.dir: cannot create the output folder {blocker / mode} ({blocker} is not a folder)"
+    ]
+    assert not (tmp_path / "outputs").exists()
