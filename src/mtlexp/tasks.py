@@ -13,6 +13,8 @@ from typing import Any
 from mtlexp.errors import MtlexpError
 
 KINDS = ("regression", "binary", "multiclass")
+# num_classes of a multiclass task whose config leaves it out: the data module counts the classes.
+INFER_CLASSES = 0
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,8 @@ class TaskSpec:
 
     :param name: key of the task everywhere (model outputs, labels, metric names ``{split}/{name}/{metric}``).
     :param kind: ``regression``, ``binary`` or ``multiclass``.
-    :param num_classes: classes of a multiclass task (1 output otherwise).
+    :param num_classes: classes of a multiclass task (1 output otherwise); ``INFER_CLASSES`` until the data
+        module has counted them.
     :param column: source column of the label in a table (tabular data only).
     :param positive: for a binary task read from a column: the value(s) that count as positive.
     :param threshold: for a binary task read from a numeric column: label = column > threshold.
@@ -37,6 +40,9 @@ class TaskSpec:
     @property
     def output_dim(self) -> int:
         """Number of logits the model emits for this task."""
+        if self.kind == "multiclass" and self.num_classes == INFER_CLASSES:
+            raise MtlexpError(f"tasks.{self.name}.num_classes: not set, and this data set cannot count the classes; "
+                              "set it")
         return self.num_classes if self.kind == "multiclass" else 1
 
     @classmethod
@@ -50,9 +56,10 @@ class TaskSpec:
         kind = node.get("kind")
         if kind not in KINDS:
             raise MtlexpError(f"tasks.{name}.kind: expected one of {list(KINDS)}, got {kind!r}")
-        num_classes = node.get("num_classes", 2 if kind == "multiclass" else 1)
-        if kind == "multiclass" and (not isinstance(num_classes, int) or num_classes < 2):
-            raise MtlexpError(f"tasks.{name}.num_classes: expected an integer >= 2, got {num_classes!r}")
+        num_classes = node.get("num_classes")
+        if kind == "multiclass" and num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+            raise MtlexpError(f"tasks.{name}.num_classes: expected an integer >= 2 (or leave it out to count the "
+                              f"classes in the data), got {num_classes!r}")
         positive = node.get("positive") or ()
         if isinstance(positive, str):
             positive = (positive,)
@@ -62,7 +69,7 @@ class TaskSpec:
         return cls(
             name=name,
             kind=kind,
-            num_classes=int(num_classes) if kind == "multiclass" else 1,
+            num_classes=(int(num_classes) if num_classes is not None else INFER_CLASSES) if kind == "multiclass" else 1,
             column=node.get("column"),
             positive=tuple(str(p) for p in positive),
             threshold=None if threshold is None else float(threshold),

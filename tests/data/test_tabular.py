@@ -203,6 +203,21 @@ def test_duplicate_task_names_in_a_schema_file_are_an_error_naming_the_key_and_l
         load(path=table_csv, schema=tmp_path / "schema.yaml")
 
 
+def test_a_multiclass_task_without_num_classes_counts_the_classes(table_csv: Path) -> None:
+    dm = load({"grade": {"kind": "multiclass"}}, path=table_csv)
+    assert [t.num_classes for t in dm.tasks if t.name == "grade"] == [3]  # a, b, c
+    with pytest.raises(MtlexpError, match=r"tasks\.grade: class indices must lie in \[0, 2\), got \[0, 2\]; set "
+                                          r"tasks\.grade\.num_classes to at least 3, or leave it out"):
+        load({"grade": {"kind": "multiclass", "num_classes": 2}}, path=table_csv)
+
+
+def test_a_positive_value_that_matches_no_row_lists_the_column_values(table_csv: Path) -> None:
+    tasks = {"clicked": {"kind": "binary", "positive": "Yes"}}
+    with pytest.raises(MtlexpError, match=r"tasks\.clicked\.positive: no value of column 'clicked' in .*table\.csv "
+                                          r"is one of \['Yes'\]; its most frequent values are 'no' \(\d+\), 'yes'"):
+        load(tasks, path=table_csv)
+
+
 def test_schema_column_missing_from_the_file(tmp_path: Path, table_csv: Path) -> None:
     schema = write_schema(tmp_path, {**SCHEMA, "categorical": {"colr": None, "size": None}})
     message = r"table\.csv: no column 'colr', which .*schema\.yaml names \(did you mean 'colour'\?\)"
@@ -247,12 +262,10 @@ def test_nan_labels_name_the_column_and_count(tmp_path: Path) -> None:
         load(path=tmp_path / "nan.csv")
 
 
-def test_one_class_label_fails_clearly(tmp_path: Path) -> None:
-    frame = make_frame()
-    frame["clicked"] = "no"
-    frame.to_csv(tmp_path / "one.csv", index=False)
-    with pytest.raises(MtlexpError, match=r"tasks\.clicked: the train split has only class 0"):
-        load(path=tmp_path / "one.csv")
+def test_one_class_label_fails_clearly(table_csv: Path) -> None:
+    tasks = {"high": {"kind": "binary", "column": "score", "threshold": 1e9}}  # no row is above it
+    with pytest.raises(MtlexpError, match=r"tasks\.high: the train split has only class 0"):
+        load(tasks, path=table_csv)
 
 
 # --- leaks -----------------------------------------------------------------------------------------------

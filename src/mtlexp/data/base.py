@@ -145,5 +145,6 @@ def check_labels(task: TaskSpec, labels: torch.Tensor, split: str) -> None:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= task.num_classes:
             raise MtlexpError(
-                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{lo}, {hi}]"
+                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{lo}, {hi}]; set "
+                f"tasks.{task.name}.num_classes to at least {hi + 1}, or leave it out to count the classes"
             )

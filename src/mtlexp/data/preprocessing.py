@@ -55,7 +55,13 @@ def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str]) -> n
         codes, values = table.strings[column]
         missing = codes < 0
         if task.kind == "binary":
-            positive = np.isin(values, [p.strip() for p in task.positive]).astype(np.float32)
+            wanted = [p.strip() for p in task.positive]
+            positive = np.isin(values, wanted).astype(np.float32)
+            if not positive.any():
+                counts = np.bincount(codes[codes >= 0], minlength=len(values))
+                common = ", ".join(f"{values[i]!r} ({counts[i]})" for i in np.argsort(-counts, kind="stable")[:5])
+                raise MtlexpError(f"tasks.{task.name}.positive: no value of column {column!r} in {table.path} is "
+                                  f"one of {wanted}; its most frequent values are {common}")
             labels = np.where(missing, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
         else:
             index = {v: i for i, v in enumerate(classes)}

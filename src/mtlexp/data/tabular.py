@@ -34,6 +34,7 @@ from mtlexp.data.readers import file_columns, read_table
 from mtlexp.data.schema import auto_embedding_dim, did_you_mean, load_schema, task_spec
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
+from mtlexp.tasks import INFER_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,11 @@ class TabularDataModule(MTLDataModule):
                 except OSError as exc:
                     warnings.warn(f"data.cache_dir: could not write the cache entry {entry} ({exc})", stacklevel=2)
         self.meta["cache"] = {"entry": None if entry is None else str(entry), "hit": self.cache_hit}
+        self.tasks = [  # multiclass tasks without num_classes: the classes found in the data
+            dataclasses.replace(t, num_classes=len(self.meta["classes"][t.name]))
+            if t.kind == "multiclass" and t.num_classes == INFER_CLASSES else t
+            for t in self.tasks
+        ]
         log.info("data: %s (%s)", "cache hit" if self.cache_hit else "parsed the files", entry or "no cache")
         self._warn_leaks()
         splits = {}
