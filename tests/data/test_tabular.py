@@ -238,6 +238,24 @@ def test_missing_files(tmp_path: Path) -> None:
         TabularDataModule({}, path=tmp_path / "x.csv", schema=tmp_path / "nothing.yaml")
 
 
+def test_an_empty_file_and_a_file_of_garbage_say_so(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(MtlexpError, match=r"empty\.csv: the file is empty \(no header line\)"):
+        load(path=tmp_path / "empty.csv")
+    rng = np.random.default_rng(0)
+    (tmp_path / "garbage.csv").write_bytes(bytes(rng.integers(128, 256, 3000, dtype=np.uint8)))
+    with pytest.raises(MtlexpError, match=r"garbage\.csv: not a UTF-8 text table \(byte 0 of the header line"):
+        load(path=tmp_path / "garbage.csv")
+    good = (tmp_path / "table.csv")
+    make_frame().to_csv(good, index=False)
+    lines = good.read_bytes().split(b"\n")
+    lines[5] = b"\xff\xfe" + lines[5]
+    (tmp_path / "body.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(MtlexpError, match=r"body\.csv: line 6: bytes that are not UTF-8 text") as error:
+        load(path=tmp_path / "body.csv")
+    assert "\\x" not in str(error.value) and "Exception ignored" not in capfd.readouterr().err
+
+
 # --- data errors ---------------------------------------------------------------------------------------
 def test_malformed_rows_name_the_line(tmp_path: Path) -> None:
     lines = make_frame(20).to_csv(index=False).splitlines()

@@ -7,6 +7,7 @@ the line (CSV) or row (Parquet).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -104,8 +105,15 @@ def file_columns(path: Path, schema: TableSchema) -> list[str]:
             raise _unreadable_parquet(path, exc) from None
     if not schema.header:
         return list(schema.columns or ())
-    with (gzip.open(path, "rt") if _is_gzip(path) else path.open()) as handle:
-        first = handle.readline()
+    with (gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")) as handle:
+        raw = handle.readline()
+    try:
+        first = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MtlexpError(f"{path}: not a UTF-8 text table (byte {exc.start} of the header line cannot be "
+                          "decoded); expected CSV (optionally gzipped) or Parquet") from None
+    if not first.strip():
+        raise MtlexpError(f"{path}: the file is empty (no header line)")
     names = next(csv.reader([first], delimiter=schema.delimiter), [])
     return [n.strip() for n in names] if schema.strip else names
 
@@ -148,7 +156,22 @@ def read_table(path: Path, schema: TableSchema, numeric: Sequence[str], strings:
     return parsed
 
 
+def _check_utf8(path: Path, data: bytes) -> None:
+    """Fail on bytes that are not UTF-8, naming the line; pyarrow would print a traceback from inside its
+    invalid-row handler first. Decoded in slices, so a large file is never held twice."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    step = 1 << 24
+    for start in range(0, len(data), step):
+        try:
+            decoder.decode(data[start : start + step], final=start + step >= len(data))
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, start + exc.start) + 1
+            raise MtlexpError(f"{path}: line {line}: bytes that are not UTF-8 text; "
+                              "expected CSV (optionally gzipped) or Parquet") from None
+
+
 def _read_csv(path: Path, data: bytes, schema: TableSchema, columns: list[str], wanted: list[str]) -> pa.Table:
+    _check_utf8(path, data)
     bad_rows: list[Any] = []
 
     def on_invalid_row(row: Any) -> str:
