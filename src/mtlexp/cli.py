@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
+from mtlexp.noise import silence
 
 COMMANDS = ("train", "eval", "data", "report")
 _COMMAND_ENV = "MTLEXP_COMMAND"
@@ -87,8 +87,7 @@ def _inspect(overrides: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    # Lightning 2.6 on torch 2.13 warns about torch's own pytree API on every run; the user cannot act on it.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    silence()  # again in every job (runner.run_job): joblib workers are other processes
     register_configs()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -162,7 +162,7 @@ class MTLModule(pl.LightningModule):
         # means at epoch end: the same train/loss_step and train/loss_epoch values Lightning's on_step + on_epoch
         # logging gave, for a fraction of the calls.
         if should_update_logs(self.trainer):
-            self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False)
+            self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False, prog_bar=True)
         for task in self.tasks:
             logits = torch.cat([o.logits[task.name].detach() for o in outputs])
             target = torch.cat([b["labels"][task.name] for b in chunk])
@@ -294,7 +294,10 @@ class MTLModule(pl.LightningModule):
             result["diagnostics"] = {name: value.detach().float().cpu().tolist() for name, value in diagnostics.items()}
         self._gates = GateStatistics()
         # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
-        self.log_dict(logged, sync_dist=True)
+        monitor = str(self.run_config.get("monitor", "val/norm_loss"))
+        self.log_dict({k: v for k, v in logged.items() if k != monitor}, sync_dist=True)
+        if monitor in logged:  # shown in the progress bar after every validation
+            self.log(monitor, logged[monitor], sync_dist=True, prog_bar=True)
         self.results[split] = result
 
     # --- checkpoints -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mtlexp.errors import MtlexpError
+from mtlexp.noise import silence
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.sweep import run_overrides, swept_only
 from mtlexp.report.table import format_table
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path | None) -> bool:
     """Run ``task(cfg)``; return whether it succeeded."""
+    silence()
     try:
         task(cfg)
         return True
@@ -48,8 +50,17 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
             write_atomic(output_dir / "error.log", traceback.format_exc().encode())
             message += f" (traceback in {output_dir / 'error.log'})"
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
+    _log_to_file(f"mtlexp: error: {message}")
     _mark(output_dir, "failed", message)
     return False
+
+
+def _log_to_file(message: str) -> None:
+    """Put the error into the run's log file (mtlexp.log) too; the console already has it, on stderr."""
+    record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _resume_hint(output_dir: Path | None) -> str:

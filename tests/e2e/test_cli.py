@@ -72,6 +72,12 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     assert len(statuses) == 4
     assert all((status == "failed") == bad for status, bad in statuses.values())
     assert "data.correlation: expected a cosine in [-1, 1], got 1.5" in result.stderr
+    # Noise nobody can act on stays out of every job's output (joblib workers are other processes) ...
+    for noise in ("Tip:", "LeafSpec"):
+        assert noise not in result.stdout + result.stderr, noise
+    # ... and a failed job's own log holds its error.
+    failed = next(job for job in sweep.iterdir() if job.is_dir() and statuses.get(job.name, ("", False))[1])
+    assert "data.correlation: expected a cosine in [-1, 1], got 1.5" in (failed / "mtlexp.log").read_text()
     assert "2 of 4 jobs failed" in result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(r"\n3\s+model=omoe data.correlation=1.5\s+failed", result.stdout)

@@ -182,3 +182,14 @@ def test_resumed_run_keeps_the_earlier_best_checkpoint_when_it_is_better(tmp_pat
     new_best = str(tmp_path / "new" / "best.ckpt")
     chosen = best_across_resume(str(last), new_best, torch.tensor(new_score), mode)
     assert chosen == (str(old_best) if expect_old else new_best)
+
+
+def test_the_progress_bar_shows_the_train_loss_and_the_monitored_metric(make_cfg):
+    from mtlexp.instantiate import build_all
+    from mtlexp.train import build_components, build_trainer
+
+    cfg = make_cfg("trainer.max_epochs=1", "logger=none", "monitor=val/task1/mse")
+    data, module = build_components(cfg)
+    trainer = build_trainer(cfg, build_all(cfg.callbacks, "callbacks"))
+    trainer.fit(module, datamodule=data)
+    assert set(trainer.progress_bar_metrics) == {"train/loss_step", "val/task1/mse"}
