@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -349,3 +351,43 @@ def test_inspect_report(table_csv: Path) -> None:
 def test_load_schema_accepts_lists_for_categorical_and_known_leaks() -> None:
     schema = load_schema({"numeric": ["a"], "categorical": ["b", "c"], "known_leaks": ["c"]})
     assert schema.categorical == {"b": None, "c": None} and schema.known_leaks == {"c": ""}
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated", "missing", "empty_meta"])
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning_naming_it(tmp_path: Path, table_csv: Path, damage: str) -> None:
+    schema = write_schema(tmp_path, SCHEMA)
+    cache = tmp_path / "cache"
+    cold = load(path=table_csv, schema=schema, cache_dir=cache)
+    entry = Path(cold.meta["cache"]["entry"])
+    target = entry / "train.numeric.npy"
+    if damage == "overwritten":  # same size, other values: the old cache called this a hit
+        array = np.load(target)
+        np.save(target, array[::-1].copy())
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:-8])
+    elif damage == "missing":
+        target.unlink()
+    else:
+        (entry / "meta.json").write_text("")
+    with pytest.warns(UserWarning, match=rf"data\.cache_dir: rebuilding the cache entry {re.escape(str(entry))}: "):
+        rebuilt = load(path=table_csv, schema=schema, cache_dir=cache)
+    assert not rebuilt.cache_hit and rebuilt.fingerprint() == cold.fingerprint()
+    warm = load(path=table_csv, schema=schema, cache_dir=cache)  # and the rebuilt entry is good again
+    assert warm.cache_hit and warm.fingerprint() == cold.fingerprint()
+
+
+def test_a_killed_writers_temporary_folder_is_removed(tmp_path: Path, table_csv: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "cache" / "tabular"
+    left = folder / f".table-abc.tmp-{socket.gethostname()}-{gone.pid}-deadbeef"
+    alive = folder / f".table-abc.tmp-{socket.gethostname()}-{os.getpid()}-cafef00d"
+    for path in (left, alive):
+        path.mkdir(parents=True)
+        (path / "train.numeric.npy").write_bytes(b"partial")
+    load(path=table_csv, schema=write_schema(tmp_path, SCHEMA), cache_dir=tmp_path / "cache")
+    assert not left.exists() and alive.exists()  # a writer still running keeps its folder

@@ -3,6 +3,12 @@
 An entry is ``<name>.npy`` per array plus ``meta.json``, keyed by the input files (path, size, mtime), the
 schema and every option that changes the tensors. Entries are written atomically (a temporary folder renamed
 into place), so concurrent runs that miss at the same moment never see a half-written one.
+
+What is on disk is never trusted: ``meta.json`` lists every array with its byte size, shape, dtype and a
+CRC-32 of its contents, written at write time and checked at read time (one sequential read of the arrays,
+which the run reads anyway; a small fraction of a cold parse). An entry that fails the check, an array
+overwritten in place, truncated or missing, or an empty ``meta.json``, raises ``CorruptEntry``, and the data
+module rebuilds it with a one-line warning. Temporary folders that a killed writer left behind are removed.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,7 @@ from mtlexp.data.schema import json_default
 from mtlexp.errors import MtlexpError
 
 # Bump when the preprocessing changes, so that old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json carries the manifest of the arrays
 
 
 def entry_key(files: Mapping[str, Path], options: Mapping[str, Any]) -> str:
@@ -37,26 +45,68 @@ def entry_key(files: Mapping[str, Path], options: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=json_default).encode()).hexdigest()
 
 
+class CorruptEntry(Exception):
+    """A cache entry whose files do not match what was recorded when it was written."""
+
+
 def is_complete(entry: Path) -> bool:
     """Whether ``entry`` is a finished cache entry (one appears whole, by a rename, ``meta.json`` included)."""
     return (entry / "meta.json").is_file()
 
 
+def checksum(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes, read in slices so a memory-mapped array is never copied whole."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    crc, step = 0, 1 << 24
+    for start in range(0, flat.size, step):
+        crc = zlib.crc32(flat[start : start + step], crc)
+    return crc
+
+
 def read_cache_entry(entry: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays (memory-mapped) and metadata of a complete entry."""
-    arrays = {p.stem: load_array(p) for p in entry.glob("*.npy")}
-    return arrays, json.loads((entry / "meta.json").read_text())
+    """The arrays (memory-mapped) and metadata of a complete entry, checked against its manifest."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptEntry(f"meta.json is unreadable ({exc})") from None
+    manifest = meta.get("arrays") if isinstance(meta, dict) else None
+    if not isinstance(manifest, dict) or not manifest:
+        raise CorruptEntry("meta.json lists no arrays")
+    arrays = {}
+    for name, record in manifest.items():
+        path = entry / f"{name}.npy"
+        if not path.is_file():
+            raise CorruptEntry(f"{path.name} is missing")
+        if path.stat().st_size != record["bytes"]:
+            raise CorruptEntry(f"{path.name} has {path.stat().st_size} bytes, {record['bytes']} were written")
+        try:
+            array = load_array(path)
+        except (OSError, ValueError) as exc:
+            raise CorruptEntry(f"{path.name} is unreadable ({exc})") from None
+        if list(array.shape) != record["shape"] or str(array.dtype) != record["dtype"]:
+            raise CorruptEntry(f"{path.name} is {array.dtype}{list(array.shape)}, {record['dtype']}{record['shape']} "
+                               "was written")
+        if checksum(array) != record["crc32"]:
+            raise CorruptEntry(f"{path.name} changed since it was written (checksum)")
+        arrays[name] = array
+    meta.pop("arrays")
+    return arrays, meta
 
 
 def write_cache_entry(entry: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     """Write the arrays and ``meta.json`` into a temporary folder, then rename it into place (atomic)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned(entry.parent)
+    tmp = entry.parent / f".{entry.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        manifest = {}
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
+            array = np.ascontiguousarray(array)
+            np.save(tmp / f"{name}.npy", array)
+            manifest[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "shape": list(array.shape),
+                              "dtype": str(array.dtype), "crc32": checksum(array)}
+        (tmp / "meta.json").write_text(json.dumps({**meta, "arrays": manifest}, indent=1, default=json_default))
         try:
             os.replace(tmp, entry)
         except OSError:
@@ -65,6 +115,21 @@ def write_cache_entry(entry: Path, arrays: Mapping[str, np.ndarray], meta: Mappi
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Remove temporary entry folders whose writer (a process on this host) is gone: killed mid-write."""
+    host = socket.gethostname()
+    for tmp in folder.glob(".*.tmp-*"):
+        parts = tmp.name.rsplit(".tmp-", 1)[1].split("-")
+        if len(parts) < 3 or "-".join(parts[:-2]) != host or not parts[-2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[-2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def load_array(path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from mtlexp.data.base import SPLITS, MTLDataModule
-from mtlexp.data.cache import entry_key, is_complete, read_cache_entry, write_cache_entry
+from mtlexp.data.cache import CorruptEntry, entry_key, is_complete, read_cache_entry, write_cache_entry
 from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.data.preprocessing import (
     LeakWarning,
@@ -175,8 +176,15 @@ class TabularDataModule(MTLDataModule):
         entry = None
         if self.cache_dir is not None:
             entry = self.cache_dir / self.cache_name / f"{self.cache_stem(files)}-{key[:16]}"
+        cached = None
         if entry is not None and is_complete(entry):
-            arrays, self.meta = read_cache_entry(entry)
+            try:
+                cached = read_cache_entry(entry)
+            except CorruptEntry as exc:
+                warnings.warn(f"data.cache_dir: rebuilding the cache entry {entry}: {exc}", stacklevel=2)
+                shutil.rmtree(entry, ignore_errors=True)
+        if cached is not None:
+            arrays, self.meta = cached
             self.cache_hit = True
         else:
             arrays, self.meta = self.preprocess(files)
