@@ -90,10 +90,18 @@ def task_loss(task: TaskSpec, logits: Tensor, target: Tensor, weight: Tensor | N
     return loss if weight is None else (loss * weight).sum() / weight.sum()
 
 
+def original_units(task: TaskSpec, values: Tensor) -> Tensor:
+    """Regression values (predictions or labels) back in the label's own units (``standardize``)."""
+    if task.label_scale == 1.0 and task.label_shift == 0.0:
+        return values
+    return values * task.label_scale + task.label_shift
+
+
 def predictions(task: TaskSpec, logits: Tensor) -> Tensor:
-    """What the metrics read: values for regression, probabilities for classification (AUROC needs them)."""
+    """What the metrics read: values in the label's units for regression, probabilities for classification
+    (AUROC needs them)."""
     if task.kind == "regression":
-        return logits
+        return original_units(task, logits)
     if task.kind == "binary":
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=-1)

@@ -26,7 +26,7 @@ from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
-from mtlexp.metrics import predictions, task_loss, task_metrics
+from mtlexp.metrics import original_units, predictions, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
@@ -200,17 +200,18 @@ class MTLModule(pl.LightningModule):
                 f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
             )
         means = self._epoch_sums / self._epoch_steps
+        # Logged once per epoch from a training step: batch_size=1 only stops Lightning guessing one.
         if self.trainer.world_size > 1:  # the weighting's epoch hook must see the same losses on every rank
             means = self.trainer.strategy.reduce(means, reduce_op="mean")
         num = len(self.tasks)
         task_losses, weights = means[1: 1 + num], means[1 + num: 1 + 2 * num]
-        self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
+        self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True, batch_size=1)
         for i, task in enumerate(self.tasks):
-            self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, sync_dist=True)
-            self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, sync_dist=True)
+            self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+            self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         if len(means) > 1 + 2 * num:
-            self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True)
+            self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         record = self.results.setdefault("weighting", {})
         record["weights"] = {t.name: round(float(w), 6) for t, w in zip(self.tasks, weights)}
         if self._cosines:
@@ -219,7 +220,7 @@ class MTLModule(pl.LightningModule):
                 cosines = self.trainer.strategy.reduce(cosines, reduce_op="mean")
             pairs = {key: cosines[i, j] for i, j, key in cosine_pairs([t.name for t in self.tasks])}
             for key, value in pairs.items():
-                self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, sync_dist=True)
+                self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
             record["grad_cosine"] = {key: round(float(v), 6) for key, v in pairs.items()}  # the last epoch measured
         self.weighting.on_train_epoch_end(task_losses)
         scheduler = self.lr_schedulers()
@@ -242,6 +243,8 @@ class MTLModule(pl.LightningModule):
         preds = predictions(task, logits.float())
         if task.kind == "binary":
             target = target.long()
+        elif task.kind == "regression":
+            target = original_units(task, target)
         self.metrics[f"{split}_split"][task.name].update(preds, target)
 
     def _eval_step(self, batch: Batch, split: str) -> None:

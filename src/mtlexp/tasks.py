@@ -28,6 +28,9 @@ class TaskSpec:
     :param column: source column of the label in a table (tabular data only).
     :param positive: for a binary task read from a column: the value(s) that count as positive.
     :param threshold: for a binary task read from a numeric column: label = column > threshold.
+    :param standardize: a regression task trains on its label standardised with the training mean and sd
+        (so a label in large units does not dominate the other tasks); metrics stay in the original units.
+    :param label_shift, label_scale: that mean and sd, filled in by the data module (0 and 1 otherwise).
     """
 
     name: str
@@ -36,6 +39,9 @@ class TaskSpec:
     column: str | None = None
     positive: tuple[str, ...] = field(default_factory=tuple)
     threshold: float | None = None
+    standardize: bool = False
+    label_shift: float = 0.0
+    label_scale: float = 1.0
 
     @property
     def output_dim(self) -> int:
@@ -49,7 +55,7 @@ class TaskSpec:
     def from_config(cls, name: str, node: Mapping[str, Any] | None) -> TaskSpec:
         """Build from one entry of the ``tasks`` config node, with errors naming ``tasks.<name>.<key>``."""
         node = dict(node or {})
-        known = {"kind", "num_classes", "column", "positive", "threshold"}
+        known = {"kind", "num_classes", "column", "positive", "threshold", "standardize"}
         unknown = sorted(set(node) - known)
         if unknown:
             raise MtlexpError(f"tasks.{name}.{unknown[0]}: unknown key; expected one of {sorted(known)}")
@@ -66,8 +72,13 @@ class TaskSpec:
         threshold = node.get("threshold")
         if threshold is not None and not isinstance(threshold, (int, float)):
             raise MtlexpError(f"tasks.{name}.threshold: expected a number, got {threshold!r}")
+        standardize = node.get("standardize", False)
+        if not isinstance(standardize, bool) or (standardize and kind != "regression"):
+            raise MtlexpError(f"tasks.{name}.standardize: expected true or false, and true only for a regression "
+                              f"task, got {standardize!r} for a {kind} task")
         return cls(
             name=name,
+            standardize=standardize,
             kind=kind,
             num_classes=(int(num_classes) if num_classes is not None else INFER_CLASSES) if kind == "multiclass" else 1,
             column=node.get("column"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,37 @@ def test_loss_scales_within_a_factor_of_100_do_not_warn():
 
     assert loss_scale_warning(torch.tensor([0.7, 50.0]), ["a", "b"]) is None
     assert "by 200x" in loss_scale_warning(torch.tensor([0.5, 100.0]), ["a", "b"])
+
+
+def test_a_standardised_regression_label_trains_in_sd_units_and_reports_in_its_own(make_cfg, tmp_path):
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=600)
+    pd.DataFrame({"x": x, "clicked": np.where(x + rng.normal(size=600) > 0, "yes", "no"),
+                  "score": 50 + 30 * (x + rng.normal(size=600))}).to_csv(tmp_path / "table.csv", index=False)
+    schema = {"numeric": ["x"], "categorical": {},
+              "tasks": {"clicked": {"kind": "binary", "positive": "yes"},
+                        "score": {"kind": "regression", "standardize": True}}}
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
+    cfg = make_cfg("data=tabular", f"data.path={tmp_path / 'table.csv'}", f"data.schema={tmp_path / 'schema.yaml'}",
+                   "data.batch_size=64", "trainer.max_epochs=3", "trainer.enable_progress_bar=false", fast=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # in sd units, the loss scales no longer differ 100x
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        metrics = train(cfg)
+    score = metrics["test"]["score"]
+    # The label has sd ~42: an MSE in its own units is in the hundreds or thousands, in sd units about 1.
+    assert 300 < score["mse"] < 5000
+    assert score["norm_loss"] == pytest.approx(1 - score["r2"], abs=1e-5)  # scale-free, unchanged
+
+
+def test_standardize_is_for_regression_tasks_only():
+    from mtlexp.errors import MtlexpError
+    from mtlexp.tasks import TaskSpec
+
+    with pytest.raises(MtlexpError, match="tasks.c.standardize: expected true or false, and true only for a "
+                                          "regression task, got True for a binary task"):
+        TaskSpec.from_config("c", {"kind": "binary", "standardize": True})

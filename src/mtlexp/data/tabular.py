@@ -200,6 +200,12 @@ class TabularDataModule(MTLDataModule):
             if t.kind == "multiclass" and t.num_classes == INFER_CLASSES else t
             for t in self.tasks
         ]
+        scaling = self.meta.get("label_scaling", {})
+        self.tasks = [  # standardised regression labels: metrics map predictions back to the label's units
+            dataclasses.replace(t, label_shift=scaling[t.name]["mean"], label_scale=scaling[t.name]["std"])
+            if t.name in scaling else t
+            for t in self.tasks
+        ]
         log.info("data: %s (%s)", "cache hit" if self.cache_hit else "parsed the files", entry or "no cache")
         self._warn_leaks()
         splits = {}
@@ -243,6 +249,15 @@ class TabularDataModule(MTLDataModule):
                     )
                 arrays[f"{split}.weight"] = weight.astype(np.float32)
 
+        label_scaling = {}
+        for i, task in enumerate(self.tasks):
+            if task.standardize:  # with the training split's mean and sd, like the numeric features
+                train_labels = arrays[f"train.label{i}"]
+                mean, std = float(train_labels.mean()), float(train_labels.std()) or 1.0
+                label_scaling[task.name] = {"mean": mean, "std": std}
+                for split in SPLITS:
+                    arrays[f"{split}.label{i}"] = ((arrays[f"{split}.label{i}"] - mean) / std).astype(np.float32)
+
         stats, numeric = {}, {s: [] for s in SPLITS}
         for name in self.numeric_features:
             columns, mean, std = standardise(order[0].numeric[name], [t.numeric[name] for t in order[1:]])
@@ -276,6 +291,7 @@ class TabularDataModule(MTLDataModule):
             "numeric": stats,
             "categorical": cardinality,
             "classes": classes,
+            "label_scaling": label_scaling,
             "leak_scores": scores,
         }
         return arrays, meta
