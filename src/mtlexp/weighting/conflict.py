@@ -38,5 +38,5 @@ def loss_scale_warning(losses: Tensor, names: Sequence[str], limit: float = 100.
         return None
     detail = ", ".join(f"{name} {value:.3g}" for name, value in zip(names, values))
     return (f"task losses differ in scale by {max(positive) / min(positive):.0f}x at the first step ({detail}): the "
-            "largest dominates a summed loss; standardise the regression label or balance the tasks "
+            "largest dominates a summed loss; set standardize: true on a regression task, or balance the tasks "
             "(weighting=uncertainty, gradnorm, ...; docs/weighting.md)")
