@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from mtlexp.instantiate import build, build_all
 from mtlexp.io import AtomicCheckpointIO, read_json, write_json
 from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
+from mtlexp.processes import this_host
 from mtlexp.provenance import provenance
 from mtlexp.report.figures import plot_gates
 from mtlexp.report.table import summary_table
@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if is_main:
         # The process and host let `mtlexp report` tell a run still going from one killed without a word (kill -9).
         write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed), "pid": os.getpid(),
-                                                 "host": socket.gethostname()})
+                                                 "host": this_host()})
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     data, module = build_components(cfg)

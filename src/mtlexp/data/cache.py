@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import numpy as np
 
 from mtlexp.data.schema import json_default
 from mtlexp.errors import MtlexpError
+from mtlexp.processes import is_gone, this_host
 
 # Bump when the preprocessing changes, so that old cache entries are not reused.
 CACHE_VERSION = 2  # 2: meta.json carries the manifest of the arrays
@@ -97,7 +97,7 @@ def write_cache_entry(entry: Path, arrays: Mapping[str, np.ndarray], meta: Mappi
     """Write the arrays and ``meta.json`` into a temporary folder, then rename it into place (atomic)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(entry.parent)
-    tmp = entry.parent / f".{entry.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = entry.parent / f".{entry.name}.tmp-{this_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         manifest = {}
@@ -119,17 +119,10 @@ def write_cache_entry(entry: Path, arrays: Mapping[str, np.ndarray], meta: Mappi
 
 def remove_abandoned(folder: Path) -> None:
     """Remove temporary entry folders whose writer (a process on this host) is gone: killed mid-write."""
-    host = socket.gethostname()
     for tmp in folder.glob(".*.tmp-*"):
         parts = tmp.name.rsplit(".tmp-", 1)[1].split("-")
-        if len(parts) < 3 or "-".join(parts[:-2]) != host or not parts[-2].isdigit():
-            continue
-        try:
-            os.kill(int(parts[-2]), 0)
-        except ProcessLookupError:
+        if len(parts) >= 3 and parts[-2].isdigit() and is_gone(int(parts[-2]), "-".join(parts[:-2])):
             shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def load_array(path: Path) -> np.ndarray:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
-import socket
 import statistics
 import sys
 from collections import defaultdict
@@ -22,6 +20,7 @@ import yaml
 
 from mtlexp.errors import MtlexpError
 from mtlexp.io import read_json, write_atomic
+from mtlexp.processes import is_gone
 from mtlexp.report.table import format_table
 
 
@@ -73,16 +72,7 @@ def run_state(metrics: dict[str, Any]) -> str:
     status = str(metrics.get("status", "failed"))
     if status != "running":
         return status
-    pid, host = metrics.get("pid"), metrics.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return "running"  # another machine's run (or an older record): nothing to check it against
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "stale"
-    except PermissionError:
-        pass
-    return "running"
+    return "stale" if is_gone(metrics.get("pid"), metrics.get("host")) else "running"
 
 
 def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
