@@ -66,7 +66,7 @@ def test_missing_census_files_are_one_line(tmp_path: Path) -> None:
     assert metrics["status"] == "failed"
 
 
-def test_generic_tabular_parquet_with_a_schema(tmp_path: Path) -> None:
+def test_generic_tabular_parquet_with_a_schema_in_memory_and_streamed(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rows = 600
     x = rng.normal(size=rows)
@@ -76,21 +76,25 @@ def test_generic_tabular_parquet_with_a_schema(tmp_path: Path) -> None:
         "bought": np.where(x + rng.normal(0, 0.5, rows) > 0, "yes", "no"),
         "spend": 3 * x + rng.normal(0, 0.1, rows),
     })
-    frame.to_parquet(tmp_path / "shop.parquet")
+    frame.to_parquet(tmp_path / "shop.parquet", row_group_size=100)  # several row groups to stream
     schema = {
         "numeric": ["x"],
         "categorical": {"colour": None},
         "tasks": {"bought": {"kind": "binary", "positive": "yes"}, "spend": {"kind": "regression"}},
     }
     (tmp_path / "shop.yaml").write_text(yaml.safe_dump(schema))
-    run_dir = tmp_path / "run"
-    result = mtlexp("train", "data=tabular", f"data.path={tmp_path / 'shop.parquet'}",
-                    f"data.schema={tmp_path / 'shop.yaml'}", "model=shared_bottom", *FAST, "trainer.max_epochs=10", "optimizer.lr=0.01",
-                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    result = mtlexp("train", "-m", "data=tabular", f"data.path={tmp_path / 'shop.parquet'}",
+                    f"data.schema={tmp_path / 'shop.yaml'}", "model=shared_bottom", *FAST, "trainer.max_epochs=10",
+                    "optimizer.lr=0.01", "data.streaming=false,true", "data.stream_window=2",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test"]["bought"]["auroc"] > 0.75  # x separates the classes well: the model must find it
-    assert metrics["test"]["spend"]["r2"] > 0.5
+    for job, streamed in (("0", False), ("1", True)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["data"].get("streaming", False) is streamed
+        assert metrics["test"]["bought"]["auroc"] > 0.75  # x separates the classes well: the model must find it
+        assert metrics["test"]["spend"]["r2"] > 0.5
+        assert sum(metrics["data"]["rows"].values()) == rows
 
 
 ZOO = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "model").glob("*.yaml"))

@@ -25,7 +25,10 @@ def _table(rows: list[list[str]]) -> list[str]:
 def inspect_report(dm: MTLDataModule) -> str:
     """The report for a data module after ``setup()``: sizes, features, label rates, correlation, leaks."""
     lines = [f"data: {type(dm).__name__}"]
-    lines.append("rows: " + " | ".join(f"{split} {len(dm.splits[split]):,}" for split in SPLITS))
+    summary = dm.describe()
+    streamed = bool(summary.get("streaming"))  # no tensors in memory: the fitting pass's counts instead
+    lines.append("rows: " + " | ".join(f"{split} {summary['rows'][split]:,}" for split in SPLITS)
+                 + (" (streamed)" if streamed else ""))
 
     features = dm.features
     embedding = sum(c.embedding_dim for c in features.categorical)
@@ -37,10 +40,16 @@ def inspect_report(dm: MTLDataModule) -> str:
         cardinalities = sorted(features.categorical, key=lambda c: -c.cardinality)
         shown = ", ".join(f"{c.name} {c.cardinality}" for c in cardinalities[:5])
         lines.append(f"  largest vocabularies (incl. index 0 = unseen/missing): {shown}")
-    weight = dm.splits["train"].weight
+    weight = None if streamed else dm.splits["train"].weight
     if weight is not None:
         lines.append(f"  sample weight: mean {float(weight.double().mean()):.4g} (train)")
 
+    if streamed:
+        lines.append("labels (train): " + ", ".join(f"{name} mean {mean:.4g}"
+                                                    for name, mean in summary["label_mean"].items()))
+        lines += [f"label correlation (train, Pearson): {pair} r = {r:+.4f}"
+                  for pair, r in summary.get("label_pearson", {}).items()]
+        return "\n".join(lines)
     lines.append("labels:")
     rows = [["task", "kind", *SPLITS]]
     for task in dm.tasks:
@@ -60,7 +69,6 @@ def inspect_report(dm: MTLDataModule) -> str:
                 r = float(matrix[i, j])
                 lines.append(f"  {a.name} ~ {b.name}: r = {r:+.4f}  |r| = {abs(r):.4f}")
 
-    summary = dm.describe()
     leaks = summary.get("leaks")
     if leaks is not None:
         lines.append("leaks (one feature alone, train split; categorical: two-fold category means):")

@@ -8,7 +8,8 @@ alone against every label, to catch label leaks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,8 +49,12 @@ def carve_splits(
     return carve
 
 
-def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str]) -> np.ndarray:
-    """The label of ``task`` for every row: float32 (regression, binary 0/1) or int64 class indices."""
+def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str], whole_file: bool = True) -> np.ndarray:
+    """The label of ``task`` for every row: float32 (regression, binary 0/1) or int64 class indices.
+
+    ``whole_file``: ``table`` is a whole file, so a ``positive`` list that matches none of its values is an
+    error here (a streamed part of a file may hold no positive row; the stream checks the whole file).
+    """
     column = str(task.column)
     if task.kind == "multiclass" or (task.kind == "binary" and task.positive):
         codes, values = table.strings[column]
@@ -57,7 +62,7 @@ def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str]) -> n
         if task.kind == "binary":
             wanted = [p.strip() for p in task.positive]
             positive = np.isin(values, wanted).astype(np.float32)
-            if not positive.any():
+            if whole_file and not positive.any():
                 counts = np.bincount(codes[codes >= 0], minlength=len(values))
                 common = ", ".join(f"{values[i]!r} ({counts[i]})" for i in np.argsort(-counts, kind="stable")[:5])
                 raise MtlexpError(f"tasks.{task.name}.positive: no value of column {column!r} in {table.path} is "
@@ -81,35 +86,88 @@ def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str]) -> n
 
 
 def multiclass_names(task: TaskSpec, tables: Sequence[ParsedTable]) -> list[str]:
-    """Class names in index order: the integers 0..K-1 when the values are integers, else sorted values."""
-    seen = sorted({str(v) for t in tables for v in t.strings[str(task.column)][1]})
+    """Class names in index order of a multiclass task, from the values its column holds in ``tables``."""
+    return class_names(str(v) for t in tables for v in t.strings[str(task.column)][1])
+
+
+def class_names(values: Iterable[str]) -> list[str]:
+    """The integers 0..K-1 when every value is an integer (K - 1 the largest), else the sorted values."""
+    seen = sorted(set(values))
     if seen and all(v.lstrip("-").isdigit() for v in seen):
         return [str(i) for i in range(max(int(v) for v in seen) + 1)]
     return seen
 
 
-def standardise(train: np.ndarray, others: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float, float]:
-    """Standardise with the training mean/std; missing values (NaN) become the training mean (0)."""
+def fit_standardise(train: np.ndarray) -> tuple[float, float]:
+    """The training mean and std of a numeric column, over its observed (non-NaN) values."""
     observed = train[~np.isnan(train)]
     mean = float(observed.mean()) if observed.size else 0.0
     std = float(observed.std()) if observed.size else 1.0
-    std = std if std > 0 else 1.0
-    out = [np.nan_to_num((x - mean) / std, nan=0.0).astype(np.float32) for x in (train, *others)]
-    return out, mean, std
+    return mean, std if std > 0 else 1.0
 
 
-def index_categories(
-    train: tuple[np.ndarray, np.ndarray], others: Sequence[tuple[np.ndarray, np.ndarray]]
-) -> tuple[list[np.ndarray], int]:
-    """Indices 1..V for the values seen in training (sorted), 0 for unseen or missing; returns (indices, V)."""
-    codes, values = train
-    known = np.unique(values[np.unique(codes[codes >= 0])])
-    index = {v: i + 1 for i, v in enumerate(known)}
-    out = []
-    for codes, values in (train, *others):
-        lookup = np.array([index.get(v, 0) for v in values] + [0], dtype=np.int64)
-        out.append(lookup[codes])
-    return out, len(known)
+def apply_standardise(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """``(x - mean) / std`` as float32, a missing value (NaN) as 0 (the training mean)."""
+    return np.nan_to_num((values - mean) / std, nan=0.0).astype(np.float32)
+
+
+def seen_values(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The distinct values that rows actually hold (sorted), of a ``(codes, values)`` string column."""
+    return np.unique(values[np.unique(codes[codes >= 0])])
+
+
+def apply_categories(codes: np.ndarray, values: np.ndarray, index: Mapping[str, int]) -> np.ndarray:
+    """Each row's index in ``index`` (value -> 1..V); 0 for a value not in it or missing (code -1)."""
+    lookup = np.array([index.get(v, 0) for v in values] + [0], dtype=np.int64)
+    return lookup[codes]
+
+
+@dataclass
+class TableTransform:
+    """Everything fitted on the training split that turns a parsed table into model inputs, so that the
+    in-memory path and the streaming path (``streaming.py``) apply exactly the same preprocessing.
+
+    :param numeric: ``name -> (mean, std)`` of each numeric feature, in feature order.
+    :param categories: ``name -> {value: index 1..V}`` of each categorical feature, in feature order.
+    :param classes: class names in index order of each multiclass task.
+    :param label_scaling: ``task -> {"mean", "std"}`` of each standardised regression task.
+    :param weight: the weight column passed on as per-row weight, or None.
+    """
+
+    tasks: Sequence[TaskSpec]
+    numeric: dict[str, tuple[float, float]]
+    categories: dict[str, dict[str, int]]
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    label_scaling: dict[str, dict[str, float]] = field(default_factory=dict)
+    weight: str | None = None
+
+    def labels(self, table: ParsedTable, whole_file: bool = True) -> dict[str, np.ndarray]:
+        """``label<i>`` of every task, standardised where the task asks for it."""
+        out = {}
+        for i, task in enumerate(self.tasks):
+            labels = task_labels(task, table, self.classes.get(task.name, ()), whole_file)
+            if task.name in self.label_scaling:
+                scaling = self.label_scaling[task.name]
+                labels = ((labels - scaling["mean"]) / scaling["std"]).astype(np.float32)
+            out[f"label{i}"] = labels
+        return out
+
+    def apply(self, table: ParsedTable, whole_file: bool = True) -> dict[str, np.ndarray]:
+        """``numeric``, ``categorical``, ``label<i>`` and (with a weight column) ``weight`` arrays of a table."""
+        arrays = self.labels(table, whole_file)
+        if self.weight is not None:
+            weight = table.numeric[self.weight]
+            if np.isnan(weight).any():
+                raise MtlexpError(
+                    f"{table.path}: column {self.weight!r} (the weight): {int(np.isnan(weight).sum())} "
+                    "missing value(s); weights must not be missing"
+                )
+            arrays["weight"] = weight.astype(np.float32)
+        numeric = [apply_standardise(table.numeric[name], *stats) for name, stats in self.numeric.items()]
+        categorical = [apply_categories(*table.strings[name], index) for name, index in self.categories.items()]
+        arrays["numeric"] = stack_columns(numeric, len(table), np.float32)
+        arrays["categorical"] = stack_columns(categorical, len(table), np.int64)
+        return arrays
 
 
 def stack_columns(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:

@@ -138,9 +138,22 @@ def read_table(path: Path, schema: TableSchema, numeric: Sequence[str], strings:
         data = read_bytes(path)
         digest = hashlib.sha256(data).hexdigest()
         table = _read_csv(path, data, schema, columns, wanted)
-    num_rows = table.num_rows
-    parsed = ParsedTable(path, schema.header, np.arange(num_rows), {}, {}, digest)
-    for name in wanted:
+    return parse_arrow(table, path, schema, numeric, strings, np.arange(table.num_rows), digest)
+
+
+def parse_arrow(
+    table: pa.Table,
+    path: Path,
+    schema: TableSchema,
+    numeric: Sequence[str],
+    strings: Sequence[str],
+    rows: np.ndarray,
+    digest: str = "",
+) -> ParsedTable:
+    """The columns ``numeric`` and ``strings`` of an Arrow table read from ``path``, whose rows sit at the
+    positions ``rows`` of the file (a whole file, or one streamed part of it)."""
+    parsed = ParsedTable(path, schema.header, rows, {}, {}, digest)
+    for name in dict.fromkeys([*numeric, *strings]):
         column = table.column(name)
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
             if name in numeric:

@@ -23,16 +23,30 @@ from mtlexp.data.cache import CorruptEntry, entry_key, is_complete, read_cache_e
 from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.data.preprocessing import (
     LeakWarning,
+    TableTransform,
     carve_splits,
-    index_categories,
+    fit_standardise,
     multiclass_names,
+    seen_values,
     single_feature_score,
-    stack_columns,
-    standardise,
-    task_labels,
 )
-from mtlexp.data.readers import file_columns, read_table
+from mtlexp.data.readers import file_columns, is_parquet, read_table
 from mtlexp.data.schema import auto_embedding_dim, did_you_mean, load_schema, task_spec
+from mtlexp.data.streaming import (
+    SplitSource,
+    StreamingEvalLoader,
+    StreamingTrainLoader,
+    StreamSpec,
+    available_memory,
+    carve_plan,
+    check_streamable,
+    fit_stream,
+    in_memory_bytes,
+    read_meta,
+    row_groups,
+    stream_fingerprint,
+    transform_of,
+)
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
 from mtlexp.tasks import INFER_CLASSES
@@ -61,6 +75,9 @@ class TabularDataModule(MTLDataModule):
     :param batch_size: training batch size.
     :param eval_batch_size: validation/test batch size.
     :param chunk_steps: optimizer steps per ``training_step``.
+    :param streaming: ``true``: stream Parquet row groups instead of loading the table (``streaming.py``);
+        ``auto``: stream when the in-memory path would need more than half the memory available; ``false``.
+    :param stream_window: row groups read and shuffled together when streaming.
     :param seed: the run seed (training order).
     """
 
@@ -82,9 +99,17 @@ class TabularDataModule(MTLDataModule):
         batch_size: int = 1024,
         eval_batch_size: int = 16384,
         chunk_steps: int = 4,
+        streaming: bool | str = "auto",
+        stream_window: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__(tasks, batch_size, eval_batch_size, chunk_steps, seed)
+        require(streaming in (True, False, "auto"), "streaming", "true, false or 'auto'", streaming)
+        require(isinstance(stream_window, int) and stream_window >= 1, "stream_window", "an integer >= 1",
+                stream_window)
+        self.streaming = streaming
+        self.stream_window = stream_window
+        self.stream: dict[str, SplitSource] = {}
         if path is not None:
             files = dict(path) if isinstance(path, Mapping) else {"train": path}
             require(
@@ -157,6 +182,85 @@ class TabularDataModule(MTLDataModule):
         """A readable prefix for this data's cache entries."""
         return files["train"].name.split(".")[0] or "table"
 
+    # --- streaming ----------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits or self.stream:
+            return
+        files = self.input_files()
+        if self._streams(files):
+            self._setup_stream(files)
+        else:
+            super().setup(stage)
+
+    def _streams(self, files: Mapping[str, Path]) -> bool:
+        if self.streaming is True:
+            check_streamable(files)
+            return True
+        if self.streaming == "auto" and all(is_parquet(p) and p.is_file() for p in files.values()):
+            needed = in_memory_bytes(files, sum(len(c) for c in self.read_columns()))
+            if needed > available_memory() / 2:
+                log.info("data: streaming the table (about %.1f GiB in memory, more than half of what is "
+                         "available; data.streaming=false loads it anyway)", needed / 2**30)
+                return True
+        return False
+
+    def stream_spec(self, files: Mapping[str, Path]) -> StreamSpec:
+        numeric_columns, string_columns = self.read_columns()
+        return StreamSpec(dict(files), self.schema, list(self.tasks), list(self.numeric_features),
+                          list(self.categorical_features), numeric_columns, string_columns,
+                          str(self.schema.weight) if self.use_weight else None, self.val_fraction,
+                          self.test_fraction, self.val_from, self.split_seed)
+
+    def _setup_stream(self, files: Mapping[str, Path]) -> None:
+        if self.cache_dir is None:
+            raise MtlexpError("data.cache_dir: streaming needs a cache folder (for its statistics and the "
+                              "validation and test rows), got null")
+        for path in files.values():
+            self._check_columns(path)
+        entry = self.cache_dir / "tabular-stream" / f"{self.cache_stem(files)}-{self.cache_key(files)[:16]}"
+        meta = read_meta(entry) if (entry / "meta.json").is_file() else None
+        self.cache_hit = meta is not None
+        if meta is None:
+            if entry.exists():
+                warnings.warn(f"data.cache_dir: refitting the damaged streaming entry {entry}", stacklevel=2)
+                shutil.rmtree(entry, ignore_errors=True)
+            log.info("data: fitting the preprocessing in one pass over %s", ", ".join(str(p) for p in files.values()))
+            meta = fit_stream(self.stream_spec(files), entry)
+        self.meta = {**meta, "cache": {"entry": str(entry), "hit": self.cache_hit}}
+        self._fitted_tasks()
+        spec = self.stream_spec(files)
+        transform = transform_of(spec, self.meta)
+        plan = carve_plan(files, self.val_fraction, self.test_fraction, self.val_from)
+        self.stream = {
+            "train": SplitSource(spec, transform, files["train"], row_groups(files["train"]), SPLITS.index("train"),
+                                 plan["train"], SPLITS.index("train")),
+            **{split: SplitSource(spec, transform, entry / f"{split}.parquet", row_groups(entry / f"{split}.parquet"))
+               for split in ("val", "test")},
+        }
+        self.features = self.feature_spec()
+        log.info("data: streaming %s rows (train %d, val %d, test %d) from %s", f"{sum(meta['rows'].values()):,}",
+                 meta["rows"]["train"], meta["rows"]["val"], meta["rows"]["test"], entry)
+
+    def train_dataloader(self) -> Any:
+        if not self.stream:
+            return super().train_dataloader()
+        rank, world = self._rank()
+        return StreamingTrainLoader(self.stream["train"], self.meta["train_rows_per_group"], self.batch_size,
+                                    self.chunk_steps if world == 1 else 1, self.seed, rank, world, self.stream_window)
+
+    def val_dataloader(self) -> Any:
+        if not self.stream:
+            return super().val_dataloader()
+        return StreamingEvalLoader(self.stream["val"], self.eval_batch_size, *self._rank())
+
+    def test_dataloader(self) -> Any:
+        if not self.stream:
+            return super().test_dataloader()
+        return StreamingEvalLoader(self.stream["test"], self.eval_batch_size, *self._rank())
+
+    def fingerprint(self) -> str:
+        return stream_fingerprint(self.meta) if self.stream else super().fingerprint()
+
     # --- loading ------------------------------------------------------------------------------------
     def cache_key(self, files: Mapping[str, Path]) -> str:
         """A hash of everything the tensors depend on: files (path, size, mtime), schema and options."""
@@ -195,17 +299,7 @@ class TabularDataModule(MTLDataModule):
                 except OSError as exc:
                     warnings.warn(f"data.cache_dir: could not write the cache entry {entry} ({exc})", stacklevel=2)
         self.meta["cache"] = {"entry": None if entry is None else str(entry), "hit": self.cache_hit}
-        self.tasks = [  # multiclass tasks without num_classes: the classes found in the data
-            dataclasses.replace(t, num_classes=len(self.meta["classes"][t.name]))
-            if t.kind == "multiclass" and t.num_classes == INFER_CLASSES else t
-            for t in self.tasks
-        ]
-        scaling = self.meta.get("label_scaling", {})
-        self.tasks = [  # standardised regression labels: metrics map predictions back to the label's units
-            dataclasses.replace(t, label_shift=scaling[t.name]["mean"], label_scale=scaling[t.name]["std"])
-            if t.name in scaling else t
-            for t in self.tasks
-        ]
+        self._fitted_tasks()
         log.info("data: %s (%s)", "cache hit" if self.cache_hit else "parsed the files", entry or "no cache")
         self._warn_leaks()
         splits = {}
@@ -220,8 +314,22 @@ class TabularDataModule(MTLDataModule):
             )
         return splits, self.feature_spec()
 
-    def preprocess(self, files: Mapping[str, Path]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Parse the files and build every split's arrays (fitted on train) and the metadata to cache."""
+    def _fitted_tasks(self) -> None:
+        """Fill in what the task specs learn from the data: counted classes and label scaling."""
+        self.tasks = [  # multiclass tasks without num_classes: the classes found in the data
+            dataclasses.replace(t, num_classes=len(self.meta["classes"][t.name]))
+            if t.kind == "multiclass" and t.num_classes == INFER_CLASSES else t
+            for t in self.tasks
+        ]
+        scaling = self.meta.get("label_scaling", {})
+        self.tasks = [  # standardised regression labels: metrics map predictions back to the label's units
+            dataclasses.replace(t, label_shift=scaling[t.name]["mean"], label_scale=scaling[t.name]["std"])
+            if t.name in scaling else t
+            for t in self.tasks
+        ]
+
+    def read_columns(self) -> tuple[list[str], list[str]]:
+        """The columns to parse as numbers and as strings: the features, the label columns, the weight."""
         numeric_columns = list(self.numeric_features)
         string_columns = list(self.categorical_features)
         for task in self.tasks:
@@ -229,59 +337,38 @@ class TabularDataModule(MTLDataModule):
             (string_columns if strings else numeric_columns).append(str(task.column))
         if self.use_weight:
             numeric_columns.append(str(self.schema.weight))
+        return list(dict.fromkeys(numeric_columns)), list(dict.fromkeys(string_columns))
+
+    def preprocess(self, files: Mapping[str, Path]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Parse the files and build every split's arrays (fitted on train) and the metadata to cache."""
+        numeric_columns, string_columns = self.read_columns()
         for path in files.values():
             self._check_columns(path)
-        numeric_columns, string_columns = list(dict.fromkeys(numeric_columns)), list(dict.fromkeys(string_columns))
         parsed = {split: read_table(p, self.schema, numeric_columns, string_columns) for split, p in files.items()}
         tables = carve_splits(parsed, self.val_fraction, self.test_fraction, self.val_from, self.split_seed)
-        order = [tables[s] for s in SPLITS]
-        arrays: dict[str, np.ndarray] = {}
-        classes = {t.name: multiclass_names(t, order) for t in self.tasks if t.kind == "multiclass"}
-        for split, table in tables.items():
-            for i, task in enumerate(self.tasks):
-                arrays[f"{split}.label{i}"] = task_labels(task, table, classes.get(task.name, ()))
-            if self.use_weight:
-                weight = table.numeric[str(self.schema.weight)]
-                if np.isnan(weight).any():
-                    raise MtlexpError(
-                        f"{table.path}: column {self.schema.weight!r} (the weight): {int(np.isnan(weight).sum())} "
-                        "missing value(s); weights must not be missing"
-                    )
-                arrays[f"{split}.weight"] = weight.astype(np.float32)
-
+        train = tables["train"]
+        classes = {t.name: multiclass_names(t, [tables[s] for s in SPLITS]) for t in self.tasks
+                   if t.kind == "multiclass"}
         label_scaling = {}
-        for i, task in enumerate(self.tasks):
+        for task in self.tasks:
             if task.standardize:  # with the training split's mean and sd, like the numeric features
-                train_labels = arrays[f"train.label{i}"]
-                mean, std = float(train_labels.mean()), float(train_labels.std()) or 1.0
+                raw = TableTransform([task], {}, {}, classes).labels(train)["label0"]
+                mean, std = float(raw.mean()), float(raw.std()) or 1.0
                 label_scaling[task.name] = {"mean": mean, "std": std}
-                for split in SPLITS:
-                    arrays[f"{split}.label{i}"] = ((arrays[f"{split}.label{i}"] - mean) / std).astype(np.float32)
-
-        stats, numeric = {}, {s: [] for s in SPLITS}
-        for name in self.numeric_features:
-            columns, mean, std = standardise(order[0].numeric[name], [t.numeric[name] for t in order[1:]])
-            stats[name] = {"mean": mean, "std": std, "missing_in_train": int(np.isnan(order[0].numeric[name]).sum())}
-            for split, column in zip(SPLITS, columns):
-                numeric[split].append(column)
-        cardinality, categorical = {}, {s: [] for s in SPLITS}
-        for name in self.categorical_features:
-            columns, num_values = index_categories(order[0].strings[name], [t.strings[name] for t in order[1:]])
-            cardinality[name] = num_values + 1
-            for split, column in zip(SPLITS, columns):
-                categorical[split].append(column)
-        for split, table in tables.items():
-            arrays[f"{split}.numeric"] = stack_columns(numeric[split], len(table), np.float32)
-            arrays[f"{split}.categorical"] = stack_columns(categorical[split], len(table), np.int64)
-
-        scores = []
-        train_features = [(n, c, False) for n, c in zip(self.numeric_features, numeric["train"])]
-        train_features += [(n, c, True) for n, c in zip(self.categorical_features, categorical["train"])]
-        for name, column, is_categorical in train_features:
-            for i, task in enumerate(self.tasks):
-                score = single_feature_score(column, is_categorical, task, arrays[f"train.label{i}"])
-                if score is not None:
-                    scores.append({"feature": name, "task": task.name, "metric": score[0], "score": round(score[1], 4)})
+        transform = TableTransform(
+            tasks=self.tasks,
+            numeric={name: fit_standardise(train.numeric[name]) for name in self.numeric_features},
+            categories={name: {v: i + 1 for i, v in enumerate(seen_values(*train.strings[name]))}
+                        for name in self.categorical_features},
+            classes=classes,
+            label_scaling=label_scaling,
+            weight=str(self.schema.weight) if self.use_weight else None,
+        )
+        arrays = {f"{split}.{name}": array for split in SPLITS for name, array in transform.apply(tables[split]).items()}
+        stats = {
+            name: {"mean": mean, "std": std, "missing_in_train": int(np.isnan(train.numeric[name]).sum())}
+            for name, (mean, std) in transform.numeric.items()
+        }
         meta = {
             "files": {
                 split: {"path": str(path), "sha256": parsed[split].sha256, "rows": len(parsed[split])}
@@ -289,12 +376,24 @@ class TabularDataModule(MTLDataModule):
             },
             "rows": {split: len(table) for split, table in tables.items()},
             "numeric": stats,
-            "categorical": cardinality,
+            "categorical": {name: len(index) + 1 for name, index in transform.categories.items()},
             "classes": classes,
             "label_scaling": label_scaling,
-            "leak_scores": scores,
+            "leak_scores": self._leak_scores(arrays),
         }
         return arrays, meta
+
+    def _leak_scores(self, arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Every feature alone scored against every label on the training split."""
+        scores = []
+        features = [(n, arrays["train.numeric"][:, j], False) for j, n in enumerate(self.numeric_features)]
+        features += [(n, arrays["train.categorical"][:, j], True) for j, n in enumerate(self.categorical_features)]
+        for name, column, is_categorical in features:
+            for i, task in enumerate(self.tasks):
+                score = single_feature_score(column, is_categorical, task, arrays[f"train.label{i}"])
+                if score is not None:
+                    scores.append({"feature": name, "task": task.name, "metric": score[0], "score": round(score[1], 4)})
+        return scores
 
     def _check_columns(self, path: Path) -> None:
         """Every schema column is in the file, and every file column has a role (a feature, a label, dropped)."""
@@ -346,6 +445,10 @@ class TabularDataModule(MTLDataModule):
 
     def describe(self) -> dict[str, Any]:
         summary = super().describe()
+        if self.stream:  # the fitting pass counted what the base class reads off the tensors
+            summary.update(rows=dict(self.meta["rows"]), label_mean=self.meta["label_mean"], streaming=True)
+            if len(self.meta["label_mean"]) >= 2:
+                summary["label_pearson"] = self.meta["label_pearson"]
         features = self.feature_spec() if self.meta else None
         summary.update(
             {

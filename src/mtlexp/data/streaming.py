@@ -1,0 +1,519 @@
+"""Parquet tables larger than memory: one streaming pass fits the preprocessing, then row groups stream.
+
+The in-memory path (``tabular.py``) parses whole files; this one never holds more than a few row groups.
+
+* **Splits without a permutation.** A row's split comes from a hash of its position in its file and the split
+  seed (``row_splits``), so any part of the file can be assigned on its own. The shares follow
+  ``val_fraction``/``test_fraction`` up to sampling noise.
+* **One fitting pass** (``fit_stream``) reads every file once, row group by row group (pyarrow's dataset API),
+  and accumulates what the in-memory path computes from whole columns: numeric means and sds, categorical
+  vocabularies, multiclass names and label scaling, all on the training rows, with the same label checks
+  (missing labels, a binary split with one class, a ``positive`` value that matches nothing). The validation
+  and test rows go into small Parquet files of their own, so evaluation never rereads the training file.
+  Statistics and those files form one cache entry (a temporary folder renamed into place).
+* **Training** (``StreamingTrainLoader``) reads the training file's row groups in a fresh seeded order each
+  epoch, a window of a few row groups at a time (read by a background thread while the previous window
+  trains), shuffles the rows within the window and yields the same chunks of batches as the in-memory loader.
+  Under DDP each rank takes every ``world_size``-th row group of the epoch's order and all ranks yield the same
+  number of rows (a rank short of rows borrows row groups from the start of the order).
+* The transform from parsed rows to model inputs is ``preprocessing.TableTransform``, shared with the in-memory
+  path, so both give the same inputs for the same rows and statistics.
+
+Not done when streaming: the single-feature leak scan (it needs whole columns) and ``mtlexp data inspect``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import torch
+
+from mtlexp.data.preprocessing import TableTransform, apply_standardise, class_names
+from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
+from mtlexp.data.schema import TableSchema, json_default
+from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
+from mtlexp.errors import MtlexpError
+from mtlexp.processes import this_host
+from mtlexp.tasks import TaskSpec
+
+SPLIT_NAMES = ("train", "val", "test")
+EVAL_ROW_GROUP = 1 << 17  # rows per row group of the carved validation and test files
+
+
+def row_splits(positions: np.ndarray, seed: int, carve: Sequence[tuple[int, float]], own: int) -> np.ndarray:
+    """The split code (index into ``SPLIT_NAMES``) of the rows at ``positions`` of one file.
+
+    ``carve`` lists ``(split code, fraction)`` parts carved out of this file, in order; the remaining rows belong
+    to the file's ``own`` split. A row's draw is a SplitMix64 hash of its position and ``seed``: independent of
+    every other row, so a part of the file is assigned without reading the rest.
+    """
+    with np.errstate(over="ignore"):
+        x = positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    draw = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    codes = np.full(len(positions), own, dtype=np.int8)
+    low = 0.0
+    for code, fraction in carve:
+        codes[(draw >= low) & (draw < low + fraction)] = code
+        low += fraction
+    return codes
+
+
+def carve_plan(files: Mapping[str, Path], val_fraction: float, test_fraction: float, val_from: str
+               ) -> dict[str, list[tuple[int, float]]]:
+    """Per file (by its split): the splits carved out of it, as ``carve_splits`` does in memory."""
+    plan: dict[str, list[tuple[int, float]]] = {split: [] for split in files}
+    if "test" not in files:
+        plan["train"].append((SPLIT_NAMES.index("test"), test_fraction))
+    if "val" not in files:
+        plan[val_from].append((SPLIT_NAMES.index("val"), val_fraction))
+    return plan
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a Parquet file: its fragment (pyarrow dataset API) and its first row's position."""
+
+    fragment: ds.ParquetFileFragment
+    first_row: int
+    num_rows: int
+
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        return self.fragment.to_table(columns=list(columns), use_threads=True)
+
+
+def row_groups(path: Path) -> list[RowGroup]:
+    """The row groups of a Parquet file, in file order."""
+    try:
+        (fragment,) = ds.dataset(str(path), format="parquet").get_fragments()
+        groups = fragment.split_by_row_group()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise MtlexpError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    out, first = [], 0
+    for group in groups:
+        rows = sum(info.num_rows for info in group.row_groups)
+        out.append(RowGroup(group, first, rows))
+        first += rows
+    return out
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, else physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def in_memory_bytes(files: Mapping[str, Path], columns: int) -> int:
+    """A rough peak of the in-memory path for these files: parsing holds about 3 x 8 bytes per value."""
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.values())
+    return rows * columns * 8 * 3
+
+
+# --- the fitting pass ---------------------------------------------------------------------------------------
+
+
+class _Moments:
+    """Count, sum and sum of squares of float64 values, for a mean and a (population) sd."""
+
+    def __init__(self) -> None:
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[~np.isnan(values)].astype(np.float64)
+        self.count += values.size
+        self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
+
+    def mean_std(self) -> tuple[float, float]:
+        if self.count == 0:
+            return 0.0, 1.0
+        mean = self.total / self.count
+        std = float(np.sqrt(max(self.squares / self.count - mean * mean, 0.0)))
+        return mean, std if std > 0 else 1.0
+
+
+@dataclass
+class StreamSpec:
+    """What a streamed table is read and fitted with (the tabular data module's options)."""
+
+    files: dict[str, Path]
+    schema: TableSchema
+    tasks: list[TaskSpec]
+    numeric_features: list[str]
+    categorical_features: list[str]
+    numeric_columns: list[str]
+    string_columns: list[str]
+    weight: str | None
+    val_fraction: float
+    test_fraction: float
+    val_from: str
+    split_seed: int
+
+
+def fit_stream(spec: StreamSpec, entry: Path) -> dict[str, Any]:
+    """One pass over every file: the statistics (returned, and written to ``entry/meta.json``) and the carved
+    validation and test rows (``entry/val.parquet``, ``entry/test.parquet``); the entry appears whole."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".{entry.name}.tmp-{this_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        meta = _fit(spec, tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not (entry / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
+    plan = carve_plan(spec.files, spec.val_fraction, spec.test_fraction, spec.val_from)
+    wanted = list(dict.fromkeys([*spec.numeric_columns, *spec.string_columns]))
+    numeric = {name: _Moments() for name in spec.numeric_features}
+    missing = dict.fromkeys(spec.numeric_features, 0)
+    vocab: dict[str, set[str]] = {name: set() for name in spec.categorical_features}
+    multiclass = [t for t in spec.tasks if t.kind == "multiclass"]
+    class_values: dict[str, set[str]] = {t.name: set() for t in multiclass}
+    plain = [t for t in spec.tasks if t.kind != "multiclass"]
+    label_sums = np.zeros(len(plain))
+    label_products = np.zeros((len(plain), len(plain)))
+    positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}
+    rows = dict.fromkeys(SPLIT_NAMES, 0)
+    train_rows_per_group: list[int] = []
+    positive_counts: dict[str, dict[str, int]] = {t.name: {} for t in spec.tasks if t.kind == "binary" and t.positive}
+    writers: dict[str, pq.ParquetWriter] = {}
+    digests = {}
+    # Labels are read without class names (multiclass tasks are counted apart) and without scaling here.
+    raw = TableTransform([t for t in spec.tasks if t.kind != "multiclass"], {}, {})
+    try:
+        for split, path in spec.files.items():
+            with path.open("rb") as handle:
+                digests[split] = sha256_stream(handle)
+            own = SPLIT_NAMES.index(split)
+            for group in row_groups(path):
+                table = group.read(wanted)
+                positions = np.arange(group.first_row, group.first_row + group.num_rows)
+                codes = row_splits(positions, spec.split_seed, plan[split], own)
+                parsed = parse_arrow(table, path, spec.schema, spec.numeric_columns, spec.string_columns, positions)
+                labels = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
+                for task in multiclass:
+                    column_codes, values = parsed.strings[str(task.column)]
+                    if (column_codes < 0).any():
+                        first = parsed.locate(int(np.flatnonzero(column_codes < 0)[0]))
+                        raise MtlexpError(f"{path}: column {task.column!r} (task {task.name}): missing label value, "
+                                          f"first at {first}; labels must not be missing")
+                    class_values[task.name].update(values[np.unique(column_codes)].tolist())
+                for name, counts in positive_counts.items():
+                    column_codes, values = parsed.strings[str(next(t.column for t in spec.tasks if t.name == name))]
+                    found = np.bincount(column_codes[column_codes >= 0], minlength=len(values))
+                    for value, count in zip(values.tolist(), found.tolist()):
+                        counts[value] = counts.get(value, 0) + count
+                for code, split_name in enumerate(SPLIT_NAMES):
+                    mask = codes == code
+                    count = int(mask.sum())
+                    if split_name == "train" and split == "train":
+                        train_rows_per_group.append(count)
+                    if count == 0:
+                        continue
+                    rows[split_name] += count
+                    for i, task in enumerate(spec.tasks):
+                        if task.kind == "binary":
+                            positives[split_name][i] += float(labels[f"label{plain.index(task)}"][mask].sum())
+                    if split_name != "train":
+                        part = table.filter(pa.array(mask))
+                        if split_name not in writers:
+                            writers[split_name] = pq.ParquetWriter(folder / f"{split_name}.parquet", part.schema)
+                        writers[split_name].write_table(part, row_group_size=EVAL_ROW_GROUP)
+                        continue
+                    train = parsed.take(np.flatnonzero(mask))
+                    for name in spec.numeric_features:
+                        numeric[name].add(train.numeric[name])
+                        missing[name] += int(np.isnan(train.numeric[name]).sum())
+                    for name in spec.categorical_features:
+                        column_codes, values = train.strings[name]
+                        vocab[name].update(values[np.unique(column_codes[column_codes >= 0])].tolist())
+                    ys = np.stack([labels[f"label{i}"][mask] for i in range(len(plain))]).astype(np.float64) \
+                        if plain else np.zeros((0, count))
+                    label_sums += ys.sum(axis=1)
+                    label_products += ys @ ys.T
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+    for split, count in rows.items():
+        if count == 0:
+            raise MtlexpError(f"data: the {split} split is empty")
+    _check_positive_values(spec, positive_counts)
+    for i, task in enumerate(spec.tasks):
+        if task.kind != "binary":
+            continue
+        for split in SPLIT_NAMES:
+            if positives[split][i] in (0, rows[split]):
+                only = int(positives[split][i] > 0)
+                raise MtlexpError(f"tasks.{task.name}: the {split} split has only class {only}; "
+                                  "AUROC and log-loss need both classes")
+    classes = {t.name: class_names(class_values[t.name]) for t in multiclass}
+    mean_label = label_sums / rows["train"]
+    label_scaling = {}
+    for i, task in enumerate(plain):
+        if task.standardize:
+            var = label_products[i, i] / rows["train"] - mean_label[i] ** 2
+            label_scaling[task.name] = {"mean": float(mean_label[i]), "std": float(np.sqrt(max(var, 0.0))) or 1.0}
+    cov = label_products / rows["train"] - np.outer(mean_label, mean_label)
+    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    label_mean = {t.name: float(apply_standardise(np.array([mean_label[i]]), label_scaling[t.name]["mean"],
+                                                  label_scaling[t.name]["std"])[0])
+                  if t.name in label_scaling else float(mean_label[i]) for i, t in enumerate(plain)}
+    pearson = {f"{a.name}~{b.name}": float(cov[i, j] / (sd[i] * sd[j])) if sd[i] * sd[j] > 0 else float("nan")
+               for i, a in enumerate(plain) for j, b in enumerate(plain) if i < j}
+    stats = {}
+    for name, moments in numeric.items():
+        mean, std = moments.mean_std()
+        stats[name] = {"mean": mean, "std": std, "missing_in_train": missing[name]}
+    return {
+        "streaming": True,
+        "files": {split: {"path": str(path), "sha256": digests[split],
+                          "rows": sum(g.num_rows for g in row_groups(path))} for split, path in spec.files.items()},
+        "rows": rows,
+        "train_rows_per_group": train_rows_per_group,
+        "numeric": stats,
+        "vocabulary": {name: sorted(values) for name, values in vocab.items()},
+        "categorical": {name: len(values) + 1 for name, values in vocab.items()},
+        "classes": classes,
+        "label_scaling": label_scaling,
+        "label_mean": label_mean,
+        "label_pearson": pearson,
+        "leak_scores": [],
+        "eval_files": sorted(writers),
+    }
+
+
+def _check_positive_values(spec: StreamSpec, counts: Mapping[str, Mapping[str, int]]) -> None:
+    for task in spec.tasks:
+        if task.name not in counts:
+            continue
+        wanted = [p.strip() for p in task.positive]
+        if not any(counts[task.name].get(value, 0) for value in wanted):
+            common = sorted(counts[task.name].items(), key=lambda item: -item[1])[:5]
+            listed = ", ".join(f"{value!r} ({count})" for value, count in common)
+            raise MtlexpError(f"tasks.{task.name}.positive: no value of column {task.column!r} in "
+                              f"{spec.files['train']} is one of {wanted}; its most frequent values are {listed}")
+
+
+def read_meta(entry: Path) -> dict[str, Any] | None:
+    """The statistics of a complete entry, or None when it is missing or damaged (it is then refitted)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not meta.get("streaming"):
+        return None
+    for split in meta.get("eval_files", {}):
+        try:
+            if pq.ParquetFile(entry / f"{split}.parquet").metadata.num_rows != meta["rows"][split]:
+                return None
+        except (pa.ArrowException, OSError):
+            return None
+    return meta
+
+
+def transform_of(spec: StreamSpec, meta: Mapping[str, Any]) -> TableTransform:
+    """The fitted transform a cache entry's statistics describe."""
+    return TableTransform(
+        tasks=spec.tasks,
+        numeric={name: (meta["numeric"][name]["mean"], meta["numeric"][name]["std"]) for name in spec.numeric_features},
+        categories={name: {v: i + 1 for i, v in enumerate(meta["vocabulary"][name])} for name in spec.categorical_features},
+        classes={k: list(v) for k, v in meta["classes"].items()},
+        label_scaling=dict(meta["label_scaling"]),
+        weight=spec.weight,
+    )
+
+
+def stream_fingerprint(meta: Mapping[str, Any]) -> str:
+    """Identifies the data of a streamed run: the files' contents and the fitted statistics."""
+    facts = {k: v for k, v in meta.items() if k != "cache"}  # where the entry is and whether it was a hit
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=json_default).encode()).hexdigest()
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitSource:
+    """The rows of one split in one file: all of them, or those whose ``row_splits`` code is ``code``."""
+
+    spec: StreamSpec
+    transform: TableTransform
+    path: Path
+    groups: list[RowGroup]
+    code: int | None = None
+    carve: Sequence[tuple[int, float]] = ()
+    own: int = 0
+
+    def read(self, indices: Sequence[int]) -> TensorTable:
+        """The rows of this split in the row groups ``indices``, transformed, as one table."""
+        parts = []
+        for index in indices:
+            group = self.groups[index]
+            wanted = list(dict.fromkeys([*self.spec.numeric_columns, *self.spec.string_columns]))
+            table = group.read(wanted)
+            positions = np.arange(group.first_row, group.first_row + group.num_rows)
+            if self.code is not None:
+                keep = row_splits(positions, self.spec.split_seed, self.carve, self.own) == self.code
+                table, positions = table.filter(pa.array(keep)), positions[keep]
+            parsed = parse_arrow(table, self.path, self.spec.schema, self.spec.numeric_columns,
+                                 self.spec.string_columns, positions)
+            parts.append(self.transform.apply(parsed, whole_file=False))
+        return _table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, len(self.spec.tasks),
+                      [t.name for t in self.spec.tasks])
+
+
+def _table(arrays: Mapping[str, np.ndarray], num_tasks: int, names: Sequence[str]) -> TensorTable:
+    return TensorTable(
+        numeric=torch.from_numpy(arrays["numeric"]),
+        categorical=torch.from_numpy(arrays["categorical"]),
+        labels={names[i]: torch.from_numpy(arrays[f"label{i}"]) for i in range(num_tasks)},
+        weight=torch.from_numpy(arrays["weight"]) if "weight" in arrays else None,
+    )
+
+
+def concat(a: TensorTable | None, b: TensorTable) -> TensorTable:
+    """Rows of ``a`` then rows of ``b`` (``a`` may be None)."""
+    if a is None or len(a) == 0:
+        return b
+    return TensorTable(
+        numeric=torch.cat([a.numeric, b.numeric]),
+        categorical=torch.cat([a.categorical, b.categorical]),
+        labels={k: torch.cat([a.labels[k], b.labels[k]]) for k in a.labels},
+        weight=None if a.weight is None else torch.cat([a.weight, b.weight]),
+    )
+
+
+class StreamingTrainLoader:
+    """Training loader over a streamed split: row groups in a seeded order per epoch, read a window at a time
+    by a background thread, rows shuffled within the window, yielded as chunks of ``chunk_steps`` batches.
+
+    :param rows_per_group: the split's rows in each row group (from the fitting pass), so that every rank
+        knows the epoch's length without reading.
+    :param window: row groups read and shuffled together; more mixes better and holds more rows in memory.
+    """
+
+    def __init__(self, source: SplitSource, rows_per_group: Sequence[int], batch_size: int, chunk_steps: int,
+                 seed: int, rank: int = 0, world_size: int = 1, window: int = 4) -> None:
+        self.source = source
+        self.rows_per_group = list(rows_per_group)
+        self.batch_size = batch_size
+        self.chunk_steps = chunk_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rows_per_rank(self) -> int:
+        return sum(self.rows_per_group) // self.world_size
+
+    def __len__(self) -> int:
+        return -(-self._rows_per_rank() // (self.batch_size * self.chunk_steps))
+
+    def _windows(self, generator: torch.Generator) -> Iterator[list[int]]:
+        """This rank's row groups, a window at a time; a rank short of rows continues with the whole order."""
+        order = torch.randperm(len(self.rows_per_group), generator=generator).tolist()
+        mine = [g for g in order[self.rank :: self.world_size] + order if self.rows_per_group[g]]
+        need, window = self._rows_per_rank(), []
+        for group in mine:
+            window.append(group)
+            need -= self.rows_per_group[group]
+            if len(window) == self.window or need <= 0:
+                yield window
+                window = []
+            if need <= 0:
+                return
+
+    def __iter__(self) -> Iterator[Chunk]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        left = self._rows_per_rank()
+        rows_per_chunk = self.batch_size * self.chunk_steps
+        windows = list(self._windows(generator))
+        carry: TensorTable | None = None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(self.source.read, windows[0]) if windows else None
+            for i in range(len(windows)):
+                table = pending.result()
+                pending = reader.submit(self.source.read, windows[i + 1]) if i + 1 < len(windows) else None
+                table = concat(carry, _rows(table, torch.randperm(len(table), generator=generator)))
+                usable = min(len(table), left)
+                full = usable - usable % rows_per_chunk if i + 1 < len(windows) else usable
+                for start in range(0, full, rows_per_chunk):
+                    yield split_batch(table.take(slice(start, min(start + rows_per_chunk, full))), self.batch_size)
+                left -= full
+                carry = _rows(table, slice(full, usable))
+                if left <= 0:
+                    break
+            if pending is not None:
+                pending.cancel()
+
+
+def _rows(table: TensorTable, index: slice | torch.Tensor) -> TensorTable:
+    batch = table.take(index)
+    return TensorTable(batch["numeric"], batch["categorical"], batch["labels"], batch.get("weight"))
+
+
+class StreamingEvalLoader:
+    """Evaluation loader over a streamed split: its row groups in file order (every ``world_size``-th under
+    DDP), yielded as consecutive batches of ``batch_size`` rows."""
+
+    def __init__(self, source: SplitSource, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.source = source
+        self.batch_size = batch_size
+        self.groups = list(range(len(source.groups)))[rank::world_size]
+        self.rows = sum(source.groups[g].num_rows for g in self.groups)
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        carry: TensorTable | None = None
+        for group in self.groups:
+            table = concat(carry, self.source.read([group]))
+            full = len(table) - len(table) % self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield table.take(slice(start, start + self.batch_size))
+            carry = _rows(table, slice(full, len(table)))
+        if carry is not None and len(carry):
+            yield carry.take(slice(0, len(carry)))
+
+
+def check_streamable(files: Mapping[str, Path]) -> None:
+    for path in files.values():
+        if not is_parquet(path):
+            raise MtlexpError(f"data.streaming: streaming reads Parquet files, got {path}; convert it (e.g. "
+                              "pyarrow.csv.read_csv + pyarrow.parquet.write_table) or set data.streaming=false")
