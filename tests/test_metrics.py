@@ -3,7 +3,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mtlexp.metrics import CrossEntropyScore, task_loss, task_metrics
+from mtlexp.kinds import task_loss, task_metrics
+from mtlexp.metrics import CrossEntropyScore
 from mtlexp.tasks import TaskSpec
 
 

@@ -1,4 +1,5 @@
-"""Losses and metrics per task kind (the closed vocabulary of ``mtlexp.tasks``), all on torchmetrics.
+"""The metrics torchmetrics lacks, and the units metrics are reported in; which metric a task gets is its
+kind's (``mtlexp.kinds``).
 
 Every task also gets ``norm_loss``: its loss divided by the loss of the best constant prediction on the
 same split (regression: MSE / label variance = 1 - R^2; binary and multiclass: cross-entropy / entropy of
@@ -10,11 +11,8 @@ tasks of different scales and kinds.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from torchmetrics import Metric
 
 from mtlexp.tasks import TaskSpec
 
@@ -77,57 +75,8 @@ class OneMinus(Metric):
         self.metric.reset()
 
 
-def task_loss(task: TaskSpec, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """The training loss of one task from its logits (mean over the batch, optionally sample-weighted)."""
-    # Unweighted: the loss kernel's own mean, one autograd node less per task and step than mean() after.
-    reduction = "mean" if weight is None else "none"
-    if task.kind == "regression":
-        loss = F.mse_loss(logits, target, reduction=reduction)
-    elif task.kind == "binary":
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
-    else:
-        loss = F.cross_entropy(logits, target, reduction=reduction)
-    return loss if weight is None else (loss * weight).sum() / weight.sum()
-
-
 def original_units(task: TaskSpec, values: Tensor) -> Tensor:
     """Regression values (predictions or labels) back in the label's own units (``standardize``)."""
     if task.label_scale == 1.0 and task.label_shift == 0.0:
         return values
     return values * task.label_scale + task.label_shift
-
-
-def predictions(task: TaskSpec, logits: Tensor) -> Tensor:
-    """What the metrics read: values in the label's units for regression, probabilities for classification
-    (AUROC needs them)."""
-    if task.kind == "regression":
-        return original_units(task, logits)
-    if task.kind == "binary":
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=-1)
-
-
-def task_metrics(task: TaskSpec) -> MetricCollection:
-    """The metric collection of one task; every kind includes ``norm_loss``."""
-    if task.kind == "regression":
-        metrics: dict[str, Metric] = {
-            "mse": MeanSquaredError(),
-            "mae": MeanAbsoluteError(),
-            "r2": R2Score(),
-            "norm_loss": OneMinus(R2Score()),
-        }
-    elif task.kind == "binary":
-        metrics = {
-            "auroc": BinaryAUROC(),
-            "logloss": CrossEntropyScore(2),
-            "norm_loss": CrossEntropyScore(2, normalize=True),
-            "accuracy": BinaryAccuracy(),
-        }
-    else:
-        metrics = {
-            "accuracy": MulticlassAccuracy(task.num_classes, average="micro"),
-            "logloss": CrossEntropyScore(task.num_classes),
-            "norm_loss": CrossEntropyScore(task.num_classes, normalize=True),
-        }
-    # compute_groups would merge metrics by state; explicit keys keep names as "{task}/{metric}".
-    return MetricCollection(metrics, compute_groups=False)

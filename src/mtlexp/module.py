@@ -26,7 +26,7 @@ from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
-from mtlexp.metrics import original_units, predictions, task_loss, task_metrics
+from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
@@ -109,11 +109,16 @@ class MTLModule(pl.LightningModule):
         self._epoch_sums, self._epoch_steps, self._cosines = None, 0, []
 
     def forward(self, batch: Batch) -> MTLOutput:
-        return self.model(batch["numeric"], batch["categorical"])
+        out = self.model(batch["numeric"], batch["categorical"])
+        for task in self.tasks:  # derived tasks have no tower: their prediction is a product of others'
+            if task.derived:
+                out.logits[task.name] = product_logit([out.logits[name] for name in task.product])
+        return out
 
     def task_losses(self, out: MTLOutput, batch: Batch) -> dict[str, Tensor]:
-        weight = batch.get("weight")
-        return {t.name: task_loss(t, out.logits[t.name], batch["labels"][t.name], weight) for t in self.tasks}
+        weight, labels = batch.get("weight"), batch["labels"]
+        return {t.name: task_loss(t, out.logits[t.name], labels[t.name], weight, observed_rows(t, labels))
+                for t in self.tasks}
 
     def training_step(self, chunk: list[Batch], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -163,10 +168,10 @@ class MTLModule(pl.LightningModule):
         # logging gave, for a fraction of the calls.
         if should_update_logs(self.trainer):
             self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False, prog_bar=True)
+        labels = {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks}
         for task in self.tasks:
             logits = torch.cat([o.logits[task.name].detach() for o in outputs])
-            target = torch.cat([b["labels"][task.name] for b in chunk])
-            self._update_metrics("train", task, logits, target)
+            self._update_metrics("train", task, logits, labels)
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
@@ -239,13 +244,14 @@ class MTLModule(pl.LightningModule):
                                    "max_param_diff_across_ranks": float((gathered - gathered[0]).abs().max())}
 
     # --- evaluation --------------------------------------------------------------------------------
-    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, target: Tensor) -> None:
-        preds = predictions(task, logits.float())
-        if task.kind == "binary":
-            target = target.long()
-        elif task.kind == "regression":
-            target = original_units(task, target)
-        self.metrics[f"{split}_split"][task.name].update(preds, target)
+    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, labels: dict[str, Tensor]) -> None:
+        """Update a task's metrics with the rows whose label is observed (all rows but under ``observed_if``)."""
+        kind, target = kind_of(task), labels[task.name]
+        observed = observed_rows(task, labels)
+        if observed is not None:
+            logits, target = logits[observed], target[observed]
+        self.metrics[f"{split}_split"][task.name].update(kind.predict(task, logits.float()),
+                                                         kind.metric_target(task, target))
 
     def _eval_step(self, batch: Batch, split: str) -> None:
         out = self(batch)
@@ -254,7 +260,7 @@ class MTLModule(pl.LightningModule):
         self.log(f"{split}/loss", sum(losses.values()), on_epoch=True, batch_size=rows, sync_dist=True)
         for task in self.tasks:
             self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
-            self._update_metrics(split, task, out.logits[task.name], batch["labels"][task.name])
+            self._update_metrics(split, task, out.logits[task.name], batch["labels"])
         self._gates.update(out.gates, rows)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -43,7 +43,8 @@ def build_data(cfg: DictConfig) -> MTLDataModule:
 def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
     """The data module (set up) and the Lightning module of a run config; shared by train and eval."""
     data = build_data(cfg)
-    model = build(cfg.model, "model", features=data.features, tasks=data.tasks)
+    # Derived tasks (a product of other tasks' probabilities) have no tower: the module computes them.
+    model = build(cfg.model, "model", features=data.features, tasks=[t for t in data.tasks if not t.derived])
     optimizer = build(cfg.optimizer, "optimizer")
     try:  # the optimizer checks its hyperparameters only when built: do it now, not deep inside fit
         optimizer([torch.nn.Parameter(torch.zeros(1))])
@@ -144,6 +145,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if metrics["gates"]:
             plot_gates(metrics["gates"], output_dir / "figures" / "gates.png", title=f"{metrics['model']}: mean gate weights (val)",
                        experts=metrics["gate_experts"])
+        for logger in trainer.loggers:  # trackers that keep the run folder's results too (logger=mlflow)
+            log_run_folder = getattr(logger, "log_run_folder", None)
+            if log_run_folder is not None:
+                log_run_folder(output_dir)
         log.info("\n%s", summary_table(metrics, data.tasks))
         log.info("run dir: %s", output_dir)
     return metrics

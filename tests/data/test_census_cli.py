@@ -151,3 +151,37 @@ def test_every_model_trains_on_a_table_with_every_task_kind(tmp_path: Path) -> N
         assert set(metrics["test"]) == {"bought", "spend", "tier"}
         assert "auroc" in metrics["test"]["bought"] and "r2" in metrics["test"]["spend"]
         assert "accuracy" in metrics["test"]["tier"]
+
+
+def test_click_and_conversion_train_with_a_derived_ctcvr_and_bad_conversions_fail_clearly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = 3000
+    x = rng.normal(size=rows)
+    click = rng.random(rows) < 1 / (1 + np.exp(-2 * x))
+    conversion = click & (rng.random(rows) < 1 / (1 + np.exp(-(2 * x - 1))))
+    frame = pd.DataFrame({"x": x, "colour": rng.choice(["red", "blue"], rows), "is_click": click.astype(int),
+                          "is_buy": conversion.astype(int)})
+    frame.to_csv(tmp_path / "cc.csv", index=False)
+    schema = {
+        "numeric": ["x"],
+        "categorical": ["colour"],
+        "tasks": {"ctr": {"kind": "binary", "column": "is_click"},
+                  "cvr": {"kind": "binary", "column": "is_buy", "observed_if": "ctr"},
+                  "ctcvr": {"kind": "binary", "product": ["ctr", "cvr"]}},
+    }
+    (tmp_path / "cc.yaml").write_text(yaml.safe_dump(schema))
+    run_dir = tmp_path / "run"
+    common = ["data=tabular", f"data.schema={tmp_path / 'cc.yaml'}", "model=mmoe", *FAST, "optimizer.lr=0.01"]
+    result = mtlexp("train", *common, f"data.path={tmp_path / 'cc.csv'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"ctr", "cvr", "ctcvr"}
+    for task in ("ctr", "cvr", "ctcvr"):
+        assert metrics["test"][task]["auroc"] > 0.65, task  # x drives both: each must be learned
+    frame.loc[np.flatnonzero(~click)[:3], "is_buy"] = 1  # three conversions without a click
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    result = mtlexp("train", *common, f"data.path={tmp_path / 'bad.csv'}", f"hydra.run.dir={tmp_path / 'bad'}",
+                    cwd=tmp_path)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("mtlexp: error: tasks.cvr (column 'is_buy'):") and "where ctr = 0" in line, result.stderr

@@ -15,6 +15,7 @@ import torch
 from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import ChunkedShuffleLoader, SequentialLoader, TensorTable
 from mtlexp.errors import MtlexpError, require
+from mtlexp.kinds import derive_labels, kind_of, observed_rows
 from mtlexp.tasks import TaskSpec, tasks_from_config
 
 SPLITS = ("train", "val", "test")
@@ -69,7 +70,7 @@ class MTLDataModule(pl.LightningDataModule):
         train = self.splits.get("train")
         if train is not None:
             # Class indices of a multiclass task are not quantities: no mean, no correlation.
-            names = [t.name for t in self.tasks if t.kind != "multiclass"]
+            names = [t.name for t in self.tasks if kind_of(t).quantitative]
             summary["label_mean"] = {k: float(train.labels[k].float().mean()) for k in names}
             if len(names) >= 2:
                 ys = torch.stack([train.labels[n].double() for n in names])
@@ -90,13 +91,14 @@ class MTLDataModule(pl.LightningDataModule):
         if missing:
             raise MtlexpError(f"data: the data module produced no {missing[0]!r} split")
         for split, table in splits.items():
+            derive_labels(self.tasks, table.labels)
             absent = [t.name for t in self.tasks if t.name not in table.labels]
             if absent:
                 raise MtlexpError(f"tasks.{absent[0]}: no label for this task in the {split} split")
             if len(table) == 0:
                 raise MtlexpError(f"data: the {split} split is empty")
             for task in self.tasks:
-                check_labels(task, table.labels[task.name], split)
+                check_labels(task, table.labels, split)
         self.splits = splits
 
     def fingerprint(self) -> str:
@@ -127,24 +129,21 @@ class MTLDataModule(pl.LightningDataModule):
         return SequentialLoader(self.splits["test"], self.eval_batch_size, *self._rank())
 
 
-def check_labels(task: TaskSpec, labels: torch.Tensor, split: str) -> None:
-    """Fail clearly on labels that would train silently wrong: NaN, a one-class binary split, bad classes."""
-    if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
-        bad = int((~torch.isfinite(labels)).sum())
-        raise MtlexpError(f"tasks.{task.name}: {bad} NaN/inf label(s) in the {split} split")
-    if task.kind == "binary":
-        values = torch.unique(labels)
-        if not bool(((values == 0) | (values == 1)).all()):
-            raise MtlexpError(f"tasks.{task.name}: binary labels must be 0/1, got values {values[:5].tolist()}")
-        if values.numel() < 2:
-            raise MtlexpError(
-                f"tasks.{task.name}: the {split} split has only class {int(values[0])}; "
-                "AUROC and log-loss need both classes"
-            )
-    if task.kind == "multiclass":
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= task.num_classes:
-            raise MtlexpError(
-                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{lo}, {hi}]; set "
-                f"tasks.{task.name}.num_classes to at least {hi + 1}, or leave it out to count the classes"
-            )
+def check_labels(task: TaskSpec, labels: dict[str, torch.Tensor], split: str) -> None:
+    """Fail clearly on labels that would train silently wrong: the kind's checks on the observed rows, and a
+    label seen where it cannot be (a conversion without a click)."""
+    observed = observed_rows(task, labels)
+    if observed is None:
+        kind_of(task).check_labels(task, labels[task.name], split)
+        return
+    where = f"{task.observed_if} = 1"
+    if not bool(observed.any()):
+        raise MtlexpError(f"tasks.{task.name}: the {split} split has no row where {where}, so no observed label")
+    unobserved = labels[task.name][~observed]
+    if bool((unobserved != 0).any()):
+        column = f" (column {task.column!r})" if task.column else ""
+        raise MtlexpError(
+            f"tasks.{task.name}{column}: {int((unobserved != 0).sum())} row(s) of the {split} split have a label "
+            f"where {task.observed_if} = 0; it is observed only where {where} (observed_if), so it must be 0 there"
+        )
+    kind_of(task).check_labels(task, labels[task.name][observed], split)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch
 
 from mtlexp.data.base import SPLITS, MTLDataModule
+from mtlexp.kinds import kind_of, observed_rows
+from mtlexp.tasks import TaskSpec
 
 
-def _label_summary(kind: str, labels: torch.Tensor, num_classes: int) -> str:
-    if kind == "binary":
-        return f"{100 * float(labels.float().mean()):.2f}% positive"
-    if kind == "regression":
-        values = labels.double()
-        return f"mean {float(values.mean()):.4g} sd {float(values.std()):.4g}"
-    counts = torch.bincount(labels.long(), minlength=num_classes).double() / max(1, labels.numel())
-    return " ".join(f"{c}:{100 * float(p):.1f}%" for c, p in enumerate(counts))
+def _observed(task: TaskSpec, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A task's labels on the rows where they are observed (``observed_if``)."""
+    observed = observed_rows(task, labels)
+    return labels[task.name] if observed is None else labels[task.name][observed]
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -55,11 +53,11 @@ def inspect_report(dm: MTLDataModule) -> str:
     for task in dm.tasks:
         rows.append(
             [task.name, task.kind]
-            + [_label_summary(task.kind, dm.splits[s].labels[task.name], task.num_classes) for s in SPLITS]
+            + [kind_of(task).describe_labels(task, _observed(task, dm.splits[s].labels)) for s in SPLITS]
         )
     lines += _table(rows)
 
-    correlated = [t for t in dm.tasks if t.kind != "multiclass"]
+    correlated = [t for t in dm.tasks if kind_of(t).quantitative]
     if len(correlated) >= 2:
         lines.append("label correlation (train, Pearson):")
         train = dm.splits["train"].labels

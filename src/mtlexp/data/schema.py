@@ -51,7 +51,7 @@ class TableSchema:
     def described(self) -> set[str]:
         """Every column the schema gives a role to."""
         named = {*self.numeric, *self.categorical, *self.drop, *self.known_leaks}
-        named |= {str(node.get("column", name)) for name, node in self.tasks.items()}
+        named |= {str(node.get("column", name)) for name, node in self.tasks.items() if not node.get("product")}
         return named | ({self.weight} if self.weight else set())
 
 

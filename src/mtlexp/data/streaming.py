@@ -31,7 +31,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
+from mtlexp.kinds import derive_labels
 from mtlexp.processes import this_host
 from mtlexp.tasks import TaskSpec
 
@@ -168,6 +169,7 @@ class StreamSpec:
     test_fraction: float
     val_from: str
     split_seed: int
+    derived: list[TaskSpec] = field(default_factory=list)  # tasks whose labels are computed from the others
 
 
 def fit_stream(spec: StreamSpec, entry: Path) -> dict[str, Any]:
@@ -201,7 +203,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     plain = [t for t in spec.tasks if t.kind != "multiclass"]
     label_sums = np.zeros(len(plain))
     label_products = np.zeros((len(plain), len(plain)))
-    positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}
+    positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}  # binary tasks, observed rows
+    seen = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}
+    unobserved_labels = np.zeros(len(spec.tasks), np.int64)  # a label of 1 where observed_if's task is 0
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
     positive_counts: dict[str, dict[str, int]] = {t.name: {} for t in spec.tasks if t.kind == "binary" and t.positive}
@@ -242,7 +246,12 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                     rows[split_name] += count
                     for i, task in enumerate(spec.tasks):
                         if task.kind == "binary":
-                            positives[split_name][i] += float(labels[f"label{plain.index(task)}"][mask].sum())
+                            y = labels[f"label{plain.index(task)}"][mask]
+                            observed = np.ones(count, bool) if task.observed_if is None else \
+                                labels[f"label{[t.name for t in plain].index(task.observed_if)}"][mask] > 0.5
+                            seen[split_name][i] += int(observed.sum())
+                            positives[split_name][i] += float(y[observed].sum())
+                            unobserved_labels[i] += int((y[~observed] != 0).sum())
                     if split_name != "train":
                         part = table.filter(pa.array(mask))
                         if split_name not in writers:
@@ -271,10 +280,17 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     for i, task in enumerate(spec.tasks):
         if task.kind != "binary":
             continue
+        where = f" on the rows where {task.observed_if} = 1" if task.observed_if else ""
+        if unobserved_labels[i]:
+            raise MtlexpError(f"tasks.{task.name} (column {task.column!r}): {unobserved_labels[i]} row(s) have a label "
+                              f"where {task.observed_if} = 0; it is observed only where {task.observed_if} = 1 "
+                              "(observed_if), so it must be 0 there")
         for split in SPLIT_NAMES:
-            if positives[split][i] in (0, rows[split]):
+            if seen[split][i] == 0:
+                raise MtlexpError(f"tasks.{task.name}: the {split} split has no row{where}, so no observed label")
+            if positives[split][i] in (0, seen[split][i]):
                 only = int(positives[split][i] > 0)
-                raise MtlexpError(f"tasks.{task.name}: the {split} split has only class {only}; "
+                raise MtlexpError(f"tasks.{task.name}: the {split} split has only class {only}{where}; "
                                   "AUROC and log-loss need both classes")
     classes = {t.name: class_names(class_values[t.name]) for t in multiclass}
     mean_label = label_sums / rows["train"]
@@ -388,15 +404,17 @@ class SplitSource:
             parsed = parse_arrow(table, self.path, self.spec.schema, self.spec.numeric_columns,
                                  self.spec.string_columns, positions)
             parts.append(self.transform.apply(parsed, whole_file=False))
-        return _table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, len(self.spec.tasks),
-                      [t.name for t in self.spec.tasks])
+        return _table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, self.spec.tasks,
+                      self.spec.derived)
 
 
-def _table(arrays: Mapping[str, np.ndarray], num_tasks: int, names: Sequence[str]) -> TensorTable:
+def _table(arrays: Mapping[str, np.ndarray], tasks: Sequence[TaskSpec], derived: Sequence[TaskSpec]) -> TensorTable:
+    labels = {task.name: torch.from_numpy(arrays[f"label{i}"]) for i, task in enumerate(tasks)}
+    derive_labels(list(derived), labels)
     return TensorTable(
         numeric=torch.from_numpy(arrays["numeric"]),
         categorical=torch.from_numpy(arrays["categorical"]),
-        labels={names[i]: torch.from_numpy(arrays[f"label{i}"]) for i in range(num_tasks)},
+        labels=labels,
         weight=torch.from_numpy(arrays["weight"]) if "weight" in arrays else None,
     )
 

@@ -49,7 +49,7 @@ from mtlexp.data.streaming import (
 )
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
-from mtlexp.tasks import INFER_CLASSES
+from mtlexp.tasks import INFER_CLASSES, TaskSpec, check_relations
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,12 @@ class TabularDataModule(MTLDataModule):
         self.leak_auc_threshold = float(leak_auc_threshold)
 
         if not self.tasks:
-            self.tasks = [task_spec(name, node, self.schema.source) for name, node in self.schema.tasks.items()]
-        self.tasks = [dataclasses.replace(t, column=t.column or t.name) for t in self.tasks]
+            self.tasks = check_relations([task_spec(name, node, self.schema.source)
+                                          for name, node in self.schema.tasks.items()])
+        # A label column defaults to the task's name; a derived task (product) has none.
+        self.tasks = [dataclasses.replace(t, column=t.column or (None if t.derived else t.name)) for t in self.tasks]
         weight = self.schema.weight
-        for task in self.tasks:
+        for task in self.labelled_tasks:
             if task.column == weight:
                 raise MtlexpError(f"tasks.{task.name}.column: {weight!r} is the schema's weight column, not a label")
             if task.kind == "binary" and task.positive and task.threshold is not None:
@@ -159,7 +161,7 @@ class TabularDataModule(MTLDataModule):
         require(
             not use_weight or weight is not None, "use_weight", "false: the schema names no weight column", use_weight
         )
-        labels = {str(t.column) for t in self.tasks}
+        labels = {str(t.column) for t in self.labelled_tasks}
         removed = labels | (set(self.schema.known_leaks) if drop_known_leaks else set())
         self.numeric_features = [c for c in self.schema.numeric if c not in removed]
         self.categorical_features = [c for c in self.schema.categorical if c not in removed]
@@ -170,6 +172,11 @@ class TabularDataModule(MTLDataModule):
         self.dropped = sorted((set(self.schema.drop) | dropped_leaks) - labels)
         self.meta: dict[str, Any] = {}
         self.cache_hit = False
+
+    @property
+    def labelled_tasks(self) -> list[TaskSpec]:
+        """The tasks whose labels are read from a column (derived tasks' labels are computed from them)."""
+        return [t for t in self.tasks if not t.derived]
 
     # --- where the files are -----------------------------------------------------------------------
     def input_files(self) -> dict[str, Path]:
@@ -206,10 +213,11 @@ class TabularDataModule(MTLDataModule):
 
     def stream_spec(self, files: Mapping[str, Path]) -> StreamSpec:
         numeric_columns, string_columns = self.read_columns()
-        return StreamSpec(dict(files), self.schema, list(self.tasks), list(self.numeric_features),
+        return StreamSpec(dict(files), self.schema, list(self.labelled_tasks), list(self.numeric_features),
                           list(self.categorical_features), numeric_columns, string_columns,
                           str(self.schema.weight) if self.use_weight else None, self.val_fraction,
-                          self.test_fraction, self.val_from, self.split_seed)
+                          self.test_fraction, self.val_from, self.split_seed,
+                          [t for t in self.tasks if t.derived])
 
     def _setup_stream(self, files: Mapping[str, Path]) -> None:
         if self.cache_dir is None:
@@ -304,7 +312,7 @@ class TabularDataModule(MTLDataModule):
         self._warn_leaks()
         splits = {}
         for split in SPLITS:
-            labels = {t.name: torch.from_numpy(arrays[f"{split}.label{i}"]) for i, t in enumerate(self.tasks)}
+            labels = {t.name: torch.from_numpy(arrays[f"{split}.label{i}"]) for i, t in enumerate(self.labelled_tasks)}
             weight = arrays.get(f"{split}.weight")
             splits[split] = TensorTable(
                 numeric=torch.from_numpy(arrays[f"{split}.numeric"]),
@@ -332,7 +340,7 @@ class TabularDataModule(MTLDataModule):
         """The columns to parse as numbers and as strings: the features, the label columns, the weight."""
         numeric_columns = list(self.numeric_features)
         string_columns = list(self.categorical_features)
-        for task in self.tasks:
+        for task in self.labelled_tasks:
             strings = task.kind == "multiclass" or (task.kind == "binary" and bool(task.positive))
             (string_columns if strings else numeric_columns).append(str(task.column))
         if self.use_weight:
@@ -347,16 +355,16 @@ class TabularDataModule(MTLDataModule):
         parsed = {split: read_table(p, self.schema, numeric_columns, string_columns) for split, p in files.items()}
         tables = carve_splits(parsed, self.val_fraction, self.test_fraction, self.val_from, self.split_seed)
         train = tables["train"]
-        classes = {t.name: multiclass_names(t, [tables[s] for s in SPLITS]) for t in self.tasks
+        classes = {t.name: multiclass_names(t, [tables[s] for s in SPLITS]) for t in self.labelled_tasks
                    if t.kind == "multiclass"}
         label_scaling = {}
-        for task in self.tasks:
+        for task in self.labelled_tasks:
             if task.standardize:  # with the training split's mean and sd, like the numeric features
                 raw = TableTransform([task], {}, {}, classes).labels(train)["label0"]
                 mean, std = float(raw.mean()), float(raw.std()) or 1.0
                 label_scaling[task.name] = {"mean": mean, "std": std}
         transform = TableTransform(
-            tasks=self.tasks,
+            tasks=self.labelled_tasks,
             numeric={name: fit_standardise(train.numeric[name]) for name in self.numeric_features},
             categories={name: {v: i + 1 for i, v in enumerate(seen_values(*train.strings[name]))}
                         for name in self.categorical_features},
@@ -389,7 +397,7 @@ class TabularDataModule(MTLDataModule):
         features = [(n, arrays["train.numeric"][:, j], False) for j, n in enumerate(self.numeric_features)]
         features += [(n, arrays["train.categorical"][:, j], True) for j, n in enumerate(self.categorical_features)]
         for name, column, is_categorical in features:
-            for i, task in enumerate(self.tasks):
+            for i, task in enumerate(self.labelled_tasks):
                 score = single_feature_score(column, is_categorical, task, arrays[f"train.label{i}"])
                 if score is not None:
                     scores.append({"feature": name, "task": task.name, "metric": score[0], "score": round(score[1], 4)})
@@ -398,7 +406,7 @@ class TabularDataModule(MTLDataModule):
     def _check_columns(self, path: Path) -> None:
         """Every schema column is in the file, and every file column has a role (a feature, a label, dropped)."""
         columns = file_columns(path, self.schema)
-        needed = self.schema.described | {str(t.column) for t in self.tasks}
+        needed = self.schema.described | {str(t.column) for t in self.labelled_tasks}
         for name in sorted(needed):
             if name not in columns:
                 hint = did_you_mean(name, columns)

@@ -1,0 +1,202 @@
+"""Task kinds: what a kind of task means for the model's outputs, the loss, the metrics and the labels.
+
+One class per kind, looked up by the task's ``kind`` string (``kind_of(task)``), the way torchmetrics dispatches
+on its ``task`` argument. Everything else (the Lightning module, the data modules' label checks, ``data
+inspect``) asks the kind instead of branching on its name, so adding a kind is adding one class here.
+
+Partially observed labels (``observed_if``) are the module's business, not a kind's: a kind's loss and metrics
+see only the rows it is given.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
+from mtlexp.errors import MtlexpError
+from mtlexp.metrics import CrossEntropyScore, OneMinus, original_units
+from mtlexp.tasks import TaskSpec
+
+
+class TaskKind:
+    """The behaviour of one kind of task. Subclasses set ``name`` and override what differs."""
+
+    name: ClassVar[str]
+    #: labels are quantities (a mean and a correlation with other labels mean something)
+    quantitative: ClassVar[bool] = True
+
+    def output_dim(self, task: TaskSpec) -> int:
+        """Logits the model emits for the task."""
+        return 1
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        """The training loss: per row, shape (N,), or its mean (``reduction="mean"``, one autograd node less)."""
+        raise NotImplementedError
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        """What the metrics read: values in the label's units, or probabilities (AUROC needs them)."""
+        raise NotImplementedError
+
+    def metric_target(self, task: TaskSpec, target: Tensor) -> Tensor:
+        """The labels as the metrics take them."""
+        return target
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        """The task's metrics by name; every kind has ``norm_loss`` (docs/metrics.md)."""
+        raise NotImplementedError
+
+    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
+        """Fail clearly on labels that would train silently wrong."""
+        if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+            bad = int((~torch.isfinite(labels)).sum())
+            raise MtlexpError(f"tasks.{task.name}: {bad} NaN/inf label(s) in the {split} split")
+
+    def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
+        """One short phrase about a split's labels (``mtlexp data inspect``)."""
+        values = labels.double()
+        return f"mean {float(values.mean()):.4g} sd {float(values.std()):.4g}"
+
+
+class Regression(TaskKind):
+    name = "regression"
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        return F.mse_loss(logits, target, reduction=reduction)
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        return original_units(task, logits)
+
+    def metric_target(self, task: TaskSpec, target: Tensor) -> Tensor:
+        return original_units(task, target)
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        return {"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(),
+                "norm_loss": OneMinus(R2Score())}
+
+
+class Binary(TaskKind):
+    name = "binary"
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits)
+
+    def metric_target(self, task: TaskSpec, target: Tensor) -> Tensor:
+        return target.long()
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        return {"auroc": BinaryAUROC(), "logloss": CrossEntropyScore(2),
+                "norm_loss": CrossEntropyScore(2, normalize=True), "accuracy": BinaryAccuracy()}
+
+    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
+        super().check_labels(task, labels, split)
+        values = torch.unique(labels)
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise MtlexpError(f"tasks.{task.name}: binary labels must be 0/1, got values {values[:5].tolist()}")
+        if values.numel() < 2:
+            observed = f" on the rows where {task.observed_if} = 1" if task.observed_if else ""
+            raise MtlexpError(
+                f"tasks.{task.name}: the {split} split has only class {int(values[0])}{observed}; "
+                "AUROC and log-loss need both classes"
+            )
+
+    def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
+        return f"{100 * float(labels.float().mean()):.2f}% positive"
+
+
+class Multiclass(TaskKind):
+    name = "multiclass"
+    quantitative = False  # class indices are not quantities: no mean, no correlation
+
+    def output_dim(self, task: TaskSpec) -> int:
+        return task.num_classes
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        return F.cross_entropy(logits, target, reduction=reduction)
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        return torch.softmax(logits, dim=-1)
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        return {"accuracy": MulticlassAccuracy(task.num_classes, average="micro"),
+                "logloss": CrossEntropyScore(task.num_classes),
+                "norm_loss": CrossEntropyScore(task.num_classes, normalize=True)}
+
+    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= task.num_classes:
+            raise MtlexpError(
+                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{lo}, {hi}]; set "
+                f"tasks.{task.name}.num_classes to at least {hi + 1}, or leave it out to count the classes"
+            )
+
+    def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
+        counts = torch.bincount(labels.long(), minlength=task.num_classes).double() / max(1, labels.numel())
+        return " ".join(f"{c}:{100 * float(p):.1f}%" for c, p in enumerate(counts))
+
+
+KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass)}
+
+
+def kind_of(task: TaskSpec) -> TaskKind:
+    """The kind of a task (its ``kind`` was checked against ``KINDS`` when the spec was made)."""
+    return KINDS[task.kind]
+
+
+def task_loss(task: TaskSpec, logits: Tensor, target: Tensor, weight: Tensor | None = None,
+              observed: Tensor | None = None) -> Tensor:
+    """The training loss of one task: the mean over the rows (sample-weighted with ``weight``) whose label is
+    observed (``observed``: a boolean row mask; None = every row). A batch with no observed row gives 0, with
+    a zero gradient: such a row contributes nothing to the loss or to any gradient."""
+    kind = kind_of(task)
+    if weight is None and observed is None:
+        return kind.loss(task, logits, target, reduction="mean")
+    losses = kind.loss(task, logits, target)
+    weight = torch.ones_like(losses) if weight is None else weight.to(losses)
+    if observed is not None:  # where(), not a product: an unobserved row's loss may be anything, inf included
+        losses, weight = torch.where(observed, losses, 0.0), torch.where(observed, weight, 0.0)
+    return (losses * weight).sum() / weight.sum().clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+def task_metrics(task: TaskSpec) -> MetricCollection:
+    """The metric collection of one task."""
+    # compute_groups would merge metrics by state; explicit keys keep names as "{task}/{metric}".
+    return MetricCollection(kind_of(task).metrics(task), compute_groups=False)
+
+
+def product_logit(logits: list[Tensor]) -> Tensor:
+    """The logit of the product of the probabilities ``sigmoid(z_i)``, from log-probabilities: a derived task
+    (``ctcvr`` = click x conversion) trains with binary cross-entropy on that product itself, stable where
+    the probabilities saturate (the logits are never added as if they were one task's)."""
+    log_p = sum(F.logsigmoid(z) for z in logits)
+    # log p rounding to 0 (both logits beyond ~100) would give log(1 - p) = -inf: keep it the smallest step below
+    log_p = log_p.clamp(max=-torch.finfo(log_p.dtype).tiny)
+    # log(1 - p) two ways, each accurate on its side of p = 1/2; each branch gets inputs that are safe for it,
+    # because where() differentiates both and an infinite branch would turn the gradient into NaN
+    near_one = log_p > -0.6931
+    log_not_p = torch.where(near_one, torch.log(-torch.expm1(torch.where(near_one, log_p, -1.0))),
+                            torch.log1p(-torch.exp(torch.where(near_one, -1.0, log_p))))
+    return log_p - log_not_p
+
+
+def derive_labels(tasks: list[TaskSpec], labels: dict[str, Tensor]) -> None:
+    """Add the labels of derived tasks (``product``: the AND of binary labels) to ``labels``, in place."""
+    for task in tasks:
+        if task.derived and task.name not in labels:
+            label = labels[task.product[0]]
+            for other in task.product[1:]:
+                label = label * labels[other]
+            labels[task.name] = label
+
+
+def observed_rows(task: TaskSpec, labels: dict[str, Tensor]) -> Tensor | None:
+    """The rows whose label of ``task`` is observed (``observed_if``), or None when every row's is."""
+    return None if task.observed_if is None else labels[task.observed_if] > 0.5
