@@ -32,6 +32,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
     silence()
     try:
         task(cfg)
+        _end_tracking("FINISHED")
         return True
     except MtlexpError as error:
         message = str(error)
@@ -40,6 +41,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         # preemption) into a SystemExit without a code, which would exit 0: record it, say how to resume,
         # and stop the whole sweep with a non-zero status (128 + the signal when there is no code).
         _mark(output_dir, "interrupted", "interrupted")
+        _end_tracking("KILLED")
         print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
         code = error.code if isinstance(error, SystemExit) else None
         raise SystemExit(code if code not in (None, 0) else 130 if isinstance(error, KeyboardInterrupt) else 143) from None
@@ -52,7 +54,16 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
     _log_to_file(f"mtlexp: error: {message}")
     _mark(output_dir, "failed", message)
+    _end_tracking("FAILED")
     return False
+
+
+def _end_tracking(status: str) -> None:
+    """End the job's experiment-tracker runs (logger=mlflow) with its outcome. A no-op, and no import, unless
+    the job built such a logger."""
+    tracking = sys.modules.get("mtlexp.tracking")
+    if tracking is not None:
+        tracking.end_runs(status)
 
 
 def _log_to_file(message: str) -> None:
@@ -133,6 +144,12 @@ class SweepSummary(Callback):
         if rows:
             print(format_table(["job", "overrides", "status", "test/norm_loss", "error"], rows))
         print(f"sweep dir: {sweep_dir}")
+        if not rows:
+            # Jobs that ran elsewhere wrote their folders elsewhere: on a running Ray cluster a relative
+            # hydra.sweep.dir resolves in the workers' working directory, not in this one.
+            print(f"mtlexp: error: no job folder in {sweep_dir}: the jobs wrote theirs elsewhere; on a cluster, "
+                  "give an absolute hydra.sweep.dir that every node shares", file=sys.stderr)
+            raise SystemExit(1)
         if failed:
             print(f"mtlexp: error: {failed} of {len(rows)} jobs failed", file=sys.stderr)
             raise SystemExit(1)
