@@ -68,13 +68,14 @@ from mtlexp.config import register_configs, validate_run
 from mtlexp.data.base import MTLDataModule
 from mtlexp.instantiate import build_all
 from mtlexp.models import MMoE
+from mtlexp.models.names import model_configs
 from mtlexp.train import _flat_config, build_components, build_trainer, count_parameters
 
 # The model: MMoE, 8 experts x 16, towers 8 (the repository's conf/model/mmoe.yaml).
 MODEL = {"num_experts": 8, "expert_hidden": [16], "tower_hidden": [8]}
 CENSUS_BATCH = 1024  # experiment=paper_census_group1
 ARCH_BATCH = 1024  # the per-architecture figures
-ARCHITECTURES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+ARCHITECTURES = model_configs()
 WEIGHTINGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "weighting").glob("*.yaml"))
 DEFAULT_CENSUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "census-income"
 

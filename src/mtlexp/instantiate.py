@@ -29,12 +29,17 @@ META_KEYS = ("_name_",)
 
 
 def _without_meta(node: DictConfig) -> DictConfig:
-    if not any(k in node for k in META_KEYS):
-        return node
-    plain = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    for k in META_KEYS:
-        plain.pop(k, None)
-    return plain
+    """The node without meta keys, at any depth (a nested model, ``model.bottom``, has a name too)."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in META_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    plain = OmegaConf.to_container(node, resolve=True)
+    stripped = strip(plain)
+    return node if stripped == plain else OmegaConf.create(stripped)
 
 
 def _resolve_target(target: str, key: str) -> Any:

@@ -20,7 +20,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassA
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from mtlexp.errors import MtlexpError
-from mtlexp.metrics import CrossEntropyScore, OneMinus, original_units
+from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, original_units
 from mtlexp.tasks import TaskSpec
 
 
@@ -50,6 +50,11 @@ class TaskKind:
     def metrics(self, task: TaskSpec) -> dict[str, Metric]:
         """The task's metrics by name; every kind has ``norm_loss`` (docs/metrics.md)."""
         raise NotImplementedError
+
+    def truth_metrics(self, task: TaskSpec) -> dict[str, tuple[Metric, str]]:
+        """Metrics against what only a simulator knows, over every row (``TaskSpec.truth``): by name, the metric
+        and the truth it reads (``propensity`` or ``outcome``). None by default."""
+        return {}
 
     def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
         """Fail clearly on labels that would train silently wrong."""
@@ -107,6 +112,11 @@ class Binary(TaskKind):
                 f"tasks.{task.name}: the {split} split has only class {int(values[0])}{observed}; "
                 "AUROC and log-loss need both classes"
             )
+
+    def truth_metrics(self, task: TaskSpec) -> dict[str, tuple[Metric, str]]:
+        # Over the entire impression space: AUC against the outcome every row would have had (the conversion
+        # of an unclicked impression included), and the mean predicted probability minus the true one.
+        return {"auroc_entire": (BinaryAUROC(), "outcome"), "pcvr_bias": (MeanError(), "propensity")}
 
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         return f"{100 * float(labels.float().mean()):.2f}% positive"

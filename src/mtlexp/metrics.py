@@ -80,3 +80,22 @@ def original_units(task: TaskSpec, values: Tensor) -> Tensor:
     if task.label_scale == 1.0 and task.label_shift == 0.0:
         return values
     return values * task.label_scale + task.label_shift
+
+
+class MeanError(Metric):
+    """The mean of ``preds - target``: the bias of predicted probabilities against true propensities."""
+
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.total += (preds.double() - target.double()).sum()
+        self.count += preds.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count

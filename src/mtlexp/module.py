@@ -27,7 +27,7 @@ from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
-from mtlexp.models.base import MTLModel, MTLOutput
+from mtlexp.models.base import MTLModel, MTLOutput, add_aux
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
 from mtlexp.weighting.conflict import cosine_pairs, loss_scale_warning, task_gradient_cosines
@@ -66,6 +66,9 @@ class MTLModule(pl.LightningModule):
         self.automatic_optimization = False
         self.model = model
         self.tasks = list(tasks)
+        # The tasks with a loss: all of them, unless the model's objective says otherwise (ESMM trains CTR and
+        # CTCVR, not CVR); the others are still predicted and evaluated. The weighting balances these.
+        self.trained = model.trained_tasks(self.tasks)
         self.weighting = weighting
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -76,6 +79,17 @@ class MTLModule(pl.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{split}_split": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks}) for split in SPLITS}
         )
+        # Truth-based metrics (a simulator's tasks) on validation and test: {split: {task: {name: metric}}}, and
+        # the truth each reads ({task: {name: "propensity" or "outcome"}}).
+        truth_tasks = [t for t in self.tasks if t.truth]
+        self._truth_sources = {t.name: {name: source for name, (_, source) in kind_of(t).truth_metrics(t).items()}
+                               for t in truth_tasks}
+        self.truth_metrics = nn.ModuleDict({
+            f"{split}_split": nn.ModuleDict({
+                t.name: nn.ModuleDict({name: metric for name, (metric, _) in kind_of(t).truth_metrics(t).items()})
+                for t in truth_tasks
+            }) for split in ("val", "test")
+        })
         self.results: dict[str, Any] = {}  # the last evaluation's metrics and gate means, by split
         self._gates = GateStatistics()
         self._epoch_sums: Tensor | None = None  # this epoch's summed (loss, task losses...) over its steps
@@ -115,10 +129,11 @@ class MTLModule(pl.LightningModule):
                 out.logits[task.name] = product_logit([out.logits[name] for name in task.product])
         return out
 
-    def task_losses(self, out: MTLOutput, batch: Batch) -> dict[str, Tensor]:
+    def task_losses(self, out: MTLOutput, batch: Batch, tasks: Sequence[TaskSpec] | None = None) -> dict[str, Tensor]:
+        """The loss of each of ``tasks`` (default: the trained tasks) on a batch."""
         weight, labels = batch.get("weight"), batch["labels"]
         return {t.name: task_loss(t, out.logits[t.name], labels[t.name], weight, observed_rows(t, labels))
-                for t in self.tasks}
+                for t in (self.trained if tasks is None else tasks)}
 
     def training_step(self, chunk: list[Batch], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -131,9 +146,10 @@ class MTLModule(pl.LightningModule):
         for offset, batch in enumerate(chunk):
             out = self(batch)
             losses = torch.stack(list(self.task_losses(out, batch).values()))
+            out.aux_loss = add_aux(out.aux_loss, self.model.extra_loss(out, batch["labels"], self.tasks))
             step = first_step + offset
             if step == 0:
-                warning = loss_scale_warning(losses, [t.name for t in self.tasks])
+                warning = loss_scale_warning(losses, [t.name for t in self.trained])
                 if warning:
                     rank_zero_warn(warning)
             if self._shared and self.grad_cosine_every_n_steps and step % self.grad_cosine_every_n_steps == 0:
@@ -208,22 +224,22 @@ class MTLModule(pl.LightningModule):
         # Logged once per epoch from a training step: batch_size=1 only stops Lightning guessing one.
         if self.trainer.world_size > 1:  # the weighting's epoch hook must see the same losses on every rank
             means = self.trainer.strategy.reduce(means, reduce_op="mean")
-        num = len(self.tasks)
+        num = len(self.trained)
         task_losses, weights = means[1: 1 + num], means[1 + num: 1 + 2 * num]
         self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True, batch_size=1)
-        for i, task in enumerate(self.tasks):
+        for i, task in enumerate(self.trained):
             self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
             self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         if len(means) > 1 + 2 * num:
             self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         record = self.results.setdefault("weighting", {})
-        record["weights"] = {t.name: round(float(w), 6) for t, w in zip(self.tasks, weights)}
+        record["weights"] = {t.name: round(float(w), 6) for t, w in zip(self.trained, weights)}
         if self._cosines:
             cosines = torch.stack(self._cosines).mean(0)
             if self.trainer.world_size > 1:
                 cosines = self.trainer.strategy.reduce(cosines, reduce_op="mean")
-            pairs = {key: cosines[i, j] for i, j, key in cosine_pairs([t.name for t in self.tasks])}
+            pairs = {key: cosines[i, j] for i, j, key in cosine_pairs([t.name for t in self.trained])}
             for key, value in pairs.items():
                 self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
             record["grad_cosine"] = {key: round(float(v), 6) for key, v in pairs.items()}  # the last epoch measured
@@ -244,9 +260,17 @@ class MTLModule(pl.LightningModule):
                                    "max_param_diff_across_ranks": float((gathered - gathered[0]).abs().max())}
 
     # --- evaluation --------------------------------------------------------------------------------
-    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, labels: dict[str, Tensor]) -> None:
-        """Update a task's metrics with the rows whose label is observed (all rows but under ``observed_if``)."""
+    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, labels: dict[str, Tensor],
+                        truth: dict[str, dict[str, Tensor]] | None = None) -> None:
+        """Update a task's metrics with the rows whose label is observed (all rows but under ``observed_if``),
+        and its truth-based metrics with every row."""
         kind, target = kind_of(task), labels[task.name]
+        if truth is not None and task.name in self._truth_sources and f"{split}_split" in self.truth_metrics:
+            preds = kind.predict(task, logits.float())
+            for name, source in self._truth_sources[task.name].items():
+                value = truth[task.name][source]
+                self.truth_metrics[f"{split}_split"][task.name][name].update(
+                    preds, value.long() if source == "outcome" else value)
         observed = observed_rows(task, labels)
         if observed is not None:
             logits, target = logits[observed], target[observed]
@@ -255,12 +279,13 @@ class MTLModule(pl.LightningModule):
 
     def _eval_step(self, batch: Batch, split: str) -> None:
         out = self(batch)
-        losses = self.task_losses(out, batch)
+        losses = self.task_losses(out, batch, self.tasks)
         rows = batch["numeric"].shape[0]
-        self.log(f"{split}/loss", sum(losses.values()), on_epoch=True, batch_size=rows, sync_dist=True)
+        trained = sum(losses[t.name] for t in self.trained)
+        self.log(f"{split}/loss", trained, on_epoch=True, batch_size=rows, sync_dist=True)
         for task in self.tasks:
             self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
-            self._update_metrics(split, task, out.logits[task.name], batch["labels"])
+            self._update_metrics(split, task, out.logits[task.name], batch["labels"], batch.get("truth"))
         self._gates.update(out.gates, rows)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -280,8 +305,12 @@ class MTLModule(pl.LightningModule):
         logged: dict[str, Tensor] = {}
         for task in self.tasks:
             collection = self.metrics[f"{split}_split"][task.name]
-            computed = collection.compute()
+            computed = dict(collection.compute())
             collection.reset()
+            if f"{split}_split" in self.truth_metrics and task.name in self.truth_metrics[f"{split}_split"]:
+                for name, metric in self.truth_metrics[f"{split}_split"][task.name].items():
+                    computed[name] = metric.compute()
+                    metric.reset()
             values[task.name] = {k: float(v) for k, v in computed.items()}
             logged.update({f"{split}/{task.name}/{k}": v for k, v in computed.items()})
         norm = torch.stack([logged[f"{split}/{t.name}/norm_loss"] for t in self.tasks]).mean()

@@ -32,6 +32,8 @@ class TaskSpec:
     :param label_shift, label_scale: that mean and sd, filled in by the data module (0 and 1 otherwise).
     :param observed_if: the label is observed only where this other (binary) task's label is 1: a conversion
         is only seen after a click. Losses and metrics of the task use only those rows.
+    :param truth: the data knows every row's true propensity and potential outcome (a simulator), so the task
+        also gets truth-based metrics (``kinds``); set by the data module.
     :param product: a derived binary task, the AND of these binary tasks' labels (``ctcvr`` = click AND
         conversion), predicted as the product of their probabilities; it has no label column and no tower.
     """
@@ -47,6 +49,7 @@ class TaskSpec:
     label_scale: float = 1.0
     observed_if: str | None = None
     product: tuple[str, ...] = field(default_factory=tuple)
+    truth: bool = False
 
     @property
     def output_dim(self) -> int:

@@ -56,7 +56,7 @@ def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
         model=model,
         tasks=data.tasks,
         optimizer=optimizer,
-        weighting=build(cfg.weighting, "weighting", tasks=data.tasks),
+        weighting=build(cfg.weighting, "weighting", tasks=model.trained_tasks(data.tasks)),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     return data, module

@@ -9,10 +9,11 @@ import torch
 
 from mtlexp.errors import MtlexpError
 from mtlexp.evaluate import evaluate
+from mtlexp.models.names import model_configs
 from mtlexp.train import train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+MODELS = model_configs()
 GATED = {p.stem for p in (CONF / "model").glob("*.yaml") if "gate:" in p.read_text()}
 
 

@@ -15,18 +15,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# A batch: {"numeric": (B, Dn) float, "categorical": (B, Dc) long, "labels": {task: (B,)}, "weight"?: (B,)}
+# A batch: {"numeric": (B, Dn) float, "categorical": (B, Dc) long, "labels": {task: (B,)}, "weight"?: (B,),
+#           "truth"?: {task: {"propensity": (B,), "outcome": (B,)}}}
 Batch = dict
 
 
 @dataclass
 class TensorTable:
-    """One split held as tensors: numeric features, categorical indices, a label per task, optional weights."""
+    """One split held as tensors: numeric features, categorical indices, a label per task, optional weights.
+
+    ``truth``: what only a simulator knows, per task: every row's true ``propensity`` and its ``outcome`` had
+    the label been observed (a conversion whether or not there was a click); for truth-based metrics.
+    """
 
     numeric: Tensor
     categorical: Tensor
     labels: dict[str, Tensor]
     weight: Tensor | None = None
+    truth: dict[str, dict[str, Tensor]] | None = None
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -40,6 +46,8 @@ class TensorTable:
         }
         if self.weight is not None:
             batch["weight"] = self.weight[index]
+        if self.truth is not None:
+            batch["truth"] = {task: {k: v[index] for k, v in values.items()} for task, values in self.truth.items()}
         return batch
 
     def fingerprint(self) -> str:
@@ -97,6 +105,8 @@ def split_batch(batch: Batch, size: int) -> Chunk:
         }
         if "weight" in batch:
             sub["weight"] = batch["weight"][part]
+        if "truth" in batch:
+            sub["truth"] = {task: {k: v[part] for k, v in values.items()} for task, values in batch["truth"].items()}
         out.append(sub)
     return out
 

@@ -9,6 +9,7 @@ named by its config file (``model=omoe``), recorded as ``_name_`` in the config 
 
 from mtlexp.models.base import SHARED, MTLModel, MTLOutput, TaskSlices
 from mtlexp.models.cross_stitch import CrossStitch
+from mtlexp.models.entire_space import EntireSpace
 from mtlexp.models.gates import DSelectKGate, NoisyTopKGate, SoftmaxGate
 from mtlexp.models.mmoe import MMoE
 from mtlexp.models.penalties import L2Distance, TraceNorm
@@ -22,6 +23,7 @@ __all__ = [
     "PLE",
     "CrossStitch",
     "DSelectKGate",
+    "EntireSpace",
     "L2Distance",
     "MMoE",
     "MTLModel",

@@ -153,6 +153,17 @@ class MTLModel(nn.Module):
             if owner == task or (isinstance(owner, TaskSlices) and task in owner.slices):
                 yield param
 
+    # --- the objective ----------------------------------------------------------------------------
+    def trained_tasks(self, tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+        """The tasks of the run (derived ones included) that get a loss; the others are predicted and
+        evaluated only. Every task by default; click -> conversion objectives choose (``EntireSpace``)."""
+        return list(tasks)
+
+    def extra_loss(self, output: MTLOutput, labels: dict[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor | None:
+        """A training loss beyond the task losses that needs the labels (ESCM2's counterfactual risk); added
+        to the step's loss as ``aux_loss`` is. None by default."""
+        return None
+
     # --- what a run records ------------------------------------------------------------------------
     def gate_experts(self) -> dict[str, list[str]]:
         """For every gate in ``MTLOutput.gates`` (all of them, always), the names of the experts its weights

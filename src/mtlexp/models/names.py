@@ -29,7 +29,8 @@ def model_name(node: DictConfig | dict[str, Any]) -> str:
     """The stable name of a model config node (``omoe``), for metrics.json and reports."""
     name = node.get(NAME_KEY)
     if name:
-        return str(name)
+        bottom = node.get("bottom")  # an objective over a zoo model: esmm(mmoe)
+        return f"{name}({model_name(bottom)})" if isinstance(bottom, (dict, DictConfig)) else str(name)
     cls = str(node.get("_target_", "")).rsplit(".", 1)[-1]
     if cls == "MMoE" and node.get("shared_gate"):
         return "omoe"
@@ -52,3 +53,21 @@ def upgrade_model_config(node: DictConfig) -> DictConfig:
         with open_dict(node):
             node[NAME_KEY] = model_name(node)
     return node
+
+
+def model_configs(objectives: bool = False) -> list[str]:
+    """The shipped model configs (``conf/model/*.yaml``): the zoo's architectures, which train any task set, or
+    with ``objectives`` the click -> conversion objectives over them (an ``objective`` key: esmm, ...), which
+    need click and conversion tasks."""
+    import importlib.resources
+
+    import yaml
+
+    folder = importlib.resources.files("mtlexp.conf").joinpath("model")
+    names = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            node = yaml.safe_load(entry.read_text()) or {}
+            if ("objective" in node) == objectives:
+                names.append(entry.name[: -len(".yaml")])
+    return sorted(names)
