@@ -187,3 +187,20 @@ def test_click_and_conversion_train_with_a_derived_ctcvr_and_bad_conversions_fai
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("mtlexp: error: tasks.cvr (column 'is_buy'):") and "where ctr = 0" in line, result.stderr
+
+
+def test_esmm_trains_on_the_ali_ccp_and_aliexpress_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(os.environ.get("MTLEXP_SHARED_DIR", Path(__file__).parents[2] / ".." / "shared")) / "data"
+    folders = {"ali_ccp": root / "ali-ccp-sample", "aliexpress": root / "aliexpress-sample"}
+    if not all(folder.is_dir() for folder in folders.values()):
+        pytest.skip(f"the Ali-CCP and AliExpress samples are not in {root}")
+    sweep = tmp_path / "sweep"
+    monkeypatch.setenv("MTLEXP_ALI_CCP_DIR", str(folders["ali_ccp"]))
+    monkeypatch.setenv("MTLEXP_ALIEXPRESS_DIR", str(folders["aliexpress"]))
+    result = mtlexp("train", "-m", "data=ali_ccp,aliexpress", "model=esmm", "trainer.max_epochs=2",
+                    "trainer.enable_progress_bar=false", "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and set(metrics["test"]) == {"click", "conversion", "ctcvr"}
+        assert all(0 <= metrics["test"][t]["auroc"] <= 1 for t in metrics["test"])
