@@ -10,8 +10,10 @@ see only the rows it is given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,6 +69,21 @@ class TaskKind:
         values = labels.double()
         return f"mean {float(values.mean()):.4g} sd {float(values.std()):.4g}"
 
+    # --- labels from a table column (the tabular data modules) --------------------------------------
+    def reads_strings(self, task: TaskSpec) -> bool:
+        """Whether the label column is read as strings (class names, ``positive`` values), not numbers."""
+        return False
+
+    def labels_from_numbers(self, task: TaskSpec, values: np.ndarray) -> np.ndarray:
+        """Labels from a numeric column, NaN where the value is missing."""
+        return values.astype(np.float32)
+
+    def labels_from_strings(self, task: TaskSpec, codes: np.ndarray, values: np.ndarray, classes: Sequence[str],
+                            where: str, whole_file: bool) -> np.ndarray:
+        """Labels from a string column (``codes`` into the distinct ``values``, -1 = missing): NaN or -1 where
+        missing. ``where`` names the column and file for errors; ``whole_file``: ``codes`` is a whole file."""
+        raise NotImplementedError
+
 
 class Regression(TaskKind):
     name = "regression"
@@ -121,6 +138,25 @@ class Binary(TaskKind):
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         return f"{100 * float(labels.float().mean()):.2f}% positive"
 
+    def reads_strings(self, task: TaskSpec) -> bool:
+        return bool(task.positive)
+
+    def labels_from_numbers(self, task: TaskSpec, values: np.ndarray) -> np.ndarray:
+        if task.threshold is None:
+            return values.astype(np.float32)
+        return np.where(np.isnan(values), np.nan, values > task.threshold).astype(np.float32)
+
+    def labels_from_strings(self, task: TaskSpec, codes: np.ndarray, values: np.ndarray, classes: Sequence[str],
+                            where: str, whole_file: bool) -> np.ndarray:
+        wanted = [p.strip() for p in task.positive]
+        positive = np.isin(values, wanted).astype(np.float32)
+        if whole_file and not positive.any():
+            counts = np.bincount(codes[codes >= 0], minlength=len(values))
+            common = ", ".join(f"{values[i]!r} ({counts[i]})" for i in np.argsort(-counts, kind="stable")[:5])
+            raise MtlexpError(f"tasks.{task.name}.positive: no value of {where} is one of {wanted}; its most "
+                              f"frequent values are {common}")
+        return np.where(codes < 0, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
+
 
 class Multiclass(TaskKind):
     name = "multiclass"
@@ -151,6 +187,14 @@ class Multiclass(TaskKind):
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         counts = torch.bincount(labels.long(), minlength=task.num_classes).double() / max(1, labels.numel())
         return " ".join(f"{c}:{100 * float(p):.1f}%" for c, p in enumerate(counts))
+
+    def reads_strings(self, task: TaskSpec) -> bool:
+        return True
+
+    def labels_from_strings(self, task: TaskSpec, codes: np.ndarray, values: np.ndarray, classes: Sequence[str],
+                            where: str, whole_file: bool) -> np.ndarray:
+        index = {v: i for i, v in enumerate(classes)}
+        return np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)[codes]
 
 
 KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass)}

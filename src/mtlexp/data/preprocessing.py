@@ -15,6 +15,7 @@ import numpy as np
 
 from mtlexp.data.readers import ParsedTable
 from mtlexp.errors import MtlexpError
+from mtlexp.kinds import kind_of
 from mtlexp.tasks import TaskSpec
 
 
@@ -55,28 +56,16 @@ def task_labels(task: TaskSpec, table: ParsedTable, classes: Sequence[str], whol
     ``whole_file``: ``table`` is a whole file, so a ``positive`` list that matches none of its values is an
     error here (a streamed part of a file may hold no positive row; the stream checks the whole file).
     """
-    column = str(task.column)
-    if task.kind == "multiclass" or (task.kind == "binary" and task.positive):
+    column, kind = str(task.column), kind_of(task)
+    if kind.reads_strings(task):
         codes, values = table.strings[column]
         missing = codes < 0
-        if task.kind == "binary":
-            wanted = [p.strip() for p in task.positive]
-            positive = np.isin(values, wanted).astype(np.float32)
-            if whole_file and not positive.any():
-                counts = np.bincount(codes[codes >= 0], minlength=len(values))
-                common = ", ".join(f"{values[i]!r} ({counts[i]})" for i in np.argsort(-counts, kind="stable")[:5])
-                raise MtlexpError(f"tasks.{task.name}.positive: no value of column {column!r} in {table.path} is "
-                                  f"one of {wanted}; its most frequent values are {common}")
-            labels = np.where(missing, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
-        else:
-            index = {v: i for i, v in enumerate(classes)}
-            lookup = np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)
-            labels = lookup[codes]
+        labels = kind.labels_from_strings(task, codes, values, classes, f"column {column!r} in {table.path}",
+                                          whole_file)
     else:
         values = table.numeric[column]
         missing = np.isnan(values)
-        labels = values if task.threshold is None else np.where(missing, np.nan, values > task.threshold)
-        labels = labels.astype(np.float32)
+        labels = kind.labels_from_numbers(task, values)
     if missing.any():
         raise MtlexpError(
             f"{table.path}: column {column!r} (task {task.name}): {int(missing.sum())} missing label value(s), "

@@ -49,6 +49,7 @@ from mtlexp.data.streaming import (
 )
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
+from mtlexp.kinds import kind_of
 from mtlexp.tasks import INFER_CLASSES, TaskSpec, check_relations
 
 log = logging.getLogger(__name__)
@@ -341,8 +342,7 @@ class TabularDataModule(MTLDataModule):
         numeric_columns = list(self.numeric_features)
         string_columns = list(self.categorical_features)
         for task in self.labelled_tasks:
-            strings = task.kind == "multiclass" or (task.kind == "binary" and bool(task.positive))
-            (string_columns if strings else numeric_columns).append(str(task.column))
+            (string_columns if kind_of(task).reads_strings(task) else numeric_columns).append(str(task.column))
         if self.use_weight:
             numeric_columns.append(str(self.schema.weight))
         return list(dict.fromkeys(numeric_columns)), list(dict.fromkeys(string_columns))
