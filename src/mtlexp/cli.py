@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     # which Lightning re-runs to start DDP workers.
     sys.argv = [sys.argv[0], *rest]
     os.environ[_COMMAND_ENV] = command
+    # hydra/launcher=ray*: Ray folds console lines of different jobs that differ only in their numbers into
+    # one "[repeated Nx across cluster]" line, which would hide all but one job's results table.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     config_name, task = apps[command]
     if _hydra_app(config_name, task):
         sys.exit(1)

@@ -144,7 +144,7 @@ class SweepSummary(Callback):
         if rows:
             print(format_table(["job", "overrides", "status", "test/norm_loss", "error"], rows))
         print(f"sweep dir: {sweep_dir}")
-        if not rows:
+        if not rows and next(sweep_dir.rglob(".hydra"), None) is None:
             # Jobs that ran elsewhere wrote their folders elsewhere: on a running Ray cluster a relative
             # hydra.sweep.dir resolves in the workers' working directory, not in this one.
             print(f"mtlexp: error: no job folder in {sweep_dir}: the jobs wrote theirs elsewhere; on a cluster, "
