@@ -1,8 +1,13 @@
-"""Shared fixtures: configs composed through Hydra's compose API, small and fast, one folder per test."""
+"""Shared fixtures: configs composed through Hydra's compose API, small and fast, one folder per test; the CLI
+run in a forked process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,3 +46,53 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def cli_in_fork(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``mtlexp <args>`` in a child forked from the test process: a fresh process (its own Hydra state, exit
+    status, stdout and stderr) without paying the 5-10 s of importing torch and Lightning again.
+
+    For commands that stop early (config errors, ``--help``, ``--cfg``): the child computes on one thread, since
+    the thread pools the parent started (OpenMP, pyarrow) do not survive a fork; anything that trains or reads
+    files with pyarrow runs as a real subprocess instead.
+    """
+    import tempfile
+
+    import mtlexp.evaluate  # noqa: F401 - imported once here, so that no child imports torch and Lightning again
+    import mtlexp.train  # noqa: F401
+    from mtlexp.cli import main
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.chdir(cwd)
+                os.environ["HYDRA_FULL_ERROR"] = "0"
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by os._exit
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                sys.argv = ["mtlexp", *args]
+                import torch
+
+                torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork
+                try:
+                    main(list(args))
+                    code = 0
+                except SystemExit as exit_:  # as the interpreter reports it: a message is printed, status 1
+                    if isinstance(exit_.code, str):
+                        print(exit_.code, file=sys.stderr)
+                    code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException:  # noqa: BLE001 - an uncaught error: the traceback, as Python prints it
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["mtlexp", *args], os.waitstatus_to_exitcode(status), out.read(), err.read())

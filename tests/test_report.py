@@ -3,6 +3,7 @@
 import pytest
 
 from mtlexp.report.sweep import delta_m
+from tests.conftest import cli_in_fork
 
 
 def test_delta_m_counts_a_gain_as_positive_whatever_the_metric_direction():
@@ -35,6 +36,6 @@ def test_a_run_recorded_as_running_whose_process_is_gone_is_stale_not_failed(tmp
         (tmp_path / job / ".hydra").mkdir(parents=True)
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text("- model=mmoe\n")
         (tmp_path / job / "metrics.json").write_text(json.dumps(record))
-    result = subprocess.run([sys.executable, "-m", "mtlexp", "report", str(tmp_path)], capture_output=True, text=True)
+    result = cli_in_fork(["report", str(tmp_path)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 (+1 stale)" in result.stdout, result.stdout

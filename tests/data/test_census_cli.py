@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from mtlexp.data.tabular import TabularDataModule
+from mtlexp.errors import MtlexpError
 from mtlexp.models.names import model_configs
+from tests.conftest import cli_in_fork
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +62,8 @@ def test_data_inspect_prints_rows_rates_and_label_correlation(census_dir: Path, 
 
 
 def test_missing_census_files_are_one_line(tmp_path: Path) -> None:
-    result = mtlexp("train", "data=census_income", f"data.path={tmp_path / 'nowhere'}",
-                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    result = cli_in_fork(["train", "data=census_income", f"data.path={tmp_path / 'nowhere'}",
+                          f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("mtlexp: error:") and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
@@ -106,19 +109,6 @@ def sweep_metrics(sweep: Path) -> dict[str, dict]:
     """metrics.json of every job of a sweep, by model name."""
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     return {m["model"]: m for m in jobs}
-
-
-def test_every_model_trains_on_census_through_the_cli(census_dir: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = mtlexp("train", "-m", "data=census_income", "tasks=census_group1", f"model={','.join(ZOO)}",
-                    f"data.path={census_dir}", *FAST, "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = sweep_metrics(sweep)
-    assert set(runs) == set(ZOO)
-    for name, metrics in runs.items():
-        assert metrics["status"] == "ok", name
-        for task in ("income", "never_married"):
-            assert 0.0 <= metrics["test"][task]["auroc"] <= 1.0, name
 
 
 def test_every_model_trains_on_a_table_with_every_task_kind(tmp_path: Path) -> None:
@@ -182,11 +172,9 @@ def test_click_and_conversion_train_with_a_derived_ctcvr_and_bad_conversions_fai
         assert metrics["test"][task]["auroc"] > 0.65, task  # x drives both: each must be learned
     frame.loc[np.flatnonzero(~click)[:3], "is_buy"] = 1  # three conversions without a click
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    result = mtlexp("train", *common, f"data.path={tmp_path / 'bad.csv'}", f"hydra.run.dir={tmp_path / 'bad'}",
-                    cwd=tmp_path)
-    assert result.returncode == 1
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("mtlexp: error: tasks.cvr (column 'is_buy'):") and "where ctr = 0" in line, result.stderr
+    bad = TabularDataModule({}, path=tmp_path / "bad.csv", schema=schema)  # the CLI prints this as one line
+    with pytest.raises(MtlexpError, match=r"tasks.cvr \(column 'is_buy'\): \d row\(s\) of the \w+ split have a label where ctr = 0"):
+        bad.setup()
 
 
 def test_esmm_trains_on_the_ali_ccp_and_aliexpress_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

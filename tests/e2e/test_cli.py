@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_in_fork
+
 pytestmark = pytest.mark.slow
 
 FAST = [
@@ -104,20 +106,20 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     ],
 )
 def test_bad_input_is_one_clear_error_without_traceback(tmp_path, args, expected):
-    result = run([*args, f"hydra.run.dir={tmp_path / 'r'}"] if args[0] != "frobnicate" else args, tmp_path)
+    result = cli_in_fork([*args, f"hydra.run.dir={tmp_path / 'r'}"] if args[0] != "frobnicate" else args, tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_unknown_model_lists_the_options(tmp_path):
-    result = run(["train", "model=nope"], tmp_path)
+    result = cli_in_fork(["train", "model=nope"], tmp_path)
     for option in ("mmoe", "omoe", "shared_bottom", "single_task"):
         assert option in result.stderr
 
 
 def test_help_lists_config_groups(tmp_path):
-    result = run(["train", "--help"], tmp_path)
+    result = cli_in_fork(["train", "--help"], tmp_path)
     assert result.returncode == 0
     assert "mtlexp" in result.stdout
     for group in ("model: ", "data: ", "trainer: ", "experiment: "):
@@ -125,7 +127,7 @@ def test_help_lists_config_groups(tmp_path):
 
 
 def test_paper_synthetic_experiment_composes(tmp_path):
-    result = run(["train", "experiment=paper_synthetic", "--cfg", "job"], tmp_path)
+    result = cli_in_fork(["train", "experiment=paper_synthetic", "--cfg", "job"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "num_train: 100000" in result.stdout
 
@@ -146,7 +148,7 @@ def test_sparse_gates_through_the_cli_record_how_many_experts_each_task_uses(tmp
 
 
 def test_a_gate_given_as_a_value_names_the_group_to_use(tmp_path):
-    result = run(["train", "model=mmoe", "model.gate=dselect_k", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    result = cli_in_fork(["train", "model=mmoe", "model.gate=dselect_k", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "mtlexp: error: model.gate: expected a model/gate config, got 'dselect_k'; choose one with "
@@ -181,7 +183,7 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, mode):
     blocker.write_text("")
     args = ["train", f"hydra.run.dir={blocker / 'run'}"] if mode == "run" else \
         ["train", "-m", "seed=1,2", f"hydra.sweep.dir={blocker / 'sweep'}"]
-    result = run(args, tmp_path)
+    result = cli_in_fork(args, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"mtlexp: error: hydra.{mode}.dir: cannot create the output folder {blocker / mode} ({blocker} is not a folder)"
