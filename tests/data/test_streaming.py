@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mtlexp.data import streaming
-from mtlexp.data.streaming import StreamingTrainLoader, row_splits
+from mtlexp.data.streaming import StreamingEvalLoader, StreamingTrainLoader, row_splits
 from mtlexp.data.tabular import TabularDataModule
 from mtlexp.errors import MtlexpError
 from tests.data.test_tabular import SCHEMA, make_frame
@@ -121,6 +121,9 @@ def test_ddp_ranks_take_row_group_shards_of_equal_length(tmp_path: Path) -> None
     assert len(loaders[0]) == len(loaders[1])
     overlap = np.intersect1d(weights[0].numpy(), weights[1].numpy()).size
     assert overlap < ROW_GROUP  # only what a short rank borrows
+    evaluated = [rows_of(StreamingEvalLoader(dm.stream["val"], 7, rank, 2))["weight"] for rank in range(2)]
+    assert all(len(w) for w in evaluated)  # the val file is one row group: both ranks still get rows
+    assert torch.equal(torch.cat(evaluated), rows_of(dm.val_dataloader())["weight"])
 
 
 def test_the_fitting_pass_is_cached_and_a_damaged_entry_refitted(tmp_path: Path) -> None:

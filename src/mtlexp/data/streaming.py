@@ -15,7 +15,8 @@ The in-memory path (``tabular.py``) parses whole files; this one never holds mor
   epoch, a window of a few row groups at a time (read by a background thread while the previous window
   trains), shuffles the rows within the window and yields the same chunks of batches as the in-memory loader.
   Under DDP each rank takes every ``world_size``-th row group of the epoch's order and all ranks yield the same
-  number of rows (a rank short of rows borrows row groups from the start of the order).
+  number of rows (a rank short of rows borrows row groups from the start of the order). Evaluation gives each
+  rank a contiguous share of the rows, as the in-memory loader does.
 * The transform from parsed rows to model inputs is ``preprocessing.TableTransform``, shared with the in-memory
   path, so both give the same inputs for the same rows and statistics.
 
@@ -506,25 +507,31 @@ def _rows(table: TensorTable, index: slice | torch.Tensor) -> TensorTable:
 
 
 class StreamingEvalLoader:
-    """Evaluation loader over a streamed split: its row groups in file order (every ``world_size``-th under
-    DDP), yielded as consecutive batches of ``batch_size`` rows."""
+    """Evaluation loader over a streamed split (a file whose every row belongs to it): consecutive batches of
+    ``batch_size`` rows in file order. Under DDP each rank takes a contiguous share of the rows, as the
+    in-memory loader does, so every rank gets rows even when the file is one row group."""
 
     def __init__(self, source: SplitSource, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         self.source = source
         self.batch_size = batch_size
-        self.groups = list(range(len(source.groups)))[rank::world_size]
-        self.rows = sum(source.groups[g].num_rows for g in self.groups)
+        total = sum(group.num_rows for group in source.groups)
+        per_rank = -(-total // world_size)
+        self.start, self.stop = min(total, rank * per_rank), min(total, (rank + 1) * per_rank)
 
     def __len__(self) -> int:
-        return -(-self.rows // self.batch_size)
+        return -(-(self.stop - self.start) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         carry: TensorTable | None = None
-        for group in self.groups:
-            table = concat(carry, self.source.read([group]))
+        for index, group in enumerate(self.source.groups):
+            first, last = group.first_row, group.first_row + group.num_rows
+            if last <= self.start or first >= self.stop:
+                continue
+            part = _rows(self.source.read([index]), slice(max(self.start - first, 0), min(self.stop, last) - first))
+            table = concat(carry, part)
             full = len(table) - len(table) % self.batch_size
-            for start in range(0, full, self.batch_size):
-                yield table.take(slice(start, start + self.batch_size))
+            for begin in range(0, full, self.batch_size):
+                yield table.take(slice(begin, begin + self.batch_size))
             carry = _rows(table, slice(full, len(table)))
         if carry is not None and len(carry):
             yield carry.take(slice(0, len(carry)))
