@@ -1,4 +1,4 @@
-"""``scripts/bench_train.py --quick`` runs end to end and ends with the ratio line (format only, not values)."""
+"""The benchmark scripts' ``--quick`` modes run end to end and end with their ratio line (format only, not values)."""
 
 import re
 import subprocess
@@ -24,3 +24,14 @@ def test_bench_quick_prints_the_ratio_line(tmp_path):
     assert re.fullmatch(r"ratio_b128=\d+\.\d+ ratio_b1024=\d+\.\d+", lines[-1]), lines[-1]
     assert "lean" in result.stdout and "mtlexp" in result.stdout
     assert "weightings through mtlexp" in result.stdout and re.search(r"upgrad .* \d+\.\d\d", result.stdout)
+
+
+@pytest.mark.slow
+def test_bench_stream_quick_prints_the_ratio_line(tmp_path):
+    script = SCRIPT.with_name("bench_stream.py")
+    result = subprocess.run([sys.executable, str(script), "--quick", "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"stream_ratio=\d+\.\d+ stream_peak_rss_mb=\d+ memory_peak_rss_mb=\d+", lines[-1]), lines[-1]
+    assert re.search(r"memory: setup .* samples/s", result.stdout) and re.search(r"stream: setup", result.stdout)
