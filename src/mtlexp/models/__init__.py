@@ -7,6 +7,7 @@ named by its config file (``model=omoe``), recorded as ``_name_`` in the config 
 ``metrics.json``; see ``mtlexp.models.names``.
 """
 
+from mtlexp.models.aitm import AITM
 from mtlexp.models.base import SHARED, MTLModel, MTLOutput, TaskSlices
 from mtlexp.models.cross_stitch import CrossStitch
 from mtlexp.models.entire_space import EntireSpace
@@ -19,6 +20,7 @@ from mtlexp.models.single_task import SingleTask
 from mtlexp.models.tensor_factorization import TensorFactorization
 
 __all__ = [
+    "AITM",
     "SHARED",
     "PLE",
     "CrossStitch",
