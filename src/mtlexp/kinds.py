@@ -32,6 +32,8 @@ class TaskKind:
     name: ClassVar[str]
     #: labels are quantities (a mean and a correlation with other labels mean something)
     quantitative: ClassVar[bool] = True
+    #: labels are named classes, whose names (and number) the data module collects from the data
+    named_classes: ClassVar[bool] = False
 
     def output_dim(self, task: TaskSpec) -> int:
         """Logits the model emits for the task."""
@@ -161,6 +163,7 @@ class Binary(TaskKind):
 class Multiclass(TaskKind):
     name = "multiclass"
     quantitative = False  # class indices are not quantities: no mean, no correlation
+    named_classes = True
 
     def output_dim(self, task: TaskSpec) -> int:
         return task.num_classes

@@ -43,7 +43,7 @@ def rows_of(loader: Any) -> dict[str, torch.Tensor]:
         "numeric": torch.cat([b["numeric"] for b in batches]),
         "categorical": torch.cat([b["categorical"] for b in batches]),
         **{f"label/{k}": torch.cat([b["labels"][k] for b in batches]) for k in batches[0]["labels"]},
-        "weight": torch.cat([b["weight"] for b in batches]),
+        **({"weight": torch.cat([b["weight"] for b in batches])} if "weight" in batches[0] else {}),
     }
 
 
@@ -170,3 +170,26 @@ def test_inspect_reports_a_streamed_table_from_its_fitting_pass(tmp_path: Path) 
     report = inspect_report(dm)
     assert f"train {dm.meta['rows']['train']:,}" in report and "(streamed)" in report
     assert "clicked mean" in report and "clicked~score r =" in report
+
+
+def test_click_and_conversion_stream_with_derived_labels_and_the_same_checks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    click = rng.random(900) < 0.4
+    frame = pd.DataFrame({"x": rng.normal(size=900), "click": click.astype(int),
+                          "conversion": (click & (rng.random(900) < 0.3)).astype(int)})
+    tasks = {"click": {"kind": "binary"}, "conversion": {"kind": "binary", "observed_if": "click"},
+             "ctcvr": {"kind": "binary", "product": ["click", "conversion"]}}
+    schema = {"numeric": ["x"]}
+
+    def stream(path: Path) -> TabularDataModule:
+        dm = TabularDataModule(tasks, path=path, schema=schema, cache_dir=tmp_path / "cache", streaming=True,
+                               batch_size=64)
+        dm.setup()
+        return dm
+
+    dm = stream(write_parquet(tmp_path / "cc.parquet", frame))
+    rows = rows_of(list(dm.train_dataloader()))
+    assert torch.equal(rows["label/ctcvr"], rows["label/click"] * rows["label/conversion"])
+    frame.loc[np.flatnonzero(~click)[:2], "conversion"] = 1
+    with pytest.raises(MtlexpError, match=r"tasks.conversion \(column 'conversion'\): 2 row\(s\) have a label where"):
+        stream(write_parquet(tmp_path / "bad.parquet", frame))

@@ -47,7 +47,7 @@ from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import derive_labels
+from mtlexp.kinds import derive_labels, kind_of
 from mtlexp.processes import this_host
 from mtlexp.tasks import TaskSpec
 
@@ -199,9 +199,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     numeric = {name: _Moments() for name in spec.numeric_features}
     missing = dict.fromkeys(spec.numeric_features, 0)
     vocab: dict[str, set[str]] = {name: set() for name in spec.categorical_features}
-    multiclass = [t for t in spec.tasks if t.kind == "multiclass"]
-    class_values: dict[str, set[str]] = {t.name: set() for t in multiclass}
-    plain = [t for t in spec.tasks if t.kind != "multiclass"]
+    counted = [t for t in spec.tasks if kind_of(t).named_classes]
+    class_values: dict[str, set[str]] = {t.name: set() for t in counted}
+    plain = [t for t in spec.tasks if kind_of(t).quantitative]  # label means and correlations
     label_sums = np.zeros(len(plain))
     label_products = np.zeros((len(plain), len(plain)))
     positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}  # binary tasks, observed rows
@@ -212,8 +212,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     positive_counts: dict[str, dict[str, int]] = {t.name: {} for t in spec.tasks if t.kind == "binary" and t.positive}
     writers: dict[str, pq.ParquetWriter] = {}
     digests = {}
-    # Labels are read without class names (multiclass tasks are counted apart) and without scaling here.
-    raw = TableTransform([t for t in spec.tasks if t.kind != "multiclass"], {}, {})
+    # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
+    # collected below): what the pass needs is the missing-label check and the binary and quantitative labels.
+    raw = TableTransform(spec.tasks, {}, {})
     try:
         for split, path in spec.files.items():
             with path.open("rb") as handle:
@@ -224,13 +225,10 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                 positions = np.arange(group.first_row, group.first_row + group.num_rows)
                 codes = row_splits(positions, spec.split_seed, plan[split], own)
                 parsed = parse_arrow(table, path, spec.schema, spec.numeric_columns, spec.string_columns, positions)
-                labels = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
-                for task in multiclass:
+                arrays = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
+                labels = {t.name: arrays[f"label{i}"] for i, t in enumerate(spec.tasks)}
+                for task in counted:
                     column_codes, values = parsed.strings[str(task.column)]
-                    if (column_codes < 0).any():
-                        first = parsed.locate(int(np.flatnonzero(column_codes < 0)[0]))
-                        raise MtlexpError(f"{path}: column {task.column!r} (task {task.name}): missing label value, "
-                                          f"first at {first}; labels must not be missing")
                     class_values[task.name].update(values[np.unique(column_codes)].tolist())
                 for name, counts in positive_counts.items():
                     column_codes, values = parsed.strings[str(next(t.column for t in spec.tasks if t.name == name))]
@@ -247,9 +245,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                     rows[split_name] += count
                     for i, task in enumerate(spec.tasks):
                         if task.kind == "binary":
-                            y = labels[f"label{plain.index(task)}"][mask]
+                            y = labels[task.name][mask]
                             observed = np.ones(count, bool) if task.observed_if is None else \
-                                labels[f"label{[t.name for t in plain].index(task.observed_if)}"][mask] > 0.5
+                                labels[task.observed_if][mask] > 0.5
                             seen[split_name][i] += int(observed.sum())
                             positives[split_name][i] += float(y[observed].sum())
                             unobserved_labels[i] += int((y[~observed] != 0).sum())
@@ -266,7 +264,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                     for name in spec.categorical_features:
                         column_codes, values = train.strings[name]
                         vocab[name].update(values[np.unique(column_codes[column_codes >= 0])].tolist())
-                    ys = np.stack([labels[f"label{i}"][mask] for i in range(len(plain))]).astype(np.float64) \
+                    ys = np.stack([labels[t.name][mask] for t in plain]).astype(np.float64) \
                         if plain else np.zeros((0, count))
                     label_sums += ys.sum(axis=1)
                     label_products += ys @ ys.T
@@ -293,7 +291,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                 only = int(positives[split][i] > 0)
                 raise MtlexpError(f"tasks.{task.name}: the {split} split has only class {only}{where}; "
                                   "AUROC and log-loss need both classes")
-    classes = {t.name: class_names(class_values[t.name]) for t in multiclass}
+    classes = {t.name: class_names(class_values[t.name]) for t in counted}
     mean_label = label_sums / rows["train"]
     label_scaling = {}
     for i, task in enumerate(plain):

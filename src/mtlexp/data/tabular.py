@@ -327,7 +327,7 @@ class TabularDataModule(MTLDataModule):
         """Fill in what the task specs learn from the data: counted classes and label scaling."""
         self.tasks = [  # multiclass tasks without num_classes: the classes found in the data
             dataclasses.replace(t, num_classes=len(self.meta["classes"][t.name]))
-            if t.kind == "multiclass" and t.num_classes == INFER_CLASSES else t
+            if kind_of(t).named_classes and t.num_classes == INFER_CLASSES else t
             for t in self.tasks
         ]
         scaling = self.meta.get("label_scaling", {})
@@ -356,7 +356,7 @@ class TabularDataModule(MTLDataModule):
         tables = carve_splits(parsed, self.val_fraction, self.test_fraction, self.val_from, self.split_seed)
         train = tables["train"]
         classes = {t.name: multiclass_names(t, [tables[s] for s in SPLITS]) for t in self.labelled_tasks
-                   if t.kind == "multiclass"}
+                   if kind_of(t).named_classes}
         label_scaling = {}
         for task in self.labelled_tasks:
             if task.standardize:  # with the training split's mean and sd, like the numeric features
