@@ -150,13 +150,10 @@ class Binary(TaskKind):
 
     def labels_from_strings(self, task: TaskSpec, codes: np.ndarray, values: np.ndarray, classes: Sequence[str],
                             where: str, whole_file: bool) -> np.ndarray:
-        wanted = [p.strip() for p in task.positive]
-        positive = np.isin(values, wanted).astype(np.float32)
+        positive = np.isin(values, [p.strip() for p in task.positive]).astype(np.float32)
         if whole_file and not positive.any():
             counts = np.bincount(codes[codes >= 0], minlength=len(values))
-            common = ", ".join(f"{values[i]!r} ({counts[i]})" for i in np.argsort(-counts, kind="stable")[:5])
-            raise MtlexpError(f"tasks.{task.name}.positive: no value of {where} is one of {wanted}; its most "
-                              f"frequent values are {common}")
+            raise no_positive_value(task, where, dict(zip(values.tolist(), counts.tolist())))
         return np.where(codes < 0, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
 
 
@@ -198,6 +195,14 @@ class Multiclass(TaskKind):
                             where: str, whole_file: bool) -> np.ndarray:
         index = {v: i for i, v in enumerate(classes)}
         return np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)[codes]
+
+
+def no_positive_value(task: TaskSpec, where: str, counts: dict[str, int]) -> MtlexpError:
+    """The error for a ``positive`` list that matches no value of the label column, with its commonest values."""
+    common = sorted(counts.items(), key=lambda item: -item[1])[:5]
+    listed = ", ".join(f"{value!r} ({count})" for value, count in common)
+    return MtlexpError(f"tasks.{task.name}.positive: no value of {where} is one of {[p.strip() for p in task.positive]}; "
+                       f"its most frequent values are {listed}")
 
 
 KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass)}

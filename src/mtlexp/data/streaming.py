@@ -47,7 +47,7 @@ from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import derive_labels, kind_of
+from mtlexp.kinds import derive_labels, kind_of, no_positive_value
 from mtlexp.processes import this_host
 from mtlexp.tasks import TaskSpec
 
@@ -327,16 +327,10 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     }
 
 
-def _check_positive_values(spec: StreamSpec, counts: Mapping[str, Mapping[str, int]]) -> None:
+def _check_positive_values(spec: StreamSpec, counts: Mapping[str, dict[str, int]]) -> None:
     for task in spec.tasks:
-        if task.name not in counts:
-            continue
-        wanted = [p.strip() for p in task.positive]
-        if not any(counts[task.name].get(value, 0) for value in wanted):
-            common = sorted(counts[task.name].items(), key=lambda item: -item[1])[:5]
-            listed = ", ".join(f"{value!r} ({count})" for value, count in common)
-            raise MtlexpError(f"tasks.{task.name}.positive: no value of column {task.column!r} in "
-                              f"{spec.files['train']} is one of {wanted}; its most frequent values are {listed}")
+        if task.name in counts and not any(counts[task.name].get(p.strip(), 0) for p in task.positive):
+            raise no_positive_value(task, f"column {task.column!r} in {spec.files['train']}", counts[task.name])
 
 
 def read_meta(entry: Path) -> dict[str, Any] | None:
