@@ -265,17 +265,16 @@ class MTLModule(pl.LightningModule):
         """Update a task's metrics with the rows whose label is observed (all rows but under ``observed_if``),
         and its truth-based metrics with every row."""
         kind, target = kind_of(task), labels[task.name]
+        preds = kind.predict(task, logits.float())  # row by row, so the observed rows' are a slice of it
         if truth is not None and task.name in self._truth_sources and f"{split}_split" in self.truth_metrics:
-            preds = kind.predict(task, logits.float())
             for name, source in self._truth_sources[task.name].items():
                 value = truth[task.name][source]
                 self.truth_metrics[f"{split}_split"][task.name][name].update(
                     preds, value.long() if source == "outcome" else value)
         observed = observed_rows(task, labels)
         if observed is not None:
-            logits, target = logits[observed], target[observed]
-        self.metrics[f"{split}_split"][task.name].update(kind.predict(task, logits.float()),
-                                                         kind.metric_target(task, target))
+            preds, target = preds[observed], target[observed]
+        self.metrics[f"{split}_split"][task.name].update(preds, kind.metric_target(task, target))
 
     def _eval_step(self, batch: Batch, split: str) -> None:
         out = self(batch)

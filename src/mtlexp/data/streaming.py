@@ -211,7 +211,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     train_rows_per_group: list[int] = []
     positive_counts: dict[str, dict[str, int]] = {t.name: {} for t in spec.tasks if t.kind == "binary" and t.positive}
     writers: dict[str, pq.ParquetWriter] = {}
-    digests = {}
+    digests, file_rows = {}, {}
     # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
     # collected below): what the pass needs is the missing-label check and the binary and quantitative labels.
     raw = TableTransform(spec.tasks, {}, {})
@@ -220,7 +220,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
             with path.open("rb") as handle:
                 digests[split] = sha256_stream(handle)
             own = SPLIT_NAMES.index(split)
+            file_rows[split] = 0
             for group in row_groups(path):
+                file_rows[split] += group.num_rows
                 table = group.read(wanted)
                 positions = np.arange(group.first_row, group.first_row + group.num_rows)
                 codes = row_splits(positions, spec.split_seed, plan[split], own)
@@ -312,7 +314,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     return {
         "streaming": True,
         "files": {split: {"path": str(path), "sha256": digests[split],
-                          "rows": sum(g.num_rows for g in row_groups(path))} for split, path in spec.files.items()},
+                          "rows": file_rows[split]} for split, path in spec.files.items()},
         "rows": rows,
         "train_rows_per_group": train_rows_per_group,
         "numeric": stats,
@@ -386,9 +388,9 @@ class SplitSource:
     def read(self, indices: Sequence[int]) -> TensorTable:
         """The rows of this split in the row groups ``indices``, transformed, as one table."""
         parts = []
+        wanted = list(dict.fromkeys([*self.spec.numeric_columns, *self.spec.string_columns]))
         for index in indices:
             group = self.groups[index]
-            wanted = list(dict.fromkeys([*self.spec.numeric_columns, *self.spec.string_columns]))
             table = group.read(wanted)
             positions = np.arange(group.first_row, group.first_row + group.num_rows)
             if self.code is not None:
@@ -480,22 +482,17 @@ class StreamingTrainLoader:
             for i in range(len(windows)):
                 table = pending.result()
                 pending = reader.submit(self.source.read, windows[i + 1]) if i + 1 < len(windows) else None
-                table = concat(carry, _rows(table, torch.randperm(len(table), generator=generator)))
+                table = concat(carry, table.rows(torch.randperm(len(table), generator=generator)))
                 usable = min(len(table), left)
                 full = usable - usable % rows_per_chunk if i + 1 < len(windows) else usable
                 for start in range(0, full, rows_per_chunk):
                     yield split_batch(table.take(slice(start, min(start + rows_per_chunk, full))), self.batch_size)
                 left -= full
-                carry = _rows(table, slice(full, usable))
+                carry = table.rows(slice(full, usable))
                 if left <= 0:
                     break
             if pending is not None:
                 pending.cancel()
-
-
-def _rows(table: TensorTable, index: slice | torch.Tensor) -> TensorTable:
-    batch = table.take(index)
-    return TensorTable(batch["numeric"], batch["categorical"], batch["labels"], batch.get("weight"))
 
 
 class StreamingEvalLoader:
@@ -519,12 +516,12 @@ class StreamingEvalLoader:
             first, last = group.first_row, group.first_row + group.num_rows
             if last <= self.start or first >= self.stop:
                 continue
-            part = _rows(self.source.read([index]), slice(max(self.start - first, 0), min(self.stop, last) - first))
+            part = self.source.read([index]).rows(slice(max(self.start - first, 0), min(self.stop, last) - first))
             table = concat(carry, part)
             full = len(table) - len(table) % self.batch_size
             for begin in range(0, full, self.batch_size):
                 yield table.take(slice(begin, begin + self.batch_size))
-            carry = _rows(table, slice(full, len(table)))
+            carry = table.rows(slice(full, len(table)))
         if carry is not None and len(carry):
             yield carry.take(slice(0, len(carry)))
 

@@ -50,6 +50,12 @@ class TensorTable:
             batch["truth"] = {task: {k: v[index] for k, v in values.items()} for task, values in self.truth.items()}
         return batch
 
+    def rows(self, index: Tensor | slice) -> TensorTable:
+        """The rows ``index`` as a table of their own."""
+        batch = self.take(index)
+        return TensorTable(batch["numeric"], batch["categorical"], batch["labels"], batch.get("weight"),
+                           batch.get("truth"))
+
     def fingerprint(self) -> str:
         """SHA-256 over every tensor's bytes: identifies the data a run actually used."""
         digest = hashlib.sha256()
