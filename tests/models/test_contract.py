@@ -18,7 +18,7 @@ from torch import Tensor
 from mtlexp.config import register_configs
 from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.instantiate import build
-from mtlexp.models import SHARED, MTLModel, TaskSlices
+from mtlexp.models import AUX_ONLY, SHARED, MTLModel, TaskSlices
 from mtlexp.tasks import TaskSpec
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
@@ -106,7 +106,9 @@ def test_every_parameter_receives_a_gradient(name, gate, sizes):
     if out.aux_loss is not None:
         loss = loss + out.aux_loss
     loss.backward()
-    starved = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    aux_only = {id(p) for p in model.aux_only_parameters()}  # reached by a label-dependent loss: test_entire_space
+    starved = [n for n, p in model.named_parameters()
+               if id(p) not in aux_only and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not starved
 
 
@@ -150,6 +152,8 @@ def test_ownership_is_exact(name, gate, sizes):
                 for other in losses:
                     if other != task:
                         assert not reached(other, pname, part), f"{other} reaches {task}'s slice of {pname}"
+        elif owner is AUX_ONLY:
+            assert not any(reached(t, pname) for t in losses), f"a task loss reaches {pname}, declared AUX_ONLY"
         else:
             assert reached(owner, pname), f"{owner} does not reach its own {pname}"
             assert not any(reached(t, pname) for t in losses if t != owner), f"another task reaches {pname}"

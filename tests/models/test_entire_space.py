@@ -4,6 +4,7 @@ counterfactual risk, and every one of them trained through the CLI on the simula
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import MtlexpError
-from mtlexp.models import EntireSpace, MMoE, MTLOutput
+from mtlexp.models import AUX_ONLY, CrossStitch, EntireSpace, MMoE, MTLOutput
 from mtlexp.models.names import model_configs
 from mtlexp.tasks import tasks_from_config
 
@@ -31,7 +32,7 @@ def model(objective: str, **kwargs) -> EntireSpace:
 
 
 @pytest.mark.parametrize(("objective", "trained"), [("esmm", ["click", "ctcvr"]), ("naive", ["click", "conversion"]),
-                                                    ("escm2_ips", ["click", "ctcvr"])])
+                                                    ("escm2_ips", ["click", "ctcvr"]), ("escm2_dr", ["click", "ctcvr"])])
 def test_each_objective_trains_its_tasks(objective: str, trained: list[str]) -> None:
     assert [t.name for t in model(objective).trained_tasks(TASKS)] == trained
 
@@ -60,6 +61,45 @@ def test_escm2_adds_the_inverse_propensity_weighted_cvr_risk() -> None:
     errors = F.binary_cross_entropy_with_logits(logits["conversion"], labels["conversion"], reduction="none")
     torch.testing.assert_close(risk, 0.5 * (labels["click"] * errors / propensity).mean())
     assert model("esmm").extra_loss(MTLOutput(logits), labels, TASKS) is None
+
+
+def test_escm2_dr_adds_the_doubly_robust_risk_and_the_imputation_loss() -> None:
+    escm2 = model("escm2_dr", counterfactual_weight=0.5, min_propensity=0.1, imputation_weight=2.0)
+    p_ctr, p_cvr, imputed, click, conversion = [0.8, 0.05, 0.5], [0.6, 0.3, 0.2], [0.7, 0.4, 0.1], [1, 0, 1], [1, 0, 0]
+    logit = lambda values: torch.logit(torch.tensor(values))  # noqa: E731
+    output = MTLOutput({"click": logit(p_ctr), "conversion": logit(p_cvr)}, extras={"imputed_conversion": logit(imputed)})
+    labels = {"click": torch.tensor(click, dtype=torch.float), "conversion": torch.tensor(conversion, dtype=torch.float)}
+    bce = lambda p, y: -(y * math.log(p) + (1 - y) * math.log(1 - p))  # noqa: E731
+    risk = imputation = 0.0
+    for pc, pv, r, o, y in zip(p_ctr, p_cvr, imputed, click, conversion):
+        e, e_hat, weight = bce(pv, y), bce(pv, r), o / max(pc, 0.1)
+        risk += e_hat + weight * (e - e_hat)
+        imputation += weight * (e - e_hat) ** 2
+    expected = 0.5 * risk / 3 + 2.0 * imputation / 3
+    torch.testing.assert_close(escm2.extra_loss(output, labels, TASKS), torch.tensor(expected, dtype=torch.float))
+
+
+@pytest.mark.parametrize("bottom", [partial(MMoE, num_experts=2, expert_hidden=[4]), partial(CrossStitch, column_hidden=[4])])
+def test_escm2_dr_trains_its_imputation_tower_and_pcvr_on_unclicked_impressions(bottom) -> None:
+    torch.manual_seed(0)
+    towers = [t for t in TASKS if not t.derived]
+    features = FeatureSpec(numeric=("a", "b", "c"))
+    numeric, categorical = torch.randn(8, 3), torch.zeros(8, 0, dtype=torch.long)
+    unclicked = {"click": torch.zeros(8), "conversion": torch.zeros(8)}
+    for objective, reaches_cvr in (("escm2_dr", True), ("escm2_ips", False)):
+        escm2 = EntireSpace(features, towers, bottom, objective)
+        escm2.extra_loss(escm2(numeric, categorical), unclicked, TASKS).backward()
+        cvr_tower = [p for name, p in escm2.named_parameters() if ".conversion." in name]
+        assert cvr_tower and all((p.grad is not None and p.grad.abs().sum() > 0) == reaches_cvr for p in cvr_tower)
+    owners = escm2.ownership()
+    aux_only = [n for n, o in EntireSpace(features, towers, bottom, "escm2_dr").ownership().items() if o is AUX_ONLY]
+    assert aux_only and all(n.startswith("imputation") for n in aux_only) and AUX_ONLY not in owners.values()
+    dr = EntireSpace(features, towers, bottom, "escm2_dr", counterfactual_weight=0.0)
+    clicked = {"click": torch.ones(8), "conversion": torch.randint(0, 2, (8,)).float()}
+    dr.extra_loss(dr(numeric, categorical), clicked, TASKS).backward()
+    reached = {n for n, p in dr.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert set(n for n, o in dr.ownership().items() if o is AUX_ONLY) <= reached  # the imputation tower learns
+    assert not any(".conversion." in n or ".click." in n for n in reached)  # and its loss trains nothing else's towers
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ named by its config file (``model=omoe``), recorded as ``_name_`` in the config 
 """
 
 from mtlexp.models.aitm import AITM
-from mtlexp.models.base import SHARED, MTLModel, MTLOutput, TaskSlices
+from mtlexp.models.base import AUX_ONLY, SHARED, MTLModel, MTLOutput, TaskSlices
 from mtlexp.models.cross_stitch import CrossStitch
 from mtlexp.models.entire_space import EntireSpace
 from mtlexp.models.gates import DSelectKGate, NoisyTopKGate, SoftmaxGate
@@ -21,6 +21,7 @@ from mtlexp.models.tensor_factorization import TensorFactorization
 
 __all__ = [
     "AITM",
+    "AUX_ONLY",
     "SHARED",
     "PLE",
     "CrossStitch",

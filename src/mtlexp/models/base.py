@@ -7,7 +7,8 @@ the *ownership* of each of its parameters:
 * a task's name: only that task's loss reaches the parameter (its tower, its own column);
 * ``TaskSlices``: a fused tensor whose slices along one dimension each belong to one task (one task's rows
   of a fused gate layer, one task's expert in a stacked bank); every entry is reached by at most one task;
-* ``SHARED``: two or more tasks' losses reach it; this is where task gradients can conflict.
+* ``SHARED``: two or more tasks' losses reach it; this is where task gradients can conflict;
+* ``AUX_ONLY``: no task loss reaches it, only the auxiliary loss (ESCM2-DR's imputation tower).
 
 Ownership describes the task losses only: the auxiliary loss (penalties, gate balancing) may reach any
 parameter. Gradient-weighting methods rely on this being exact (``tests/models/test_contract.py`` checks it against
@@ -38,19 +39,26 @@ class MTLOutput:
         is named after the task. Widths may differ between gates (CGC/PLE).
     :param aux_loss: a loss the model adds to the task losses (a soft-sharing penalty, a gate's load-balancing
         or entropy term); ``None`` when there is none.
+    :param extras: what the model's ``extra_loss`` needs beyond the logits (ESCM2-DR's imputed conversion
+        logits), by name.
     """
 
     logits: dict[str, Tensor]
     gates: dict[str, Tensor] = field(default_factory=dict)
     aux_loss: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
-class _Shared:
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def __repr__(self) -> str:
-        return "SHARED"
+        return self.name
 
 
-SHARED = _Shared()
+SHARED = _Marker("SHARED")
+AUX_ONLY = _Marker("AUX_ONLY")
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class TaskSlices:
     slices: Mapping[str, slice]
 
 
-Owner = str | TaskSlices | _Shared
+Owner = str | TaskSlices | _Marker
 
 
 def add_aux(*terms: Tensor | None) -> Tensor | None:
@@ -112,7 +120,7 @@ class MTLModel(nn.Module):
             raise ValueError(f"{type(self).__name__} declares owners of unknown parameters: {unknown}")
         owners: dict[str, Owner] = {name: declared.get(name, SHARED) for name in names}
         if len(self.task_names) == 1:  # nothing is reached by two tasks when there is one
-            owners = dict.fromkeys(names, self.task_names[0])
+            owners = {name: owner if owner is AUX_ONLY else self.task_names[0] for name, owner in owners.items()}
         return owners
 
     def names_under(self, prefix: str) -> list[str]:
@@ -139,6 +147,11 @@ class MTLModel(nn.Module):
         """Parameters that more than one task's loss reaches: where per-task gradients conflict."""
         owners = self.ownership()
         return [p for n, p in self.named_parameters() if owners[n] is SHARED]
+
+    def aux_only_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only the auxiliary loss reaches (``AUX_ONLY``)."""
+        owners = self.ownership()
+        return [p for n, p in self.named_parameters() if owners[n] is AUX_ONLY]
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """The parameters of the last layer that every task reads (GradNorm's W). Architectures with one such

@@ -17,6 +17,15 @@ Lightning module computes from the two towers. The objective chooses the losses:
 * ``escm2_ips``: ESMM plus ``counterfactual_weight`` x the IPS CVR risk,
   ``mean over impressions of click x BCE(pCVR, conversion) / pCTR``, with pCTR as the propensity (detached,
   and clipped below at ``min_propensity``: an impression with a tiny pCTR would otherwise dominate).
+* ``escm2_dr``: ESMM plus ``counterfactual_weight`` x the doubly robust CVR risk,
+  ``mean over impressions of e_hat + click x (e - e_hat) / pCTR``, where ``e`` is the CVR error
+  BCE(pCVR, conversion) and ``e_hat`` an imputed error. An imputation tower predicts an imputed conversion
+  probability r for every impression, and ``e_hat = BCE(pCVR, r)``; the tower is trained by
+  ``imputation_weight`` x ``mean of click x (e - e_hat)^2 / pCTR``, which fits r where conversions are
+  observed. This is the joint learning of Wang et al. (ICML 2019) that ESCM2's DR builds on: the imputed
+  error depends on pCVR, so the unclicked impressions pull pCVR towards r. (A tower that predicted the error
+  itself, independent of pCVR, would give the CVR tower exactly IPS's gradient.) In the risk, r is fixed;
+  in the imputation loss, pCVR and ``e`` are: each tower is trained by its own term.
 """
 
 from __future__ import annotations
@@ -29,19 +38,23 @@ from torch import Tensor, nn
 
 from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import MtlexpError, require
-from mtlexp.models.base import MTLModel, MTLOutput, Owner
+from mtlexp.models.base import AUX_ONLY, MTLModel, MTLOutput, Owner
+from mtlexp.models.blocks import MLP, InputBlock
 from mtlexp.tasks import TaskSpec
 
-OBJECTIVES = ("esmm", "naive", "escm2_ips")
+OBJECTIVES = ("esmm", "naive", "escm2_ips", "escm2_dr")
+IMPUTED = "imputed_conversion"  # MTLOutput.extras key: the imputation tower's logits, (B,)
 
 
 class EntireSpace(MTLModel):
     """A zoo model trained with a click -> conversion objective.
 
     :param bottom: the zoo model's factory (a ``_partial_`` model node, ``model@model.bottom=mmoe``).
-    :param objective: ``esmm``, ``naive`` or ``escm2_ips`` (see the module docstring).
+    :param objective: ``esmm``, ``naive``, ``escm2_ips`` or ``escm2_dr`` (see the module docstring).
     :param counterfactual_weight: weight of ESCM2's counterfactual risk.
     :param min_propensity: lower clip of pCTR as the propensity in ESCM2's risk.
+    :param imputation_hidden: hidden widths of ESCM2-DR's imputation tower.
+    :param imputation_weight: weight of the imputation tower's loss.
     """
 
     def __init__(
@@ -52,20 +65,36 @@ class EntireSpace(MTLModel):
         objective: str = "esmm",
         counterfactual_weight: float = 0.1,
         min_propensity: float = 0.05,
+        imputation_hidden: Sequence[int] = (32,),
+        imputation_weight: float = 1.0,
     ) -> None:
         nn.Module.__init__(self)  # no input block or towers of its own: the bottom has them
         require(objective in OBJECTIVES, "objective", f"one of {list(OBJECTIVES)}", objective)
         require(counterfactual_weight >= 0, "counterfactual_weight", "a number >= 0", counterfactual_weight)
         require(0 < min_propensity <= 1, "min_propensity", "a number in (0, 1]", min_propensity)
+        require(imputation_weight >= 0, "imputation_weight", "a number >= 0", imputation_weight)
         self.tasks = list(tasks)
         self.task_names = [t.name for t in tasks]
         self.objective = objective
         self.counterfactual_weight = float(counterfactual_weight)
         self.min_propensity = float(min_propensity)
+        self.imputation_weight = float(imputation_weight)
         self.bottom = bottom(features=features, tasks=tasks)
+        if objective == "escm2_dr":
+            # The imputation tower reads the bottom's embeddings where every task shares them; bottoms that give
+            # each task its own (cross-stitch, single-task) leave it an input block of its own.
+            shared_input = isinstance(self.bottom.input, InputBlock)
+            self.imputation_input = None if shared_input else InputBlock(features)
+            width = (self.bottom.input if shared_input else self.imputation_input).output_dim
+            body = MLP(width, imputation_hidden)
+            self.imputation = nn.Sequential(body, nn.Linear(body.output_dim, 1))
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> MTLOutput:
-        return self.bottom(numeric, categorical)
+        out = self.bottom(numeric, categorical)
+        if self.objective == "escm2_dr":
+            block = self.imputation_input or self.bottom.input
+            out.extras[IMPUTED] = self.imputation(block(numeric, categorical)).squeeze(-1)
+        return out
 
     # --- the objective -----------------------------------------------------------------------------
     def click_conversion(self, tasks: Sequence[TaskSpec]) -> tuple[TaskSpec, TaskSpec, TaskSpec]:
@@ -87,17 +116,28 @@ class EntireSpace(MTLModel):
         return [t for t in tasks if t.name not in skip]
 
     def extra_loss(self, output: MTLOutput, labels: dict[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor | None:
-        if self.objective != "escm2_ips" or self.counterfactual_weight == 0:
+        if not self.objective.startswith("escm2"):
             return None
         ctr, cvr, _ = self.click_conversion(tasks)
         click = labels[ctr.name]
         propensity = torch.sigmoid(output.logits[ctr.name].detach()).clamp_min(self.min_propensity)
-        errors = F.binary_cross_entropy_with_logits(output.logits[cvr.name], labels[cvr.name], reduction="none")
-        return self.counterfactual_weight * (click * errors / propensity).mean()
+        cvr_logits = output.logits[cvr.name]
+        errors = F.binary_cross_entropy_with_logits(cvr_logits, labels[cvr.name], reduction="none")
+        if self.objective == "escm2_ips":
+            return self.counterfactual_weight * (click * errors / propensity).mean()
+        imputed = torch.sigmoid(output.extras[IMPUTED])
+        imputed_errors = F.binary_cross_entropy_with_logits(cvr_logits, imputed.detach(), reduction="none")
+        risk = (imputed_errors + click * (errors - imputed_errors) / propensity).mean()
+        fitted = F.binary_cross_entropy_with_logits(cvr_logits.detach(), imputed, reduction="none")
+        imputation = (click * (errors.detach() - fitted) ** 2 / propensity).mean()
+        return self.counterfactual_weight * risk + self.imputation_weight * imputation
 
     # --- the contract, delegated to the bottom --------------------------------------------------------
     def declare_ownership(self) -> dict[str, Owner]:
-        return {f"bottom.{name}": owner for name, owner in self.bottom.declare_ownership().items()}
+        owners: dict[str, Owner] = {f"bottom.{name}": owner for name, owner in self.bottom.declare_ownership().items()}
+        for prefix in ("imputation", "imputation_input"):
+            owners.update(dict.fromkeys(self.names_under(prefix), AUX_ONLY))
+        return owners
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         return self.bottom.last_shared_layer()
