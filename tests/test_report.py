@@ -1,9 +1,100 @@
-"""``mtlexp report`` helpers that need no run folders."""
+"""``mtlexp report``: statistics on known numbers, run records from hand-made run folders, the CLI end to end.
 
+No training: every run folder here is written by hand (``.hydra/config.yaml``, ``overrides.yaml``,
+``hydra.yaml``, ``metrics.json``) with numbers chosen so that the expected results can be worked out on paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
 import pytest
+import yaml
+from scipy import stats as scipy_stats
 
-from mtlexp.report.sweep import delta_m
+from mtlexp.report.records import RECORD_SCHEMA, find_runs, load_runs
+from mtlexp.report.stats import delta_m, paired_delta_m_test, paired_test, relative_change, summarize
+from mtlexp.report.sweep import main
 from tests.conftest import cli_in_fork
+
+T_975_2DOF = 4.302652729749462  # Student t, 97.5% quantile, 2 degrees of freedom (tables: 4.303)
+
+
+def write_run(folder: Path, config: dict[str, Any], metrics: dict[str, Any], overrides: list[str]) -> Path:
+    """A run folder as ``mtlexp train`` leaves it (the parts the report reads)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"config_name": "config"}}}))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def config(model: str, correlation: float, seed: int, folder: Path, num_experts: int = 4) -> dict[str, Any]:
+    """A run config; the model node differs in many leaves between models, as the real ones do."""
+    mmoe = {"_name_": "mmoe", "_target_": "mtlexp.models.MMoE", "num_experts": num_experts, "expert_hidden": [16]}
+    model_node = {"_name_": "esmm", "_target_": "mtlexp.models.ESMM", "bottom": mmoe} if model == "esmm(mmoe)" else mmoe
+    return {"data": {"correlation": correlation, "num_train": 512}, "model": model_node,
+            "weighting": {"_name_": "equal", "_target_": "mtlexp.weighting.EqualWeighting", "seed": "${seed}"},
+            "paths": {"output_dir": str(folder)}, "seed": seed, "ckpt_path": None}
+
+
+def metrics(model: str, seed: int, auroc: float, mse: float, status: str = "ok", **extra: Any) -> dict[str, Any]:
+    split = {"click": {"auroc": auroc, "log_loss": 0.5}, "age": {"mse": mse, "mae": 1.0}}
+    return {"status": status, "seed": seed, "model": model, "val": split, "test": split, "val_norm_loss": mse / 2,
+            "test_norm_loss": mse / 2, "best_epoch": 1, "epochs_trained": 2, "duration_s": 1.5, **extra}
+
+
+# test AUROC and MSE per (model, seed): the gains of esmm(mmoe) over mmoe are known by construction.
+AUROC = {("mmoe", 0): 0.80, ("mmoe", 1): 0.82, ("mmoe", 2): 0.84,
+         ("esmm(mmoe)", 0): 0.88, ("esmm(mmoe)", 1): 0.902, ("esmm(mmoe)", 2): 0.924}  # +10% on every seed
+MSE = {("mmoe", 0): 1.0, ("mmoe", 1): 2.0, ("mmoe", 2): 3.0,
+       ("esmm(mmoe)", 0): 1.1, ("esmm(mmoe)", 1): 1.8, ("esmm(mmoe)", 2): 3.3}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """model=mmoe,esmm(mmoe) x data.correlation=0.5,0.9 x seed=0,1,2 (correlation only changes nothing measured),
+    plus a failed run and a run whose config is gone."""
+    root = tmp_path / "sweep"
+    job = 0
+    for model in ("mmoe", "esmm(mmoe)"):
+        for correlation in (0.5, 0.9):
+            for seed in (0, 1, 2):
+                folder = root / str(job)
+                overrides = [f"model={model.split('(')[0]}", f"data.correlation={correlation}", f"seed={seed}"]
+                write_run(folder, config(model, correlation, seed, folder),
+                          metrics(model, seed, AUROC[model, seed], MSE[model, seed]), overrides)
+                job += 1
+    failed = root / "12"
+    write_run(failed, config("mmoe", 0.5, 3, failed),
+              {"status": "failed", "seed": 3, "error": "ValueError: loss is nan | at step 7"},
+              ["model=mmoe", "data.correlation=0.5", "seed=3"])
+    lost = write_run(root / "13", config("mmoe", 0.5, 4, root / "13"), metrics("mmoe", 4, 0.9, 1.0),
+                     ["model=mmoe", "data.correlation=0.5", "seed=4"])
+    (lost / ".hydra" / "config.yaml").unlink()
+    return root
+
+
+# -- statistics ------------------------------------------------------------------------------------------------
+
+
+def test_summary_of_1_2_3_is_mean_2_sd_1_and_the_student_t_interval():
+    s = summarize([1.0, 2.0, 3.0])
+    half = T_975_2DOF * 1.0 / math.sqrt(3)
+    assert (s.n, s.mean, s.sd) == (3, 2.0, 1.0)
+    assert s.ci_low == pytest.approx(2.0 - half) and s.ci_high == pytest.approx(2.0 + half)
+    assert s.ci_low == pytest.approx(-0.4841, abs=1e-4)
+
+
+def test_one_value_has_no_spread_or_interval_and_none_has_no_mean():
+    one = summarize([0.7])
+    assert one.n == 1 and one.mean == 0.7 and math.isnan(one.sd) and math.isnan(one.ci_low)
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
 
 
 def test_delta_m_counts_a_gain_as_positive_whatever_the_metric_direction():
@@ -13,8 +104,208 @@ def test_delta_m_counts_a_gain_as_positive_whatever_the_metric_direction():
     assert delta_m({"income": 0.9, "age": 1.0}, {"income": 0.9, "age": 1.0}, metrics) == 0.0
 
 
+def test_relative_change_is_signed_by_direction_and_relative_to_the_size_of_the_baseline():
+    assert relative_change(0.88, 0.80, "auroc") == pytest.approx(10.0)
+    assert relative_change(0.9, 1.0, "mse") == pytest.approx(10.0)  # a lower error is a gain
+    assert relative_change(-0.4, -0.5, "r2") == pytest.approx(20.0)  # r2 up from -0.5 to -0.4 is a gain
+    assert math.isnan(relative_change(1.0, 0.0, "mse"))
+
+
+def test_paired_test_pairs_by_seed_and_matches_a_hand_computed_t_test():
+    a = {0: 1.0, 1: 2.5, 2: 2.0, 3: 4.0}
+    b = {0: 0.5, 1: 2.0, 2: 2.2, 3: 3.0, 9: 100.0}  # seed 9 has no partner
+    result = paired_test(a, b)
+    # Differences 0.5, 0.5, -0.2, 1.0: mean 0.45, sd sqrt(0.73 / 3), t = mean / (sd / sqrt(4)), 3 dof.
+    t = 0.45 / (math.sqrt(0.73 / 3) / 2)
+    assert t == pytest.approx(1.8245, abs=1e-4)
+    assert result.n_pairs == 4
+    assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(t, 3))
+    assert result.p_value == pytest.approx(scipy_stats.ttest_rel([1.0, 2.5, 2.0, 4.0], [0.5, 2.0, 2.2, 3.0]).pvalue)
+
+
+def test_paired_test_edge_cases_identical_differences_and_too_few_pairs():
+    assert paired_test({0: 1.1, 1: 2.2, 2: 3.3}, {0: 0.1, 1: 1.2, 2: 2.3}).p_value == pytest.approx(0.0)
+    assert paired_test({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}).p_value == 1.0  # nothing differs
+    assert paired_test({0: 1.0, 1: 2.0}, {0: 0.5, 5: 1.0}) == paired_test({0: 1.0}, {0: 0.5})
+    assert paired_test({0: 1.0, 1: 2.0}, {0: 0.5, 5: 1.0}).p_value is None
+    assert paired_test({0: 1.0, 1: 2.0}, {0: 0.5, 5: 1.0}).n_pairs == 1
+
+
+def test_delta_m_gets_a_paired_test_of_its_per_seed_values_against_zero():
+    metrics = {"click": "auroc", "age": "mse"}
+    values = {s: {"click": AUROC["esmm(mmoe)", s], "age": MSE["esmm(mmoe)", s]} for s in (0, 1, 2)}
+    base = {s: {"click": AUROC["mmoe", s], "age": MSE["mmoe", s]} for s in (0, 1, 2)}
+    per_seed = [(10.0 - 10.0) / 2, (10.0 + 10.0) / 2, (10.0 - 10.0) / 2]  # age: -10%, +10%, -10%
+    result = paired_delta_m_test(values, base, metrics)
+    assert result.n_pairs == 3
+    assert result.p_value == pytest.approx(scipy_stats.ttest_1samp(per_seed, 0.0).pvalue)
+    assert paired_delta_m_test({0: {"click": 0.9}}, base, metrics).n_pairs == 0  # seed 0 lacks a task
+
+
+# -- run records -------------------------------------------------------------------------------------------------
+
+
+def test_runs_are_grouped_by_what_their_configs_differ_in(sweep):
+    study = load_runs(find_runs([sweep]))
+    # paths.output_dir differs between every run and the model nodes in many leaves: neither is a swept key.
+    assert study.swept == ["model", "data.correlation"]
+    runs = study.runs.set_index(study.runs["run"].map(lambda r: Path(r).name))
+    assert runs.loc["0", "group"] == "model=mmoe data.correlation=0.5"
+    assert runs.loc["9", "group"] == "model=esmm(mmoe) data.correlation=0.9"  # the name metrics.json records
+    assert runs.loc["9", "model"] == "esmm(mmoe)" and runs.loc["9", "data.correlation"] == 0.9
+    assert runs.loc[["0", "1", "2", "12"], "seed"].tolist() == [0, 1, 2, 3]
+    assert runs.loc["0", ["status", "error", "best_epoch", "epochs_trained", "duration_s"]].tolist() == \
+        ["ok", "", 1, 2, 1.5]
+    assert list(study.runs.columns) == ["run", "group", "seed", "status", "error", "best_epoch", "epochs_trained",
+                                        "duration_s", "model", "data.correlation"]
+
+
+def test_a_failed_run_and_a_run_without_its_config_are_listed_not_dropped(sweep):
+    study = load_runs(find_runs([sweep]))
+    runs = study.runs.set_index(study.runs["run"].map(lambda r: Path(r).name))
+    assert len(runs) == 14
+    assert runs.loc["12", ["group", "status", "error"]].tolist() == \
+        ["model=mmoe data.correlation=0.5", "failed", "ValueError: loss is nan | at step 7"]
+    assert runs.loc["13", "status"] == "failed" and "config.yaml" in runs.loc["13", "error"]
+    assert runs.loc["13", "group"] == "(unknown)"
+    assert not study.values["run"].str.endswith(("/12", "/13")).any()  # only ok runs have values
+
+
+def test_values_are_one_row_per_run_split_task_metric_plus_the_normalised_loss(sweep):
+    study = load_runs(find_runs([sweep]))
+    values = study.values
+    assert list(values.columns) == ["run", "group", "seed", "model", "data.correlation", "split", "task", "metric",
+                                    "value"]
+    assert len(values) == 12 * 2 * (4 + 1)  # 12 ok runs x 2 splits x (2 tasks x 2 metrics + norm_loss)
+    row = values[(values["run"] == str(sweep / "3")) & (values["split"] == "test") & (values["task"] == "age")
+                 & (values["metric"] == "mse")]
+    assert row["value"].tolist() == [MSE["mmoe", 0]]
+    norm = values[(values["task"] == "*") & (values["split"] == "val")]
+    assert set(norm["metric"]) == {"norm_loss"} and len(norm) == 12
+
+
+def test_a_leaf_that_varies_within_one_model_is_a_key_of_its_own_and_runs_of_other_sweeps_join(tmp_path):
+    # Two sweeps, one nested deeper than the other; only model.num_experts differs (the model name does not).
+    for i, (experts, folder) in enumerate([(4, tmp_path / "a" / "0"), (8, tmp_path / "b" / "x" / "0")]):
+        write_run(folder, config("mmoe", 0.5, 0, folder, num_experts=experts), metrics("mmoe", 0, 0.8 + i, 1.0),
+                  [f"model.num_experts={experts}"])
+    study = load_runs(find_runs([tmp_path]))
+    assert study.swept == ["model.num_experts"]
+    assert sorted(study.runs["group"]) == ["model.num_experts=4", "model.num_experts=8"]
+
+
+def test_a_stacked_run_is_its_replicas_and_a_key_added_later_as_null_is_not_swept(tmp_path):
+    stacked = tmp_path / "stacked"
+    parent = config("mmoe", 0.5, 0, stacked)
+    write_run(stacked, {**parent, "stack": 2, "new_option": None}, {"status": "ok", "stack": 2, "model": "mmoe",
+              "replicas": ["replicas/seed_0", "replicas/seed_1"], "test_norm_loss": 0.5}, ["stack=2"])
+    for seed in (0, 1):
+        folder = stacked / "replicas" / f"seed_{seed}"
+        write_run(folder, {**config("mmoe", 0.5, seed, folder), "stack": 1, "new_option": None},
+                  metrics("mmoe", seed, 0.8, 1.0), [f"seed={seed}"])
+    older = tmp_path / "older"  # a sequential run made before new_option existed
+    write_run(older, config("mmoe", 0.5, 2, older), metrics("mmoe", 2, 0.8, 1.0), ["seed=2"])
+    study = load_runs(find_runs([tmp_path]))
+    assert sorted(Path(r).name for r in study.runs["run"]) == ["older", "seed_0", "seed_1"]
+    assert study.swept == [] and set(study.runs["group"]) == {"(all)"}
+
+
+def test_nothing_swept_but_the_seed_is_one_group(tmp_path):
+    for seed in (0, 1):
+        folder = tmp_path / str(seed)
+        write_run(folder, config("mmoe", 0.5, seed, folder), metrics("mmoe", seed, 0.8, 1.0), [f"seed={seed}"])
+    study = load_runs(find_runs([tmp_path]))
+    assert study.swept == [] and set(study.runs["group"]) == {"(all)"}
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_report_end_to_end_with_a_baseline(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(sweep), "--baseline", "model=mmoe", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Δm vs model=mmoe (%)" in printed and "report: " in printed
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    assert not (sweep / "report.md").exists()
+
+    csv = pd.read_csv(out / "report.csv")
+    assert list(csv.columns) == ["schema", "split", "group", "model", "data.correlation", "task", "metric", "n", "mean",
+                                 "sd", "ci_low", "ci_high", "rel_change_pct", "n_pairs", "p_value", "significant"]
+    assert set(csv["schema"]) == {RECORD_SCHEMA} and set(csv["split"]) == {"test"}
+    # 4 groups with a config x (2 tasks + norm_loss + delta_m), and the group of the run without a config.
+    assert len(csv) == 5 * 4
+    row = csv[(csv["group"] == "model=mmoe data.correlation=0.5") & (csv["task"] == "age")].iloc[0]
+    assert row["metric"] == "mse" and row["n"] == 3  # the failed 4th run is not a sample
+    assert (row["mean"], row["sd"]) == (pytest.approx(2.0), pytest.approx(1.0))
+    assert row["ci_high"] == pytest.approx(2.0 + T_975_2DOF / math.sqrt(3))
+
+    esmm = csv[csv["group"] == "model=esmm(mmoe) data.correlation=0.9"].set_index("task")
+    # click: +10% on every seed, a clear gain; age: 2.0667 against 2.0, lower is better, a loss by chance.
+    assert esmm.loc["click", "rel_change_pct"] == pytest.approx(10.0)
+    click_p = scipy_stats.ttest_rel([0.88, 0.902, 0.924], [0.80, 0.82, 0.84]).pvalue
+    assert esmm.loc["click", "p_value"] == pytest.approx(click_p) and click_p < 0.001
+    assert bool(esmm.loc["click", "significant"])
+    assert esmm.loc["age", "rel_change_pct"] == pytest.approx(-100 * (6.2 / 3 - 2.0) / 2.0)
+    age_p = scipy_stats.ttest_rel([1.1, 1.8, 3.3], [1.0, 2.0, 3.0]).pvalue
+    assert esmm.loc["age", "p_value"] == pytest.approx(age_p) and not bool(esmm.loc["age", "significant"])
+    delta = esmm[esmm["metric"] == "delta_m"].iloc[0]
+    assert delta["rel_change_pct"] == pytest.approx((10.0 - 100 * (6.2 / 3 - 2.0) / 2.0) / 2)
+    assert delta["n_pairs"] == 3 and delta["p_value"] == pytest.approx(scipy_stats.ttest_1samp([0, 10, 0], 0).pvalue)
+    base = csv[(csv["group"] == "model=mmoe data.correlation=0.9") & (csv["metric"] == "delta_m")].iloc[0]
+    assert base["rel_change_pct"] == 0.0 and pd.isna(base["p_value"])
+
+    md = (out / "report.md").read_text()
+    assert f"Record schema {RECORD_SCHEMA}; split: test; metric per task: click auroc, age mse." in md
+    assert "| model=esmm(mmoe) data.correlation=0.9 | 3 | 0.9020 ± 0.0220 [" in md
+    assert "| +10.00 (p<0.001)* |" in md
+    assert "| model=mmoe data.correlation=0.5 | 3 (+1 failed) |" in md
+    failed = md.split("## Failed runs", 1)[1]
+    error = "ValueError: loss is nan \\| at step 7"  # a | would end the cell
+    assert f"| {sweep / '12'} | model=mmoe data.correlation=0.5 | 3 | failed | {error} |" in failed
+    assert str(sweep / "13") in failed and "config.yaml" in failed
+    assert str(sweep / "0") + " " not in failed
+
+
+def test_report_defaults_write_into_the_first_folder_and_take_split_and_metric(sweep, capsys):
+    assert main([str(sweep), "--split", "val", "--metric", "mae"]) == 1  # click has no mae
+    assert "--metric: task 'click' has no 'mae'" in capsys.readouterr().err
+    assert main([str(sweep), "--split", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert "click val auroc" in printed and "age val mse" in printed and "Δm" not in printed
+    assert "2 run(s) not ok" in printed
+    assert "split: val" in (sweep / "report.md").read_text()
+    assert set(pd.read_csv(sweep / "report.csv")["split"]) == {"val"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--baseline", "model=nope"], "--baseline: expected a swept override such as weighting=equal"),
+    (["--baseline", "weighting=equal"], "--baseline: expected a swept override"),  # not swept here
+    (["--baseline", "model"], "--baseline: expected a swept override"),
+    (["--alpha", "2"], "--alpha: expected a level in (0, 1)"),
+])
+def test_bad_arguments_are_one_line_errors(sweep, capsys, args, message):
+    assert main([str(sweep), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mtlexp: error: {message}") and err.count("\n") == 1
+
+
+def test_missing_folders_and_folders_without_runs_are_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1
+    assert "no run folders" in capsys.readouterr().err
+
+
+def test_a_baseline_value_matches_however_it_is_typed(sweep, tmp_path):
+    assert main([str(sweep), "--baseline", "data.correlation=0.50", "--out", str(tmp_path / "o")]) == 0
+    csv = pd.read_csv(tmp_path / "o" / "report.csv")
+    # correlation changes nothing measured: every group is level with its baseline.
+    assert csv.loc[csv["metric"] == "delta_m", "rel_change_pct"].dropna().abs().max() == pytest.approx(0.0, abs=1e-9)
+    assert csv.loc[csv["metric"] == "delta_m", "rel_change_pct"].notna().sum() == 4
+
+
 def test_a_run_recorded_as_running_whose_process_is_gone_is_stale_not_failed(tmp_path):
-    import json
     import os
     import socket
     import subprocess
@@ -33,9 +324,7 @@ def test_a_run_recorded_as_running_whose_process_is_gone_is_stale_not_failed(tmp
     # Through the CLI: a sweep with one finished run and one killed without a word.
     for job, record in (("0", {"status": "ok", "test": {"t": {"mse": 1.0}}, "test_norm_loss": 0.5}),
                         ("1", {"status": "running", "pid": gone.pid, "host": host})):
-        (tmp_path / job / ".hydra").mkdir(parents=True)
-        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("- model=mmoe\n")
-        (tmp_path / job / "metrics.json").write_text(json.dumps(record))
+        write_run(tmp_path / job, config("mmoe", 0.5, int(job), tmp_path / job), record, ["model=mmoe"])
     result = cli_in_fork(["report", str(tmp_path)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 (+1 stale)" in result.stdout, result.stdout

@@ -1,50 +1,516 @@
-"""Figures drawn from the contents of a run folder (no training code)."""
+"""Figures drawn from run folders and from a study's tables (no training code).
+
+Two kinds of input: one run's ``metrics.json`` (``plot_gates``, drawn at the end of training), and the tidy
+frames ``mtlexp report`` builds from a study's run folders: ``runs`` (one row per run: ``run``, ``group``,
+``seed``, ``status``, ..., one column per swept key) and ``values`` (one row per run, split, task and metric:
+``run``, ``group``, ``seed``, the swept-key columns, ``split``, ``task``, ``metric``, ``value``; task ``*``
+holds the split's norm_loss). ``study_figures`` picks the figures a study's design calls for.
+
+Figures are matplotlib ``Figure`` objects (the Agg canvas, no pyplot state to leak between figures), written
+as PNG and PDF through a temporary file and a rename. ``out`` arguments are paths without a suffix: a dotted
+swept key such as ``data.correlation`` in a file name must not be taken for one.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from mtlexp.io import write_atomic
+import numpy as np
+
+from mtlexp.io import read_json, write_atomic
+from mtlexp.report.stats import HIGHER_IS_BETTER, LOWER_IS_BETTER, summarize
+
+if TYPE_CHECKING:  # pandas is imported where it is used: train.py imports this module for plot_gates
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+ALL_TASKS = "*"  # the task of the rows in ``values`` that hold a split's norm_loss (records.ALL_TASKS; that
+# module imports pandas, which train.py, importing this one for plot_gates, does without)
+RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "value"})  # others: swept keys
+LEVEL = 0.95  # confidence level of every band and error bar
+MIN_SEEDS_FOR_DISTRIBUTION = 5
+FORMATS = ("png", "pdf")  # every figure is written in each
 
 
-def plot_gates(
-    gates: dict[str, list[float]], path: str | Path, title: str = "", experts: dict[str, list[str]] | None = None
-) -> Path:
-    """A heatmap of the mean weight each gate (row) gives each expert (column).
+# --- pure helpers ------------------------------------------------------------------------------------------
 
-    ``experts`` names the experts behind each gate's weights (``MTLModel.gate_experts``); gates are aligned
-    on those names, so CGC/PLE's gates of different widths share the columns of the experts they share, and
-    an expert a gate cannot reach is left blank. Without names, columns are expert indices.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+def higher_is_better(metric: str) -> bool:
+    """The direction of a metric by name; a name of unknown direction is an error, not a guess."""
+    if metric in HIGHER_IS_BETTER:
+        return True
+    if metric in LOWER_IS_BETTER:
+        return False
+    raise ValueError(f"metric {metric!r} has no known direction (known: {sorted({*HIGHER_IS_BETTER, *LOWER_IS_BETTER})})")
 
-    names = {g: (experts or {}).get(g) or [f"expert_{e}" for e in range(len(w))] for g, w in gates.items()}
-    widest_first = sorted(gates, key=lambda g: -len(names[g]))  # a PLE shared gate lists its level in order
-    columns = list(dict.fromkeys(e for g in widest_first for e in names[g]))
+
+def headline_metric(metrics: Iterable[str]) -> str:
+    """The metric a task is judged by: auroc when it has one, else mse, else its first."""
+    metrics = list(metrics)
+    return "auroc" if "auroc" in metrics else "mse" if "mse" in metrics else metrics[0]
+
+
+def mean_ci(frame: pd.DataFrame, by: list[str], column: str = "value") -> pd.DataFrame:
+    """Per group of ``by`` (sorted): ``mean``, ``half`` (half-width of the Student t confidence interval of the
+    mean; 0 for a single sample, so its band or error bar collapses onto the line) and ``n`` of ``column``."""
+    import pandas as pd
+
+    rows = []
+    for key, sample in frame.groupby(by, sort=True)[column]:
+        summary = summarize(sample, LEVEL)
+        rows.append((*key, summary.mean, 0.0 if summary.n < 2 else summary.ci_high - summary.mean, summary.n))
+    return pd.DataFrame(rows, columns=[*by, "mean", "half", "n"])
+
+
+def pareto_front(points: Any, higher_is_better: bool) -> np.ndarray:
+    """Which of the (N, 2) ``points`` no other point dominates (at least as good on both axes and better on
+    one); ties are all on the front."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    better = points if higher_is_better else -points  # compare as "higher is better" either way
+    at_least = (better[:, None, :] >= better[None, :, :]).all(-1)  # [j, i]: j at least as good as i everywhere
+    strictly = (better[:, None, :] > better[None, :, :]).any(-1)
+    dominated = (at_least & strictly).any(0)
+    return ~dominated
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    import pandas as pd
+
+    return column.dtype != bool and bool(pd.to_numeric(column, errors="coerce").notna().all())
+
+
+def swept_columns(frame: pd.DataFrame) -> list[str]:
+    """The swept-key columns of a ``values`` frame: every column that is not part of the record itself."""
+    return [c for c in frame.columns if c not in RECORD_COLUMNS]
+
+
+def line_labels(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    """One legend label per row: its values of the keys ``by``, comma-separated (``all runs`` without keys);
+    the legend's title names the keys."""
+    import pandas as pd
+
+    if not by:
+        return pd.Series("all runs", index=frame.index)
+    return frame[list(by)].astype(str).agg(", ".join, axis=1)
+
+
+def group_name(group: str) -> str:
+    """A group as shown in figures (the group of a study that swept only seeds is empty)."""
+    return group or "all runs"
+
+
+def _task_title(task: str) -> str:
+    return "mean over tasks" if task == ALL_TASKS else task
+
+
+def _selected(values: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
+    """The rows of one metric on one split (one per run and task)."""
+    rows = values[(values["split"] == split) & (values["metric"] == metric)]
+    if rows.empty:
+        raise ValueError(f"no {split} {metric} values")
+    return rows
+
+
+# --- drawing and writing -----------------------------------------------------------------------------------
+
+
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.8, **kwargs: Any
+            ) -> tuple[Figure, np.ndarray]:
+    """A figure with a grid of axes (always a 2-D array), sized per panel."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _save(fig: Figure, out: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
+    """Write ``fig`` as ``<out>.<format>`` for each format (default ``FORMATS``), each through a temporary file
+    and a rename."""
+    out = Path(out)
+    paths = []
+    for fmt in FORMATS if formats is None else formats:
+        buffer = io.BytesIO()
+        # Without a creation date the PDF is the same bytes for the same figure.
+        fig.savefig(buffer, format=fmt, dpi=120, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        path = out.parent / f"{out.name}.{fmt}"
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _band(ax: Axes, x: Any, mean: Any, half: Any, **kwargs: Any) -> None:
+    """A line of means with its confidence band in the line's colour."""
+    (line,) = ax.plot(x, mean, **kwargs)
+    ax.fill_between(x, np.asarray(mean) - np.asarray(half), np.asarray(mean) + np.asarray(half),
+                    color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+# --- metric against a swept key (MMoE paper, Fig. 3/4) -----------------------------------------------------
+
+
+def plot_metric_against(values: pd.DataFrame, key: str, metric: str, split: str, out: str | Path,
+                        by: Sequence[str] | None = None) -> list[Path]:
+    """A metric against a numeric swept key, one panel per task (norm_loss: the task mean), one line per value
+    of the other swept keys ``by`` (default: every swept-key column but ``key``), each the mean over seeds
+    with its 95% Student t confidence band. The view of the MMoE paper's Figs. 3 and 4 (loss against task
+    correlation)."""
+    import pandas as pd
+
+    rows = _selected(values, metric, split)
+    x = pd.to_numeric(rows[key], errors="coerce")
+    if x.isna().any():
+        raise ValueError(f"{key} is not numeric: {sorted(rows.loc[x.isna(), key].astype(str).unique())}")
+    by = [c for c in swept_columns(values) if c != key] if by is None else list(by)
+    rows = rows.assign(x=x, line=line_labels(rows, by))
+    tasks = list(dict.fromkeys(rows["task"]))
+    fig, axes = _figure(len(tasks), sharex=True)
+    for ax, task in zip(axes[0], tasks):
+        table = mean_ci(rows[rows["task"] == task], ["line", "x"])
+        for line, part in table.groupby("line", sort=False):
+            _band(ax, part["x"], part["mean"], part["half"], marker="o", markersize=4, label=line)
+        ax.set_title(_task_title(task), fontsize=10)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{split} {metric}")
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=8, title=", ".join(by) or None, title_fontsize=8)
+    fig.suptitle(f"{split} {metric} against {key}: mean over seeds, {LEVEL:.0%} CI", fontsize=11)
+    return _save(fig, out)
+
+
+# --- training curves ---------------------------------------------------------------------------------------
+
+# Per epoch: the epoch's mean training loss and the validation loss after it. (The CSV's ``step`` counts
+# training_steps, chunks of data.chunk_steps optimizer steps, and step-level training losses are only written
+# every trainer.log_every_n_steps chunks: epochs are the grid every run has.)
+TRAIN_LOSS, VAL_LOSS = "train/loss_epoch", "val/loss"
+
+
+def read_loss_curves(run: str | Path) -> pd.DataFrame | None:
+    """A run's logged losses from ``csv/metrics.csv`` as rows of ``curve`` (train/val), ``epoch``, ``value``;
+    None without the log."""
+    import pandas as pd
+
+    path = Path(run) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    logged = pd.read_csv(path)
+    if "epoch" not in logged:
+        return None
+    # After fit, the best checkpoint is validated once more (and tested): those rows come after the last row
+    # that logs a train/ metric, and are not part of the curve.
+    trained = logged.filter(like="train/").notna().any(axis=1)
+    during_fit = logged.index <= (trained[trained].index.max() if trained.any() else -1)
+    parts = []
+    for column, curve in ((TRAIN_LOSS, "train"), (VAL_LOSS, "val")):
+        if column in logged:
+            rows = (logged[during_fit] if curve == "val" else logged)[["epoch", column]].dropna()
+            parts.append(pd.DataFrame({"curve": curve, "epoch": rows["epoch"].astype(int), "value": rows[column]}))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def loss_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per ``group``, ``curve`` (train/val) and ``epoch``: the ``mean``, CI ``half``-width and ``n`` of the loss
+    over the group's runs that logged that epoch (runs without a CSV log are left out), so runs that stopped
+    early shorten a curve's support instead of breaking it."""
+    import pandas as pd
+
+    curves = []
+    for run, group in zip(runs["run"], runs["group"]):
+        losses = read_loss_curves(run)
+        if losses is not None:
+            curves.append(losses.assign(run=str(run), group=group))
+    if not curves:
+        raise ValueError(f"no run has a csv/metrics.csv with {TRAIN_LOSS} or {VAL_LOSS}")
+    frame = pd.concat(curves, ignore_index=True)
+    per_run = frame.groupby(["group", "curve", "epoch", "run"], sort=False)["value"].mean().reset_index()
+    return mean_ci(per_run, ["group", "curve", "epoch"])
+
+
+def plot_training_curves(runs: pd.DataFrame, out: str | Path) -> list[Path]:
+    """Training loss (``train/loss_epoch``) and validation loss (``val/loss``) over epochs, per group:
+    the mean with its 95% confidence band over the group's seeds (``loss_curves``), from each run's
+    ``csv/metrics.csv``."""
+    table = loss_curves(runs)
+    fig, axes = _figure(width=7.0, height=4.5)
+    ax = axes[0, 0]
+    for i, (group, part) in enumerate(table.groupby("group", sort=False)):
+        color = f"C{i % 10}"
+        for curve, style in (("train", "-"), ("val", "--")):
+            line = part[part["curve"] == curve]
+            if not line.empty:
+                _band(ax, line["epoch"], line["mean"], line["half"], color=color, linestyle=style,
+                      marker="o" if curve == "val" else None, markersize=3, label=f"{group_name(group)} ({curve})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"training (solid) and validation (dashed) loss: mean over seeds, {LEVEL:.0%} CI", fontsize=10)
+    return _save(fig, out)
+
+
+# --- distribution of the final metric over seeds (MMoE paper, Fig. 5) --------------------------------------
+
+
+def plot_final_distribution(values: pd.DataFrame, metric: str, split: str, out: str | Path) -> list[Path]:
+    """The distribution over seeds of a final metric per group, one panel per task: a box plot (quartiles,
+    whiskers at 1.5 IQR) with every run as a point, the view of the MMoE paper's Fig. 5 (trainability: how much
+    the outcome depends on the seed)."""
+    rows = _selected(values, metric, split)
+    tasks = list(dict.fromkeys(rows["task"]))
+    groups = list(dict.fromkeys(rows["group"]))
+    fig, axes = _figure(len(tasks), width=max(4.0, 1.0 + 0.8 * len(groups)), height=4.5, sharey=True)
+    jitter = np.random.default_rng(0)  # fixed, so the same study draws the same figure
+    for ax, task in zip(axes[0], tasks):
+        samples = [rows.loc[(rows["task"] == task) & (rows["group"] == g), "value"].to_numpy() for g in groups]
+        ax.boxplot(samples, widths=0.6, showfliers=False, medianprops={"color": "black"})
+        for position, sample in enumerate(samples, start=1):
+            ax.scatter(position + jitter.uniform(-0.2, 0.2, len(sample)), sample, s=6, alpha=0.5,
+                       color=f"C{(position - 1) % 10}", linewidths=0)
+        ax.set_xticks(range(1, len(groups) + 1), [f"{group_name(g)} (n={len(s)})" for g, s in zip(groups, samples)],
+                      rotation=30, ha="right", fontsize=8)
+        ax.set_title(_task_title(task), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel(f"{split} {metric}")
+    fig.suptitle(f"final {split} {metric} over seeds, per group", fontsize=11)
+    return _save(fig, out)
+
+
+# --- gates -------------------------------------------------------------------------------------------------
+
+
+def _expert_names(gates: dict[str, Any], experts: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """The experts behind each gate's weights (``MTLModel.gate_experts``); expert indices without names."""
+    return {g: (experts or {}).get(g) or [f"expert_{e}" for e in range(len(w))] for g, w in gates.items()}
+
+
+def _expert_columns(names: dict[str, list[str]]) -> list[str]:
+    """Every expert once, in the order of the widest gate first: a PLE shared gate lists its level in order."""
+    widest_first = sorted(names, key=lambda g: -len(names[g]))
+    return list(dict.fromkeys(e for g in widest_first for e in names[g]))
+
+
+def _short(expert: str) -> str:
+    return expert.replace("expert_", "")
+
+
+def _gate_heatmap_figure(gates: dict[str, list[float]], experts: dict[str, list[str]] | None, title: str) -> Figure:
+    names = _expert_names(gates, experts)
+    columns = _expert_columns(names)
     grid = np.full((len(gates), len(columns)), np.nan)
     for row, (gate, weights) in enumerate(gates.items()):
         for name, weight in zip(names[gate], weights):
             grid[row, columns.index(name)] = weight
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(columns) + 2.5), 0.45 * len(gates) + 1.8))
+    fig, axes = _figure(width=max(4.0, 0.55 * len(columns) + 2.5), height=0.45 * len(gates) + 1.8)
+    ax = axes[0, 0]
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, aspect="auto")
     for (row, col), value in np.ndenumerate(grid):
         if not np.isnan(value):
             ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if value < 0.6 * np.nanmax(grid) else "black")
-    ax.set_xticks(range(len(columns)), [c.replace("expert_", "") for c in columns], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(gates)), list(gates), fontsize=8)
     ax.set_xlabel("expert")
+    ax.set_ylabel("gate (task)")
     ax.set_title(title or "mean gate weight per expert (val)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04, label="mean weight")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_gates(
+    gates: dict[str, list[float]], path: str | Path, title: str = "", experts: dict[str, list[str]] | None = None
+) -> Path:
+    """A heatmap of the mean weight each gate (row) gives each expert (column), as one PNG at ``path``.
+
+    ``experts`` names the experts behind each gate's weights (``MTLModel.gate_experts``); gates are aligned
+    on those names, so CGC/PLE's gates of different widths share the columns of the experts they share, and
+    an expert a gate cannot reach is left blank. Without names, columns are expert indices.
+    """
     path = Path(path)
-    write_atomic(path, buffer.getvalue())
-    return path
+    (written,) = _save(_gate_heatmap_figure(gates, experts, title), path.parent / path.stem, formats=("png",))
+    return written
+
+
+def plot_gate_heatmap(gates: dict[str, list[float]], gate_experts: dict[str, list[str]] | None, out: str | Path,
+                      title: str = "") -> list[Path]:
+    """``plot_gates`` as PNG and PDF: mean gate weight per gate (task) and expert, aligned on expert names,
+    blank where a gate cannot reach an expert."""
+    return _save(_gate_heatmap_figure(gates, gate_experts, title), out)
+
+
+def plot_gate_distribution(gate_hist: dict[str, list[list[float]]], gate_experts: dict[str, list[str]] | None,
+                           out: str | Path, title: str = "") -> list[Path]:
+    """How each gate's weight for each expert spreads over rows: per gate a panel, per expert a violin-like
+    shape drawn from the histogram (``metrics.json``'s ``gate_hist``: per gate, per expert, row counts in
+    equal bins on [0, 1]), its width the share of rows in the bin relative to the expert's fullest bin, and a
+    dot at the mean. Experts are aligned on names across gates, as in the heatmap."""
+    names = _expert_names(gate_hist, gate_experts)
+    columns = _expert_columns(names)
+    fig, axes = _figure(nrows=len(gate_hist), width=max(4.0, 0.6 * len(columns) + 2.0), height=1.9, sharex=True)
+    for ax, (gate, counts) in zip(axes[:, 0], gate_hist.items()):
+        counts = np.asarray(counts, dtype=float)  # (E, bins)
+        edges = np.linspace(0.0, 1.0, counts.shape[1] + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        for name, row in zip(names[gate], counts):
+            col = columns.index(name)
+            if row.sum() == 0:
+                continue
+            width = 0.45 * row / row.max()
+            ax.fill_betweenx(centers, col - width, col + width, step="mid", color=f"C{col % 10}", alpha=0.7,
+                             linewidth=0)
+            ax.plot(col, (centers * row).sum() / row.sum(), "o", color="white", markeredgecolor="black",
+                    markersize=4)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel(f"{gate}\nweight", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=45, ha="right", fontsize=8)
+    axes[-1, 0].set_xlim(-0.6, len(columns) - 0.4)
+    axes[-1, 0].set_xlabel("expert")
+    fig.suptitle(title or "per-row gate weight per expert (val): distribution over rows, dot at the mean",
+                 fontsize=10)
+    return _save(fig, out)
+
+
+# --- trade-off between two tasks ---------------------------------------------------------------------------
+
+
+def plot_pareto(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str, out: str | Path
+                ) -> list[Path]:
+    """Task A against task B on one metric, a point per group (mean over seeds, 95% CI error bars), with the
+    groups no other group beats on both tasks joined as the Pareto front (in the metric's direction)."""
+    higher = higher_is_better(metric)
+    rows = _selected(values, metric, split)
+    table = mean_ci(rows[rows["task"].isin([task_a, task_b])], ["group", "task"])
+    mean = table.pivot(index="group", columns="task", values="mean").dropna()
+    half = table.pivot(index="group", columns="task", values="half").loc[mean.index]
+    if mean.empty or task_a not in mean or task_b not in mean:
+        raise ValueError(f"no group has {split} {metric} for both {task_a} and {task_b}")
+    points = mean[[task_a, task_b]].to_numpy()
+    front = pareto_front(points, higher)
+    fig, axes = _figure(width=6.0, height=4.8)
+    ax = axes[0, 0]
+    for i, group in enumerate(mean.index):
+        ax.errorbar(points[i, 0], points[i, 1], xerr=half.loc[group, task_a], yerr=half.loc[group, task_b],
+                    fmt="o", color=f"C{i % 10}", capsize=3, markersize=7 if front[i] else 5,
+                    label=group_name(group) + (" (front)" if front[i] else ""))
+    on_front = points[front][np.argsort(points[front][:, 0])]
+    ax.plot(on_front[:, 0], on_front[:, 1], "--", color="grey", linewidth=1, zorder=0, label="Pareto front")
+    ax.set_xlabel(f"{task_a} {split} {metric}")
+    ax.set_ylabel(f"{task_b} {split} {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{task_a} vs {task_b}: {split} {metric} per group ({'higher' if higher else 'lower'} is better; "
+                 f"mean, {LEVEL:.0%} CI)", fontsize=10)
+    return _save(fig, out)
+
+
+# --- a study's figures -------------------------------------------------------------------------------------
+
+
+def _file_name(text: str) -> str:
+    """A group or key as a file name: anything but letters, digits and ``._=-`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "all"
+
+
+def group_gates(run_dirs: Iterable[str | Path]) -> tuple[dict[str, list[float]], dict[str, list[str]],
+                                                         dict[str, list[list[float]]]]:
+    """Gates of a group's runs, from their ``metrics.json``: the mean weights over runs, the expert names, and
+    the summed weight histograms (summing row counts pools the runs' rows). Runs whose gates name other
+    experts than the first gated run's are left out of the mean."""
+    records = {r: m for r in run_dirs if (m := read_json(Path(r) / "metrics.json")).get("gates")}
+    if not records:
+        return {}, {}, {}
+    first = next(iter(records))
+    experts = records[first].get("gate_experts") or {}
+    same = [m for m in records.values() if (m.get("gate_experts") or {}) == experts
+            and m["gates"].keys() == records[first]["gates"].keys()]
+    if len(same) < len(records):
+        log.warning("gates: %d of %d runs have other gates or experts than %s; left out of the mean",
+                    len(records) - len(same), len(records), first)
+    gates = {g: np.mean([m["gates"][g] for m in same], axis=0).round(6).tolist() for g in same[0]["gates"]}
+    with_hist = [m["gate_hist"] for m in same if m.get("gate_hist") and m["gate_hist"].keys() == gates.keys()]
+    hist = {g: np.sum([h[g] for h in with_hist], axis=0).tolist() for g in gates} if with_hist else {}
+    return gates, experts, hist
+
+
+def group_gate_figures(run_dirs: Iterable[str | Path], name: str, stem: Path) -> list[Path]:
+    """A group's mean gate weights (``<stem>_weights``) and, when its runs recorded them, the distribution of
+    the weights over rows (``<stem>_weight_distribution``); nothing for a group without gates."""
+    gates, experts, hist = group_gates(run_dirs)
+    if not gates:
+        return []
+    written = plot_gate_heatmap(gates, experts, stem.with_name(f"{stem.name}_weights"),
+                                title=f"{name}: mean gate weight per expert (val)")
+    if hist:
+        written += plot_gate_distribution(hist, experts, stem.with_name(f"{stem.name}_weight_distribution"),
+                                          title=f"{name}: per-row gate weight per expert (val)")
+    return written
+
+
+def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str], out_dir: str | Path,
+                  split: str = "test") -> list[Path]:
+    """The figures a study calls for, written under ``out_dir``; returns their paths.
+
+    - per numeric swept key: the headline metric of every task (auroc, else mse, else the first) and norm_loss
+      against it (``plot_metric_against``);
+    - training curves, when runs have CSV logs;
+    - the distribution over seeds of the same metrics, when a group has at least 5 seeds;
+    - per group with gates: the mean gate weights and, when recorded, their distribution over rows (``gates/``);
+    - the Pareto front of the two tasks, when there are exactly two and at least two groups.
+
+    A figure the data cannot give (a metric missing, a key not numeric, a log unreadable) is skipped with a
+    warning, never an error that stops the report.
+    """
+    out_dir = Path(out_dir)
+    keys = [k for k in swept if k != "seed"]
+    values = values[values["split"] == split]
+    ok_runs = runs[runs["status"] == "ok"]
+    tasks = [t for t in dict.fromkeys(values["task"]) if t != ALL_TASKS]
+    headline = {t: headline_metric(dict.fromkeys(values.loc[values["task"] == t, "metric"])) for t in tasks}
+    judged = [(m, [t for t in tasks if headline[t] == m]) for m in dict.fromkeys(headline.values())]
+    judged.append(("norm_loss", [ALL_TASKS]))
+    written: list[Path] = []
+
+    def attempt(name: str, draw: Callable[[], list[Path]]) -> None:
+        """Draw one figure now; an error here is the data's (the figure has nothing to show), and the report
+        and the other figures go on."""
+        try:
+            written.extend(draw())
+        except Exception as err:
+            log.warning("figure %s skipped: %s", name, err)
+
+    for key in keys:
+        if key not in values or not _is_numeric(values[key]):
+            continue
+        for metric, its_tasks in judged:
+            subset = values[values["task"].isin(its_tasks)]
+            others = [o for o in keys if o != key]
+            attempt(f"{metric} vs {key}", lambda: plot_metric_against(
+                subset, key, metric, split, out_dir / f"{metric}_vs_{_file_name(key)}", by=others))
+
+    if any((Path(r) / "csv" / "metrics.csv").is_file() for r in ok_runs["run"]):
+        attempt("training curves", lambda: plot_training_curves(ok_runs, out_dir / "training_curves"))
+
+    if not values.empty and values.groupby("group")["seed"].nunique().max() >= MIN_SEEDS_FOR_DISTRIBUTION:
+        for metric, its_tasks in judged:
+            subset = values[values["task"].isin(its_tasks)]
+            attempt(f"{metric} distribution", lambda: plot_final_distribution(
+                subset, metric, split, out_dir / f"{metric}_distribution"))
+
+    for group, members in ok_runs.groupby("group", sort=False):
+        attempt(f"gates of {group_name(group)}", lambda: group_gate_figures(
+            members["run"], group_name(group), out_dir / "gates" / _file_name(group)))
+
+    if len(tasks) == 2 and values["group"].nunique() >= 2:
+        a, b = tasks
+        metric = headline[a] if headline[a] == headline[b] else "norm_loss"
+        attempt("pareto", lambda: plot_pareto(values, a, b, metric, split, out_dir / f"pareto_{metric}"))
+    return written

@@ -1,166 +1,343 @@
-"""``mtlexp report <dir>...``: mean and spread over seeds of every configuration in one or more sweeps.
+"""``mtlexp report <dir>...``: every configuration of one or more sweeps, summarised over seeds.
 
-Reads run folders only (``metrics.json`` and ``.hydra/overrides.yaml``), never training code, so it works on
-old runs and runs from other machines. Runs are grouped by their overrides minus ``seed`` and minus the
-overrides every run shares.
+Built on the run records (``records.py``: each run's config and metrics.json, as tables) and on statistics
+over seeds (``stats.py``), never on training code, so it reads old runs and runs from other machines. A group
+is the runs that differ only in their seed; per group and task it reports the mean, sd and 95% confidence
+interval of the headline metric and, against a baseline, the relative change and a paired test over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import statistics
+import math
 import sys
-from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from mtlexp.errors import MtlexpError
-from mtlexp.io import read_json, write_atomic
-from mtlexp.processes import is_gone
+from mtlexp.io import write_atomic
+from mtlexp.report.records import (
+    ALL_TASKS,
+    RECORD_SCHEMA,
+    UNKNOWN_GROUP,
+    Study,
+    config_name,
+    find_runs,
+    format_value,
+    load_runs,
+    run_overrides,
+    run_state,
+    swept_only,
+)
+from mtlexp.report.stats import (
+    PairedTest,
+    Summary,
+    delta_m,
+    paired_delta_m_test,
+    paired_test,
+    relative_change,
+    summarize,
+)
 from mtlexp.report.table import format_table
 
+# With the run-folder readers from records.py, which runner.py and older callers import from here.
+__all__ = ["Report", "build_report", "config_name", "default_metric", "delta_m", "find_runs", "main",
+           "run_overrides", "run_state", "swept_only", "write_report"]
 
-def find_runs(roots: list[Path]) -> list[Path]:
-    """Training run folders under ``roots`` (``mtlexp eval`` folders, which look alike, are left out)."""
-    found = {p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()}
-    return sorted(run for run in found if config_name(run) != "eval")
-
-
-def config_name(run: Path) -> str | None:
-    """The primary config a run was composed from (``config`` for mtlexp train, ``eval`` for mtlexp eval)."""
-    path = run / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return None
-    job = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("job", {})
-    return job.get("config_name")
+DELTA_M = "delta_m"  # the metric name of the Delta-m rows in report.csv (task "*")
 
 
-def run_overrides(run: Path) -> list[str]:
-    path = run / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+def default_metric(names: Iterable[str]) -> str:
+    """The headline metric of a task with metrics ``names``: auroc, else mse, else the first."""
+    names = list(names)
+    return "auroc" if "auroc" in names else "mse" if "mse" in names else names[0]
 
 
-def swept_only(overrides: list[list[str]]) -> list[list[str]]:
-    """Each run's overrides minus those every run shares: what the sweep varied."""
-    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
-    return [[o for o in run if o not in common] for run in overrides]
+@dataclass(frozen=True)
+class Report:
+    """A study summarised for one split: ``summary`` is tidy (one row per group x task, report.csv), ``header``
+    and ``rows`` the same for people (one row per group: printed, and report.md's table)."""
+
+    split: str
+    metrics: dict[str, str]  # the headline metric of each task
+    baseline: str | None
+    alpha: float
+    summary: pd.DataFrame
+    header: list[str]
+    rows: list[list[Any]]
 
 
-def default_metric(values: dict[str, float]) -> str:
-    return "auroc" if "auroc" in values else "mse" if "mse" in values else next(iter(values))
-
-
-LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "norm_loss", "log_loss")
-
-
-def delta_m(means: dict[str, float], base: dict[str, float], metrics: dict[str, str]) -> float:
-    """Delta-m (%): the mean over tasks of the relative change against the baseline, signed so that a gain is
-    positive whatever the metric's direction (as LibMTL reports it)."""
-    changes = [(means[t] - base[t]) / base[t] * (-1 if metrics[t] in LOWER_IS_BETTER else 1) for t in means]
-    return 100.0 * statistics.fmean(changes)
-
-
-def run_state(metrics: dict[str, Any]) -> str:
-    """``ok``, ``failed``, ``interrupted``, ``running``, or ``stale``: recorded as running, but its process is gone
-    (killed without a chance to record it; resume it from its ``last.ckpt``)."""
-    status = str(metrics.get("status", "failed"))
-    if status != "running":
-        return status
-    return "stale" if is_gone(metrics.get("pid"), metrics.get("host")) else "running"
-
-
-def summarise(runs: list[Path], split: str = "test", metric: str | None = None,
-              baseline: str | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows: one row per configuration, ``mean ± sd (n)`` per task; with ``baseline`` (``key=value``,
-    a swept override), Delta-m of every configuration against the one that differs from it only there."""
-    swept = swept_only([run_overrides(run) for run in runs])
-    loaded = [(run, read_json(run / "metrics.json"), overrides) for run, overrides in zip(runs, swept)]
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    others: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # runs not ok, by state
-    tasks: list[str] = []
-    for _, metrics, overrides in loaded:
-        key = " ".join(o for o in overrides if not o.startswith("seed="))
-        state = run_state(metrics)
-        if state != "ok":
-            others[key][state] += 1
-            continue
-        groups[key].append(metrics)
-        tasks += [t for t in metrics.get(split, {}) if t not in tasks]
-    header = ["configuration", "runs"]
-    names = {}
-    for task in tasks:
-        sample = next(m[split][task] for ms in groups.values() for m in ms if task in m.get(split, {}))
-        names[task] = metric or default_metric(sample)
-        if names[task] not in sample:
-            raise MtlexpError(f"--metric: task {task!r} has no {names[task]!r}; it has {sorted(sample)}")
-        header.append(f"{task} {split} {names[task]}")
-    header.append(f"{split} norm_loss")
-    if baseline is not None:
-        if "=" not in baseline or not any(baseline in key.split() for key in groups):
-            raise MtlexpError(f"--baseline: expected a swept override such as weighting=equal, got {baseline!r}")
-        header.append(f"Δm vs {baseline} (%)")
-    means = {key: {t: statistics.fmean(m[split][t][names[t]] for m in ms) for t in tasks
-                   if all(t in m.get(split, {}) for m in ms)} for key, ms in groups.items() if ms}
-    rows = []
-    for key in sorted(set(groups) | set(others)):
-        ms = groups.get(key, [])
-        extra = ", ".join(f"+{n} {state}" for state, n in sorted(others[key].items())) if key in others else ""
-        row: list[Any] = [key or "(all)", f"{len(ms)}" + (f" ({extra})" if extra else "")]
-        for task in tasks:
-            row.append(_mean_sd([m[split][task][names[task]] for m in ms if task in m.get(split, {})]))
-        row.append(_mean_sd([m[f"{split}_norm_loss"] for m in ms if m.get(f"{split}_norm_loss") is not None]))
+def build_report(study: Study, split: str = "test", metric: str | None = None, baseline: str | None = None,
+                 alpha: float = 0.05) -> Report:
+    """Summarise ``study``; with ``baseline`` (``key=value``, a swept key), compare every group with the group
+    that differs from it only in that key. Raises MtlexpError for a metric or baseline that does not fit."""
+    values = study.values[study.values["split"] == split]
+    tasks = [t for t in pd.unique(values["task"]) if t != ALL_TASKS]
+    metrics = _headline_metrics(values, tasks, metric)
+    settings = _group_settings(study)
+    groups = sorted(settings, key=lambda g: (g == UNKNOWN_GROUP, [_order(settings[g][k]) for k in study.swept]))
+    bases = _baseline_groups(settings, study.swept, baseline) if baseline is not None else {}
+    measured = _Measured(values)
+    records, rows = [], []
+    for group in groups:
+        runs = study.runs[study.runs["group"] == group]
+        identity = {"schema": RECORD_SCHEMA, "split": split, "group": group, **settings[group]}
+        row: list[Any] = [group, _runs_cell(runs)]
+        gains = []
+        for task, name in [*metrics.items(), (ALL_TASKS, "norm_loss")]:
+            s = measured.summary(group, task, name)
+            record = {**identity, "task": task, "metric": name, "n": s.n, "mean": s.mean, "sd": s.sd,
+                      "ci_low": s.ci_low, "ci_high": s.ci_high}
+            row.append(_estimate(s))
+            if baseline is not None:
+                change, test = _against(measured, group, bases.get(group), task, name)
+                record.update(_comparison(change, test, alpha))
+                if task != ALL_TASKS:  # the normalised loss's change is in report.csv only
+                    gains.append(_gain_cell(change, test, alpha))
+            records.append(record)
         if baseline is not None:
-            name = baseline.split("=", 1)[0] + "="
-            base_key = " ".join(baseline if o.startswith(name) else o for o in key.split())
-            ok = key in means and base_key in means and set(means[key]) == set(means[base_key])
-            row.append(f"{delta_m(means[key], means[base_key], names):+.2f}" if ok else "-")
+            change, test = _delta_m_against(measured, group, bases.get(group), metrics)
+            records.append({**identity, "task": ALL_TASKS, "metric": DELTA_M, "n": int((runs["status"] == "ok").sum()),
+                            **_comparison(change, test, alpha)})
+            row += [*gains, _gain_cell(change, test, alpha)]
         rows.append(row)
-    return header, rows
+    header = ["group", "runs", *(f"{t} {split} {m}" for t, m in metrics.items()), f"{split} norm_loss"]
+    if baseline is not None:
+        header += [*(f"{t} Δ% (p)" for t in metrics), f"Δm vs {baseline} (%)"]
+    summary = pd.DataFrame(records, columns=_summary_columns(study.swept, baseline is not None))
+    if baseline is not None:  # integers and booleans with gaps, not floats and objects
+        summary = summary.astype({"n_pairs": "Int64", "significant": "boolean"})
+    return Report(split, metrics, baseline, alpha, summary, header, rows)
 
 
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+def write_report(study: Study, report: Report, out_dir: Path, figures: bool = True) -> list[Path]:
+    """Write ``report.md``, ``report.csv`` and (``figures``) the study's figures into ``out_dir``; return the
+    paths written."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / "report.md", out_dir / "report.csv"]
+    write_atomic(paths[0], _markdown(study, report).encode())
+    write_atomic(paths[1], report.summary.to_csv(index=False).encode())
+    if figures:
+        from mtlexp.report.figures import study_figures  # matplotlib only when figures are drawn
+
+        paths += study_figures(study.runs, study.values, study.swept, out_dir / "figures", report.split)
+    return paths
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mtlexp report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run folders (searched recursively)")
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--metric", default=None, help="metric per task (default: auroc, else mse)")
     parser.add_argument("--baseline", default=None,
-                        help="a swept override (e.g. weighting=equal): add Delta-m against it, per configuration")
+                        help="a swept key=value (e.g. weighting=equal): compare every group with the one that "
+                             "differs from it only there (relative change, paired test over seeds, Delta-m)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired tests")
+    parser.add_argument("--out", type=Path, default=None, help="folder for report.md/.csv (default: the first DIR)")
+    parser.add_argument("--no-figures", action="store_true", help="tables only (figures/ takes a few seconds)")
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
-        print(f"mtlexp: error: no such folder {str(missing[0])!r}", file=sys.stderr)
-        return 1
+        return _fail(f"no such folder {str(missing[0])!r}")
+    if not 0 < args.alpha < 1:
+        return _fail(f"--alpha: expected a level in (0, 1), got {args.alpha}")
     runs = find_runs(args.dirs)
     if not runs:
-        print(f"mtlexp: error: no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}",
-              file=sys.stderr)
-        return 1
+        return _fail(f"no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}")
+    study = load_runs(runs)
     try:
-        header, rows = summarise(runs, args.split, args.metric, args.baseline)
+        report = build_report(study, args.split, args.metric, args.baseline, args.alpha)
+        paths = write_report(study, report, args.out or args.dirs[0], figures=not args.no_figures)
     except MtlexpError as error:
-        print(f"mtlexp: error: {error}", file=sys.stderr)
-        return 1
-    table = format_table(header, rows)
-    print(table)
-    out = args.dirs[0]
-    write_atomic(out / "report.md", ("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-                                     + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows)).encode())
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([header, *rows])
-    write_atomic(out / "report.csv", buffer.getvalue().encode())
-    print(f"report: {out / 'report.md'}")
+        return _fail(str(error))
+    print(format_table(report.header, report.rows))
+    not_ok = int((study.runs["status"] != "ok").sum())
+    if not_ok:
+        print(f"{not_ok} run(s) not ok: listed under 'Failed runs' in {paths[0]}")
+    print(f"report: {paths[0]}" + (f" (+ {len(paths) - 2} figure files in {paths[2].parent})" if len(paths) > 2 else ""))
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"mtlexp: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _headline_metrics(values: pd.DataFrame, tasks: list[str], metric: str | None) -> dict[str, str]:
+    chosen = {}
+    for task in tasks:
+        available = list(pd.unique(values.loc[values["task"] == task, "metric"]))
+        chosen[task] = metric or default_metric(available)
+        if chosen[task] not in available:
+            raise MtlexpError(f"--metric: task {task!r} has no {chosen[task]!r}; it has {sorted(available)}")
+    return chosen
+
+
+def _group_settings(study: Study) -> dict[str, dict[str, Any]]:
+    """Each group's value of every swept key (the same for all its runs)."""
+    first = study.runs.drop_duplicates("group")
+    return {row["group"]: {key: row[key] for key in study.swept} for _, row in first.iterrows()}
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Sorts groups by their values: numbers by size (0.5 before 1.5 before 10), then text, then a missing key."""
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, format_value(value))
+
+
+def _baseline_groups(settings: dict[str, dict[str, Any]], swept: list[str], baseline: str) -> dict[str, str | None]:
+    """For every group, the group that differs from it only in having the baseline's value (None if not run)."""
+    key, _, wanted = baseline.partition("=")
+    matches = [s[key] for g, s in settings.items() if g != UNKNOWN_GROUP and key in s and _is(s[key], wanted)]
+    if "=" not in baseline or not matches:
+        raise MtlexpError(f"--baseline: expected a swept override such as weighting=equal, got {baseline!r} "
+                          f"(swept: {', '.join(swept) or 'nothing'})")
+
+    def identity(setting: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(format_value(setting[k]) for k in swept)
+
+    by_identity = {identity(s): g for g, s in settings.items() if g != UNKNOWN_GROUP}
+    return {g: by_identity.get(identity({**s, key: matches[0]})) for g, s in settings.items() if g != UNKNOWN_GROUP}
+
+
+def _is(value: Any, wanted: str) -> bool:
+    """Whether a config value is the one typed on the command line (``0.50`` is 0.5)."""
+    if format_value(value) == wanted:
+        return True
+    try:
+        parsed = yaml.safe_load(wanted)
+    except yaml.YAMLError:
+        return False
+    return parsed == (list(value) if isinstance(value, tuple) else value)
+
+
+class _Measured:
+    """One split's values, by (group, task, metric): their summary over runs, and their value per seed."""
+
+    def __init__(self, values: pd.DataFrame) -> None:
+        cells = dict(iter(values.groupby(["group", "task", "metric"])))
+        self._summaries = {key: summarize(cell["value"]) for key, cell in cells.items()}
+        # Runs of one group that share a seed (the same configuration run twice) are one sample: their mean.
+        self._by_seed = {key: cell.groupby("seed")["value"].mean().to_dict() for key, cell in cells.items()}
+
+    def summary(self, group: str, task: str, metric: str) -> Summary:
+        return self._summaries.get((group, task, metric)) or summarize([])
+
+    def by_seed(self, group: str, task: str, metric: str) -> dict[int, float]:
+        return self._by_seed.get((group, task, metric), {})
+
+
+def _against(measured: _Measured, group: str, base: str | None, task: str,
+             metric: str) -> tuple[float, PairedTest | None]:
+    """A task's relative change (%) against the baseline group, and the paired test over seeds (none for the
+    baseline itself)."""
+    if base is None:
+        return math.nan, None
+    change = relative_change(measured.summary(group, task, metric).mean, measured.summary(base, task, metric).mean,
+                             metric)
+    if base == group:
+        return change, None
+    return change, paired_test(measured.by_seed(group, task, metric), measured.by_seed(base, task, metric))
+
+
+def _delta_m_against(measured: _Measured, group: str, base: str | None,
+                     metrics: dict[str, str]) -> tuple[float, PairedTest | None]:
+    """Delta-m (%) against the baseline group, from the means over seeds, and its paired test (the per-seed
+    Delta-m against 0). Undefined unless both groups measured every task."""
+    if base is None or not metrics:
+        return math.nan, None
+    if any(measured.summary(g, t, m).n == 0 for g in (group, base) for t, m in metrics.items()):
+        return math.nan, None
+
+    def means(g: str) -> dict[str, float]:
+        return {t: measured.summary(g, t, m).mean for t, m in metrics.items()}
+
+    def per_seed(g: str) -> dict[int, dict[str, float]]:
+        seeds: dict[int, dict[str, float]] = {}
+        for task, metric in metrics.items():
+            for seed, value in measured.by_seed(g, task, metric).items():
+                seeds.setdefault(seed, {})[task] = value
+        return seeds
+
+    change = delta_m(means(group), means(base), metrics)
+    return change, None if base == group else paired_delta_m_test(per_seed(group), per_seed(base), metrics)
+
+
+def _comparison(change: float, test: PairedTest | None, alpha: float) -> dict[str, Any]:
+    p = None if test is None else test.p_value
+    return {"rel_change_pct": change, "n_pairs": None if test is None else test.n_pairs, "p_value": p,
+            "significant": None if p is None else p < alpha}
+
+
+def _summary_columns(swept: list[str], compared: bool) -> list[str]:
+    columns = ["schema", "split", "group", *swept, "task", "metric", "n", "mean", "sd", "ci_low", "ci_high"]
+    return columns + (["rel_change_pct", "n_pairs", "p_value", "significant"] if compared else [])
+
+
+def _runs_cell(runs: pd.DataFrame) -> str:
+    """``2``, or ``2 (+1 failed)``: the ok runs, then the others by state."""
+    states = runs["status"].value_counts()
+    others = ", ".join(f"+{n} {state}" for state, n in sorted(states.items()) if state != "ok")
+    return f"{states.get('ok', 0)}" + (f" ({others})" if others else "")
+
+
+def _estimate(s: Summary) -> str:
+    """``mean ± sd [CI]``; the mean alone for one seed, ``-`` for none."""
+    if s.n == 0:
+        return "-"
+    if s.n == 1:
+        return f"{s.mean:.4f}"
+    return f"{s.mean:.4f} ± {s.sd:.4f} [{s.ci_low:.4f}, {s.ci_high:.4f}]"
+
+
+def _gain_cell(change: float, test: PairedTest | None, alpha: float) -> str:
+    """``+1.23 (p=0.012)*``: the relative change, its p-value when there is one, ``*`` below ``alpha``."""
+    if math.isnan(change):
+        return "-"
+    if test is None or test.p_value is None:
+        return f"{change:+.2f}"
+    p = test.p_value
+    return f"{change:+.2f} (p{'<0.001' if p < 0.001 else f'={p:.3f}'})" + ("*" if p < alpha else "")
+
+
+def _markdown(study: Study, report: Report) -> str:
+    runs = study.runs
+    lines = [
+        "# mtlexp report",
+        "",
+        f"Record schema {RECORD_SCHEMA}; split: {report.split}; metric per task: "
+        + (", ".join(f"{t} {m}" for t, m in report.metrics.items()) or "none") + ".",
+        f"{len(runs)} runs ({int((runs['status'] == 'ok').sum())} ok) in {runs['group'].nunique()} groups; "
+        f"swept: {', '.join(study.swept) or 'nothing'}.",
+        "Cells: mean ± sd [95% confidence interval of the mean] over seeds; the mean alone for one seed.",
+    ]
+    if report.baseline is not None:
+        lines.append(f"Baseline {report.baseline}: every group against the one that differs from it only there. "
+                     "Δ%: relative change, positive = better whatever the metric's direction; Δm: its mean over "
+                     f"tasks; p: paired t-test over seeds; * p < {report.alpha}.")
+    lines += ["", _markdown_table(report.header, report.rows), "", "## Failed runs", ""]
+    failed = runs[runs["status"] != "ok"]
+    if failed.empty:
+        lines.append("None: every run is ok.")
+    else:
+        lines.append(_markdown_table(
+            ["run", "group", "seed", "status", "error"],
+            [[r["run"], r["group"], "-" if pd.isna(r["seed"]) else r["seed"], r["status"], r["error"] or "-"]
+             for _, r in failed.iterrows()]))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:  # one line, and a | inside a cell would end it
+        return " ".join(str(value).split()).replace("|", "\\|")
+
+    return "\n".join(["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(map(cell, row)) + " |" for row in rows)])

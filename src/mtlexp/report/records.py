@@ -1,0 +1,285 @@
+"""Run folders read into tidy tables: one row per run, and one row per value a run measured.
+
+A run folder says what the run was in ``.hydra/config.yaml`` (the composed config, flattened here to dotted
+keys) and what it measured in ``metrics.json``; nothing else is read, and no training code runs, so old runs
+and runs copied from other machines read the same. What tells configurations apart are the *swept keys*: the
+config leaves whose value differs between the runs read together (the seed aside, which repeats a
+configuration). Override lines are not parsed for values: they break on quoted and list values, and miss
+what an ``experiment=`` file changed; they only order the swept keys as the sweep was typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mtlexp.io import read_json
+from mtlexp.models.names import model_name
+from mtlexp.processes import is_gone
+
+RECORD_SCHEMA = 1  # the layout of Study.runs and Study.values (and of report.csv); bump it when a column changes
+
+# Leaves that never tell configurations apart: the seed repeats one, ``stack`` packs seeds into one process,
+# ``ckpt_path`` is where a run resumed from, and paths and Hydra's settings are where it ran.
+NOT_SWEPT = ("seed", "stack", "ckpt_path")
+NOT_SWEPT_PREFIXES = ("paths.", "hydra.")
+# Nodes reported by their stable name (``model=esmm(mmoe)``) rather than by the dozen leaves two models differ in.
+NAMED_NODES = ("model", "weighting")
+
+ALL_GROUP = "(all)"  # the group of every run when nothing varies
+UNKNOWN_GROUP = "(unknown)"  # runs whose config cannot be read: what they were is not known
+
+RUN_COLUMNS = ["run", "group", "seed", "status", "error", "best_epoch", "epochs_trained", "duration_s"]
+VALUE_COLUMNS = ["split", "task", "metric", "value"]
+SPLITS = ("val", "test")
+ALL_TASKS = "*"  # the task of values that span all tasks (the normalised loss)
+
+
+@dataclass(frozen=True)
+class Study:
+    """Runs read together.
+
+    ``runs``: one row per run (every run, whatever its status): ``run`` (folder), ``group`` (the swept keys as
+    ``key=value``, ``(all)`` when nothing varies), ``seed``, ``status`` (ok, failed, interrupted, running,
+    stale), ``error``, ``best_epoch``, ``epochs_trained``, ``duration_s``, then one column per swept key.
+    ``values``: one row per (run, split, task, metric) of the ok runs: ``run``, ``group``, ``seed``, the swept
+    keys, ``split``, ``task`` (``*`` for the normalised loss over all tasks), ``metric``, ``value``.
+    ``swept``: the swept keys, as dotted config keys (``model``, ``data.correlation``), in the order the
+    overrides name them, then in config order. A value is as the config has it (a list as a tuple); a key a
+    run's config lacks is None. A run whose config cannot be read is in group ``(unknown)``, failed.
+    """
+
+    runs: pd.DataFrame
+    values: pd.DataFrame
+    swept: list[str]
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """What one run folder records about itself. ``config`` is None when it cannot be read (``problem`` says
+    why); ``leaves`` is the config flattened to dotted keys."""
+
+    run: Path
+    metrics: dict[str, Any]
+    config: dict[str, Any] | None
+    leaves: dict[str, Any] | None
+    problem: str
+
+
+def load_runs(run_dirs: Iterable[Path]) -> Study:
+    """Read run folders (see ``find_runs``) into a ``Study``."""
+    folders = [_read_folder(Path(run)) for run in run_dirs]
+    swept = _swept_keys(folders)
+    rows = []
+    for folder in folders:
+        setting = _setting(folder, swept)
+        group = " ".join(f"{key}={format_value(value)}" for key, value in setting.items())
+        rows.append({"run": str(folder.run), "group": UNKNOWN_GROUP if folder.config is None else group or ALL_GROUP,
+                     "seed": _seed(folder), "status": "failed" if folder.problem else run_state(folder.metrics),
+                     "error": folder.problem or str(folder.metrics.get("error") or ""),
+                     **{key: folder.metrics.get(key) for key in ("best_epoch", "epochs_trained", "duration_s")},
+                     **setting})
+    runs = _frame(rows, RUN_COLUMNS, swept)
+    runs["seed"] = runs["seed"].astype("Int64")
+    measured = [{"run": str(folder.run), **value} for folder, row in zip(folders, rows) if row["status"] == "ok"
+                for value in _measured(folder.metrics)]
+    values = runs[["run", "group", "seed", *swept]].merge(pd.DataFrame(measured, columns=["run", *VALUE_COLUMNS]),
+                                                         on="run", how="inner")
+    values["value"] = values["value"].astype(float)
+    return Study(runs=runs, values=values, swept=swept)
+
+
+def format_value(value: Any) -> str:
+    """A config value as a group spells it (``0.5``, ``mmoe``, ``[16, 32]``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    """Training run folders under ``roots``. ``mtlexp eval`` folders, which look alike, are left out, and so
+    is the folder of a finished stacked run (``stack=K``): its replicas, in folders below it, are the runs."""
+    found = {p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()}
+    return sorted(run for run in found if config_name(run) != "eval" and not _finished_stack(run))
+
+
+def _finished_stack(run: Path) -> bool:
+    """Whether ``run`` is a stacked run that finished (one that did not keeps its error, and is listed)."""
+    try:
+        metrics = read_json(run / "metrics.json")
+    except (OSError, ValueError):
+        return False
+    return bool(metrics.get("replicas")) and metrics.get("status") == "ok"
+
+
+def config_name(run: Path) -> str | None:
+    """The primary config a run was composed from (``config`` for mtlexp train, ``eval`` for mtlexp eval)."""
+    path = run / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    job = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("job", {})
+    return job.get("config_name")
+
+
+def run_overrides(run: Path) -> list[str]:
+    """The command-line overrides a run was started with, one ``key=value`` string each."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+
+
+def swept_only(overrides: list[list[str]]) -> list[list[str]]:
+    """Each run's overrides minus those every run shares: what the sweep varied."""
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    return [[o for o in run if o not in common] for run in overrides]
+
+
+def run_state(metrics: dict[str, Any]) -> str:
+    """``ok``, ``failed``, ``interrupted``, ``running``, or ``stale``: recorded as running, but its process is gone
+    (killed without a chance to record it; resume it from its ``last.ckpt``)."""
+    status = str(metrics.get("status", "failed"))
+    if status != "running":
+        return status
+    return "stale" if is_gone(metrics.get("pid"), metrics.get("host")) else "running"
+
+
+def _read_folder(run: Path) -> _Folder:
+    config, problem = _read_config(run)
+    try:
+        metrics = read_json(run / "metrics.json")
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        metrics, problem = {}, f"metrics.json unreadable: {error}"
+    return _Folder(run, metrics, config, None if config is None else _flatten(config), problem)
+
+
+def _read_config(run: Path) -> tuple[dict[str, Any] | None, str]:
+    path = run / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None, "no .hydra/config.yaml: the run's config is unknown"
+    try:
+        node = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        return None, f".hydra/config.yaml unreadable: {str(error).splitlines()[0]}"
+    if not isinstance(node, dict):
+        return None, ".hydra/config.yaml unreadable: not a mapping"
+    return node, ""
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config leaves by dotted key, in config order; a list is one leaf, as a tuple (so values can be compared
+    and grouped on)."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _frozen(value)
+    return flat
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, Mapping):  # an empty one (the others are flattened)
+        return "{}"
+    return value
+
+
+def _swept_keys(folders: list[_Folder]) -> list[str]:
+    """The config leaves that differ between the readable runs, a named node's leaves folded into its name; in
+    the order the sweep's overrides name them, then in config order."""
+    readable = [f for f in folders if f.leaves is not None]
+    leaves = list(dict.fromkeys(key for f in readable for key in f.leaves))
+    names = {node: [_node_name(f, node) for f in readable] for node in NAMED_NODES}
+
+    # A key a run lacks counts as null: a key added to the config later, null by default, changes nothing
+    # for the runs made before it.
+    def varies(key: str, among: list[bool]) -> bool:
+        return len({repr(f.leaves.get(key)) for f, used in zip(readable, among) if used}) > 1
+
+    swept: list[str] = []
+    for key in leaves:
+        if _never_swept(key) or not varies(key, [True] * len(readable)):
+            continue
+        node = next((n for n in NAMED_NODES if key.startswith(f"{n}.")), None)
+        if node is None:
+            swept.append(key)
+            continue
+        if node not in swept and len(set(names[node])) > 1:
+            swept.append(node)
+        # A leaf that also varies between runs of one model (model=mmoe model.num_experts=4,8) is a key of its own.
+        if any(varies(key, [n == name for n in names[node]]) for name in set(names[node])):
+            swept.append(key)
+    typed = list(dict.fromkeys(o.split("=", 1)[0].lstrip("+~") for f in folders for o in run_overrides(f.run)))
+    return sorted(swept, key=lambda key: _typed_position(key, typed))
+
+
+def _never_swept(key: str) -> bool:
+    return key in NOT_SWEPT or key.startswith(NOT_SWEPT_PREFIXES)
+
+
+def _typed_position(key: str, typed: list[str]) -> int:
+    """Where the overrides first name ``key`` or a node above it (``data=census`` names ``data.num_train``)."""
+    return next((i for i, name in enumerate(typed) if key == name or key.startswith(f"{name}.")), len(typed))
+
+
+def _node_name(folder: _Folder, node: str) -> str | None:
+    """A named node's stable name: the model's as metrics.json records it, else as the config names it."""
+    config = (folder.config or {}).get(node)
+    if node == "model" and folder.metrics.get("model"):
+        return str(folder.metrics["model"])
+    if not isinstance(config, Mapping):
+        return None
+    if node == "model":
+        return model_name(dict(config))
+    return str(config.get("_name_") or str(config.get("_target_", "")).rsplit(".", 1)[-1]) or None
+
+
+def _setting(folder: _Folder, swept: list[str]) -> dict[str, Any]:
+    """The run's value of every swept key (None where its config lacks the key or cannot be read)."""
+    leaves = folder.leaves or {}
+    return {key: _node_name(folder, key) if key in NAMED_NODES else leaves.get(key) for key in swept}
+
+
+def _seed(folder: _Folder) -> int | None:
+    seed = (folder.config or {}).get("seed", folder.metrics.get("seed"))
+    try:
+        return int(seed)
+    except (TypeError, ValueError):
+        return None
+
+
+def _measured(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The values in a run's metrics.json, one dict per (split, task, metric)."""
+    rows = []
+    for split in SPLITS:
+        for task, values in (metrics.get(split) or {}).items():
+            rows += [{"split": split, "task": task, "metric": metric, "value": value}
+                     for metric, value in values.items() if _is_number(value)]
+        if _is_number(metrics.get(f"{split}_norm_loss")):
+            rows.append({"split": split, "task": ALL_TASKS, "metric": "norm_loss",
+                         "value": metrics[f"{split}_norm_loss"]})
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str], swept: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[*columns, *swept])
+    for key in swept:
+        values = [row[key] for row in rows]
+        # pandas would turn an int column with a gap into floats (4 -> 4.0): keep such a column as the config has it.
+        if any(v is None for v in values) or any(isinstance(v, tuple) for v in values):
+            frame[key] = pd.Series(values, index=frame.index, dtype=object)
+    return frame
+

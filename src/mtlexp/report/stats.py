@@ -1,0 +1,108 @@
+"""Statistics over seeds: summaries with confidence intervals, gains against a baseline, paired tests.
+
+Pure functions on numbers; what the numbers are (runs, groups, tasks) is the caller's business. A value that
+cannot be computed (an interval from one seed, a change against a zero baseline) is NaN, a p-value that
+cannot be computed is None, never a guess.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+# Metrics where a smaller value is better; every other metric (auroc, r2, accuracy, ...) is higher-is-better.
+LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "norm_loss", "logloss", "log_loss")
+HIGHER_IS_BETTER = ("auroc", "auroc_entire", "accuracy", "r2")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """``n`` values summarised: mean, sample sd (n - 1), and the Student-t confidence interval of the mean."""
+
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test over seeds: its two-sided p-value (None with fewer than 2 pairs) and the pairs it used."""
+
+    p_value: float | None
+    n_pairs: int
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
+    """Mean, sd and the ``confidence`` interval of the mean (Student t, n - 1 degrees of freedom).
+
+    >>> s = summarize([1.0, 2.0, 3.0])
+    >>> s.mean, s.sd, round(s.ci_low, 3), round(s.ci_high, 3)
+    (2.0, 1.0, -0.484, 4.484)
+    """
+    x = np.asarray(list(values), dtype=float)
+    if len(x) == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) == 1:  # one seed says nothing about the spread
+        return Summary(1, mean, math.nan, math.nan, math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1)) * sd / math.sqrt(len(x))
+    return Summary(len(x), mean, sd, mean - half, mean + half)
+
+
+def gain_sign(metric: str) -> int:
+    """+1 when a larger ``metric`` is better, -1 when a smaller one is."""
+    return -1 if metric in LOWER_IS_BETTER else 1
+
+
+def relative_change(value: float, base: float, metric: str) -> float:
+    """The change (%) of ``value`` against ``base``, signed so that a gain is positive whatever the metric's
+    direction. Relative to ``|base|``, so a metric that can be negative (r2) keeps its sign right.
+
+    >>> round(relative_change(0.909, 0.9, "auroc"), 6), round(relative_change(1.1, 1.0, "mse"), 6)
+    (1.0, -10.0)
+    """
+    if base == 0 or math.isnan(base):
+        return math.nan
+    return 100.0 * gain_sign(metric) * (value - base) / abs(base) + 0.0  # + 0.0: a tie is 0, never -0
+
+
+def delta_m(means: Mapping[str, float], base: Mapping[str, float], metrics: Mapping[str, str]) -> float:
+    """Delta-m (%): the mean over tasks of the relative change against the baseline, signed so that a gain is
+    positive whatever the metric's direction (as LibMTL reports it). ``metrics`` names each task's metric."""
+    return statistics.fmean(relative_change(means[t], base[t], metrics[t]) for t in means)
+
+
+def paired_test(values: Mapping[int, float], base: Mapping[int, float]) -> PairedTest:
+    """Paired t-test of ``values`` against ``base``, both keyed by seed; only seeds in both are paired."""
+    seeds = sorted(set(values) & set(base))
+    return PairedTest(_p_value([values[s] - base[s] for s in seeds]), len(seeds))
+
+
+def paired_delta_m_test(values: Mapping[int, Mapping[str, float]], base: Mapping[int, Mapping[str, float]],
+                        metrics: Mapping[str, str]) -> PairedTest:
+    """Whether Delta-m differs from 0: Delta-m of each seed against the baseline's run of that seed, t-tested
+    against 0. ``values`` and ``base``: per seed, each task's value; seeds lacking a task are left out."""
+    seeds = sorted(s for s in set(values) & set(base) if all(t in values[s] and t in base[s] for t in metrics))
+    per_seed = [delta_m({t: values[s][t] for t in metrics}, base[s], metrics) for s in seeds]
+    return PairedTest(_p_value(per_seed), len(seeds))
+
+
+def _p_value(differences: list[float]) -> float | None:
+    """Two-sided p-value of a one-sample t-test of ``differences`` against 0 (for paired differences, the same
+    test as ``scipy.stats.ttest_rel``)."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2 or np.isnan(d).any():
+        return None
+    # Identical differences have no spread: t is infinite (p = 0), or undefined when they are all 0 (nothing
+    # differs, p = 1). scipy would warn about the precision loss and answer NaN for the latter.
+    if np.allclose(d, d[0], rtol=1e-12, atol=0.0):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
