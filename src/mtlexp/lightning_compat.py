@@ -26,3 +26,9 @@ def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
 def is_last_batch(trainer: pl.Trainer) -> bool:
     """Whether the running ``training_step`` is the epoch's last (validation and checkpointing follow it)."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning writes epoch-level values at: training_steps that stepped so far, minus one (so a
+    stacked run's replica logs line up with a single run's, whose steps count chunks)."""
+    return max(trainer.fit_loop.epoch_loop._batches_that_stepped - 1, 0)

@@ -300,6 +300,18 @@ class MTLModule(pl.LightningModule):
         self._log_split("test")
 
     def _log_split(self, split: str) -> None:
+        logged, result = self.split_results(split, self.all_gather)
+        # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
+        monitor = str(self.run_config.get("monitor", "val/norm_loss"))
+        self.log_dict({k: v for k, v in logged.items() if k != monitor}, sync_dist=True)
+        if monitor in logged:  # shown in the progress bar after every validation
+            self.log(monitor, logged[monitor], sync_dist=True, prog_bar=True)
+        self.results[split] = result
+
+    def split_results(self, split: str, gather: Callable[[Tensor], Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The split's metrics since the last call (then reset): the values to log, by logged name, and the
+        record for metrics.json (``tasks``, ``norm_loss``, gate statistics, diagnostics). ``gather`` collects a
+        tensor from every DDP rank (``all_gather``)."""
         values: dict[str, dict[str, float]] = {}
         logged: dict[str, Tensor] = {}
         for task in self.tasks:
@@ -317,12 +329,13 @@ class MTLModule(pl.LightningModule):
         result: dict[str, Any] = {"tasks": values, "norm_loss": float(norm)}
         widths = {name: len(experts) for name, experts in self.model.gate_experts().items()}
         if split != "train" and widths:
-            means, active = self._gates.summary(widths, self.all_gather, self.device)
+            means, active, histograms = self._gates.report(widths, gather, self.device)
             for name, mean in means.items():
                 logged.update({f"{split}/gate/{name}/expert_{e}": v.float() for e, v in enumerate(mean)})
                 logged[f"{split}/gate/{name}/active"] = torch.tensor(active[name]["per_row_mean"], device=self.device)
             result["gates"] = {name: [round(float(v), 6) for v in mean] for name, mean in means.items()}
             result["gate_active"] = active
+            result["gate_hist"] = {name: [[int(c) for c in row] for row in counts] for name, counts in histograms.items()}
         if split != "train":
             diagnostics = self.model.diagnostics()
             for name, value in diagnostics.items():
@@ -330,12 +343,7 @@ class MTLModule(pl.LightningModule):
                 logged.update({f"{split}/model/{name}" + (f"/{i}" if flat.numel() > 1 else ""): v for i, v in enumerate(flat)})
             result["diagnostics"] = {name: value.detach().float().cpu().tolist() for name, value in diagnostics.items()}
         self._gates = GateStatistics()
-        # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
-        monitor = str(self.run_config.get("monitor", "val/norm_loss"))
-        self.log_dict({k: v for k, v in logged.items() if k != monitor}, sync_dist=True)
-        if monitor in logged:  # shown in the progress bar after every validation
-            self.log(monitor, logged[monitor], sync_dist=True, prog_bar=True)
-        self.results[split] = result
+        return logged, result
 
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -62,13 +62,14 @@ def build_components(cfg: DictConfig) -> tuple[MTLDataModule, MTLModule]:
     return data, module
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> pl.Trainer:
-    """The Trainer of a config, with its loggers and the atomic checkpoint writer."""
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any] | None = None) -> pl.Trainer:
+    """The Trainer of a config, with its loggers (built from the config unless given) and the atomic
+    checkpoint writer."""
     return build(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
-        logger=build_all(cfg.get("logger"), "logger") or False,
+        logger=(build_all(cfg.get("logger"), "logger") if loggers is None else loggers) or False,
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -80,29 +81,27 @@ def count_parameters(module: torch.nn.Module) -> int:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best checkpoint on validation, test it, and write the run folder."""
     validate_run(cfg)
+    if int(cfg.get("stack", 1)) > 1:  # several seeds as one vectorised run, one run folder each
+        from mtlexp.stacking.train import train_stacked
+
+        return train_stacked(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # Under DDP every rank runs this function; only rank 0 writes the run folder.
     is_main = rank_zero_only.rank == 0
     if is_main:
-        # The process and host let `mtlexp report` tell a run still going from one killed without a word (kill -9).
-        write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed), "pid": os.getpid(),
-                                                 "host": this_host()})
+        start_run_folder(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     data, module = build_components(cfg)
     summary = data.describe()
-    num_params = count_parameters(module.model)
-    name = model_name(cfg.model)
-    log.info("model %s: %d parameters; data: %s", name, num_params, summary["rows"])
+    log.info("model %s: %d parameters; data: %s", model_name(cfg.model), count_parameters(module.model), summary["rows"])
     if is_main:
         write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
 
     callbacks = build_all(cfg.get("callbacks"), "callbacks")
     trainer = build_trainer(cfg, callbacks)
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"num_params": num_params, **_flat_config(cfg)})
+    log_hyperparams(cfg, trainer.loggers, module)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
 
     checkpoint = trainer.checkpoint_callback
@@ -110,13 +109,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path and checkpoint is not None:
         best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
+    return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary, is_main)
+
+
+def start_run_folder(cfg: DictConfig) -> None:
+    """Create the run folder and record the run as running."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The process and host let `mtlexp report` tell a run still going from one killed without a word (kill -9).
+    write_json(output_dir / "metrics.json", {"status": "running", "seed": int(cfg.seed), "pid": os.getpid(),
+                                             "host": this_host()})
+
+
+def log_hyperparams(cfg: DictConfig, loggers: list[Any], module: MTLModule) -> None:
+    for logger in loggers:
+        logger.log_hyperparams({"num_params": count_parameters(module.model), **_flat_config(cfg)})
+
+
+def finish_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, trainer: pl.Trainer, best: str | None,
+               best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
+               is_main: bool = True) -> dict[str, Any]:
+    """Evaluate the best checkpoint on validation (and test), then ``record_run``."""
     # The val metrics recorded are the best checkpoint's, the one that is tested, not the last epoch's.
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
-    results: dict[str, Any] = {"val": module.results["val"]}
     if cfg.run_test:
         trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
-        results["test"] = module.results["test"]
+    return record_run(cfg, data, module, trainer.loggers, best, best_epoch, epochs_trained, started, summary, is_main)
 
+
+def record_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, loggers: list[Any], best: str | None,
+               best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
+               is_main: bool = True, announce: bool = True) -> dict[str, Any]:
+    """Write metrics.json (from the best checkpoint's evaluation in ``module.results``) and the gate figure,
+    and log the summary table (``announce``): the end of every run, sequential or stacked."""
+    output_dir = Path(cfg.paths.output_dir)
+    num_params = count_parameters(module.model)
+    results: dict[str, Any] = {split: module.results[split] for split in ("val", "test") if split in module.results}
     metrics = {
         "status": "ok",
         "val": results["val"]["tasks"],
@@ -124,19 +152,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_norm_loss": results["val"]["norm_loss"],
         "test_norm_loss": results.get("test", {}).get("norm_loss"),
         "best_epoch": best_epoch,
-        "epochs_trained": trainer.current_epoch,
+        "epochs_trained": epochs_trained,
         "num_params": num_params,
         "seed": int(cfg.seed),
-        "model": name,
+        "model": model_name(cfg.model),
         "model_class": type(module.model).__name__,
         "gates": results["val"].get("gates", {}),
         "gate_experts": module.model.gate_experts() if results["val"].get("gates") else {},
         "gate_active": results["val"].get("gate_active", {}),
+        "gate_hist": results["val"].get("gate_hist", {}),
         "diagnostics": results["val"].get("diagnostics", {}),
         "weighting": {"method": cfg.weighting.get("_name_") or type(module.weighting).__name__,
                       **module.results.get("weighting", {})},
         "data": summary,
         **({"ddp": module.results["ddp"]} if "ddp" in module.results else {}),
+        **({"stack": module.results["stack"]} if "stack" in module.results else {}),
         "best_checkpoint": str(Path(best).relative_to(output_dir)) if best and Path(best).is_relative_to(output_dir) else best,
         "duration_s": round(time.time() - started, 2),
     }
@@ -145,12 +175,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if metrics["gates"]:
             plot_gates(metrics["gates"], output_dir / "figures" / "gates.png", title=f"{metrics['model']}: mean gate weights (val)",
                        experts=metrics["gate_experts"])
-        for logger in trainer.loggers:  # trackers that keep the run folder's results too (logger=mlflow)
+        for logger in loggers:  # trackers that keep the run folder's results too (logger=mlflow)
             log_run_folder = getattr(logger, "log_run_folder", None)
             if log_run_folder is not None:
                 log_run_folder(output_dir)
-        log.info("\n%s", summary_table(metrics, data.tasks))
-        log.info("run dir: %s", output_dir)
+        if announce:
+            log.info("\n%s", summary_table(metrics, data.tasks))
+            log.info("run dir: %s", output_dir)
     return metrics
 
 

@@ -1,0 +1,365 @@
+"""The Lightning module of a stacked run: K seeds of one configuration trained as one vectorised model.
+
+Each replica has what a single run with its seed has: its initial parameters and its data module (its data
+where the seed generates data, and its training order), all built exactly as that single run builds them.
+A ``Replica`` keeps replica k's own ``MTLModule`` for everything but the arithmetic: its metrics, gate
+statistics, task specs and checkpoint format. Every step runs all replicas' forward passes, losses and
+backward pass at once (``StackedModel.vectorised``); then each replica's metrics, model selection and early
+stopping are its own, as the ``ModelCheckpoint`` and ``EarlyStopping`` callbacks would have done them.
+
+What a stacked run does not do: weightings that keep state or look at gradients (only ``equal`` and
+``static``), task-gradient cosines, and several devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
+import torch
+from torch import Tensor
+
+from mtlexp.data.features import FeatureSpec
+from mtlexp.data.tensors import Batch
+from mtlexp.errors import MtlexpError
+from mtlexp.kinds import observed_rows, product_logit, task_loss
+from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, logging_step
+from mtlexp.models.base import MTLOutput, add_aux
+from mtlexp.module import MTLModule
+from mtlexp.stacking.model import StackedModel
+from mtlexp.weighting.equal import EqualWeighting
+from mtlexp.weighting.static import StaticWeighting
+
+
+@dataclass
+class ReplicaState:
+    """Model selection and early stopping of one replica (what its callbacks would hold)."""
+
+    best_score: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped_epoch: int | None = None  # the last epoch it trained, once early stopping stopped it
+    failed: str | None = None  # why it failed (it diverged)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.stopped_epoch is None and self.failed is None
+
+
+class StackedModule(pl.LightningModule):
+    """Trains K replicas (``MTLModule`` s of one configuration, one per seed) as one vectorised model.
+
+    :param replicas: the replicas' modules, built as their single runs build them.
+    :param features: the data's feature spec (for a first vectorised pass that checks the architecture).
+    :param monitor: the validation value that selects each replica's best epoch (``val/norm_loss``).
+    :param mode: ``min`` or ``max``.
+    :param patience: epochs without improvement before a replica stops (``None``: no early stopping).
+    :param min_delta: the improvement that resets the patience.
+    :param on_best: called with (replica index, epoch) when a replica's monitor improves: saves its checkpoint.
+    :param on_epoch: called with (replica index, logged values, step) once per epoch and active replica.
+    """
+
+    def __init__(self, replicas: Sequence[MTLModule], features: FeatureSpec, monitor: str, mode: str,
+                 patience: int | None, min_delta: float = 0.0, on_best: Any = None, on_epoch: Any = None) -> None:
+        super().__init__()
+        first = replicas[0]
+        for replica in replicas:
+            if not isinstance(replica.weighting, (EqualWeighting, StaticWeighting)):
+                raise MtlexpError(
+                    f"stack: weighting {type(replica.weighting).__name__} cannot be stacked (it keeps state or reads "
+                    "gradients); use weighting=equal or weighting=static, or sweep the seeds (seed=0,1,2)")
+        self.automatic_optimization = False
+        self.replicas = list(replicas)  # plain list: their models' parameters are not the ones trained
+        self.model = StackedModel([r.model for r in replicas])
+        self.tasks, self.trained = first.tasks, first.trained
+        self.register_buffer("task_weights", torch.stack([r.weighting.weights(None) for r in replicas]).float())
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
+        self.on_best, self.on_epoch = on_best, on_epoch
+        self.states = [ReplicaState() for _ in replicas]
+        self._plain_step = True
+        self._epoch_sums: Tensor | None = None
+        self._epoch_steps = 0
+        self._eval_sums: dict[str, Tensor] = {}
+        self._check_vectorises(features)
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.replicas)
+
+    def _check_vectorises(self, features: FeatureSpec) -> None:
+        """One vectorised forward pass on a tiny batch now: an architecture that cannot run under vmap fails
+        here with its name, not in the middle of the first epoch."""
+        first = self.replicas[0]
+        k = self.num_replicas
+        numeric = torch.zeros(k, 2, features.num_numeric)
+        categorical = torch.zeros(k, 2, len(features.categorical), dtype=torch.long)
+        try:
+            self.model.vectorised(lambda call, n, c: call(n, c).logits)(numeric, categorical)
+        except MtlexpError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure under vmap means the model cannot be stacked
+            name = first.run_config.get("model", {}).get("_name_") or type(first.model).__name__
+            raise MtlexpError(f"stack: model {name} cannot be vectorised with torch.func.vmap "
+                              f"({type(error).__name__}: {str(error).splitlines()[0]}); use stack=1") from None
+
+    # --- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        first = self.replicas[0]
+        optimizer = first.optimizer_factory(list(self.model.parameters()))
+        if first.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": first.scheduler_factory(optimizer)}
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise MtlexpError("stack: a stacked run trains on one device; use stack=1 with DDP")
+        precision = str(self.trainer.precision)
+        self._plain_step = precision in ("32-true", "32", "64-true", "64")
+        for replica in self.replicas:  # their metrics live on the training device too
+            replica.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        for loader in self.trainer.train_dataloader:  # Lightning gives the CombinedLoader's iterables
+            loader.set_epoch(self.current_epoch)
+        self._epoch_sums, self._epoch_steps = None, 0
+
+    def _losses(self, call: Any, numeric: Tensor, categorical: Tensor, labels: dict[str, Tensor],
+                weight: Tensor | None, tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """One replica's forward pass and losses (under vmap): (task losses (T,), aux (), logits, gates)."""
+        template = self.model.template
+        out: MTLOutput = call(numeric, categorical)
+        for task in self.tasks:
+            if task.derived:
+                out.logits[task.name] = product_logit([out.logits[name] for name in task.product])
+        losses = torch.stack([task_loss(t, out.logits[t.name], labels[t.name], weight, observed_rows(t, labels))
+                              for t in tasks])
+        aux = add_aux(out.aux_loss, template.extra_loss(out, labels, self.tasks) if template.training else None)
+        return losses, losses.new_zeros(()) if aux is None else aux, out.logits, out.gates
+
+    def _run(self, batches: Sequence[Batch], tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Every replica's ``_losses`` on its own batch, at once: (K, T), (K,), {task: (K, B, ...)}, {gate: (K, B, E)}."""
+        stacked = _stack_batches(batches)
+        weight = stacked.get("weight")
+
+        def one(call: Any, numeric: Tensor, categorical: Tensor, labels: dict[str, Tensor], *rest: Tensor) -> Any:
+            return self._losses(call, numeric, categorical, labels, rest[0] if rest else None, tasks)
+
+        inputs = [stacked["numeric"], stacked["categorical"], stacked["labels"], *([weight] if weight is not None else [])]
+        return self.model.vectorised(one)(*inputs)
+
+    def training_step(self, chunks: list[list[Batch]], batch_idx: int) -> None:
+        opt = self.optimizers()
+        active = torch.tensor([s.active for s in self.states], device=self.device)
+        steps = len(chunks[0])
+        step_values: list[Tensor] = []
+        logits_per_step: list[dict[str, Tensor]] = []
+        for offset in range(steps):
+            losses, aux, logits, _ = self._run([chunk[offset] for chunk in chunks], self.trained)
+            per_replica = (self.task_weights * losses).sum(1) + aux  # (K,)
+            opt.zero_grad(set_to_none=True)
+            # Replicas that stopped or failed keep stepping (their best checkpoint is already written), but
+            # without a gradient from their loss, which may no longer be finite.
+            objective = torch.where(active, per_replica, 0.0).sum()
+            if self._plain_step:
+                objective.backward()
+            else:
+                self.manual_backward(objective)
+            clip = self.replicas[0].grad_clip_norm
+            if clip is not None:
+                self._clip_per_replica(float(clip))
+            if self._plain_step:
+                opt.optimizer.step()
+            else:
+                opt.step()
+            step_values.append(torch.cat([per_replica.detach()[:, None], losses.detach(),
+                                          self.task_weights, aux.detach()[:, None]], 1))
+            logits_per_step.append({name: value.detach() for name, value in logits.items()})
+        if self._plain_step:
+            count_optimizer_steps(self.trainer, steps)
+        sums = torch.stack(step_values).float().sum(0)  # (K, 1 + 2T + 1)
+        self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+        self._epoch_steps += steps
+        for k, replica in enumerate(self.replicas):
+            if not self.states[k].active:
+                continue
+            labels = {t.name: torch.cat([b["labels"][t.name] for b in chunks[k]]) for t in self.tasks}
+            for task in self.tasks:
+                logits = torch.cat([step[task.name][k] for step in logits_per_step])
+                replica._update_metrics("train", task, logits, labels)
+        if is_last_batch(self.trainer):
+            self._finish_training_epoch()
+
+    def _clip_per_replica(self, max_norm: float) -> None:
+        """Each replica's gradient clipped to its own global norm, as its run's ``clip_gradients`` would."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(scale.view(-1, *([1] * (grad.dim() - 1))))
+
+    def _finish_training_epoch(self) -> None:
+        means = self._epoch_sums / self._epoch_steps  # (K, 1 + 2T + 1)
+        num = len(self.trained)
+        for k, state in enumerate(self.states):
+            if not state.active:
+                continue
+            loss = float(means[k, 0])
+            if not math.isfinite(loss):
+                lr = self.optimizers().param_groups[0]["lr"]
+                state.failed = (f"training diverged: the train loss is {loss} in epoch {self.current_epoch}; "
+                                f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm")
+                continue
+            values = {"train/loss_epoch": loss}
+            for i, task in enumerate(self.trained):
+                values[f"train/{task.name}/loss"] = float(means[k, 1 + i])
+                values[f"train/weight/{task.name}"] = float(means[k, 1 + num + i])
+            if bool(means[:, -1].abs().sum() > 0):
+                values["train/aux_loss"] = float(means[k, -1])
+            state.history.append(values)
+            self.replicas[k].results.setdefault("weighting", {})["weights"] = {
+                t.name: round(float(means[k, 1 + num + i]), 6) for i, t in enumerate(self.trained)}
+        if all(s.failed for s in self.states):
+            raise MtlexpError("every replica failed: " + self.states[0].failed)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        for k, (replica, state) in enumerate(zip(self.replicas, self.states)):
+            if state.active or state.stopped_epoch == self.current_epoch:  # it trained this epoch
+                self._emit(k, replica.split_results("train", _no_gather)[0], self.states[k].history[-1:])
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def validation_step(self, batches: list[Batch], batch_idx: int) -> None:
+        self._eval_step(batches, "val")
+
+    def test_step(self, batches: list[Batch], batch_idx: int) -> None:
+        self._eval_step(batches, "test")
+
+    def _eval_step(self, batches: list[Batch], split: str) -> None:
+        losses, _, logits, gates = self._run(batches, self.tasks)
+        rows = batches[0]["numeric"].shape[0]
+        trained = torch.tensor([t in self.trained for t in self.tasks], device=self.device)
+        sums = torch.cat([(losses * trained).sum(1, keepdim=True), losses], 1).detach() * rows  # (K, 1 + T)
+        self._eval_sums["losses"] = self._eval_sums.get("losses", 0) + sums
+        self._eval_sums["rows"] = self._eval_sums.get("rows", 0) + rows
+        for k, replica in enumerate(self.replicas):
+            batch = batches[k]
+            for task in self.tasks:
+                replica._update_metrics(split, task, logits[task.name][k], batch["labels"], batch.get("truth"))
+            replica._gates.update({name: g[k] for name, g in gates.items()}, rows)
+
+    def _split_results(self, split: str) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+        """Every replica's (logged values, metrics.json record) of the split, as its own module gives them."""
+        means = self._eval_sums.pop("losses") / self._eval_sums.pop("rows")
+        results = []
+        for k, replica in enumerate(self.replicas):
+            # The replica's own model holds its current parameters, for the diagnostics it reports.
+            replica.model.load_state_dict(self.model.replica_state_dict(k))
+            logged, result = replica.split_results(split, _no_gather)
+            logged[f"{split}/loss"] = means[k, 0]
+            logged.update({f"{split}/{t.name}/loss": means[k, 1 + i] for i, t in enumerate(self.tasks)})
+            results.append((logged, result))
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._split_results("val")
+        if self.trainer.state.fn != TrainerFn.FITTING:  # the final evaluation of the best checkpoints
+            self._record("val", results)
+            return
+        if self.trainer.sanity_checking:
+            return
+        epoch = self.current_epoch
+        for k, (state, (logged, _)) in enumerate(zip(self.states, results)):
+            if not state.active:
+                continue
+            if self.monitor not in logged:
+                raise MtlexpError(f"monitor: {self.monitor!r} is not logged; logged values: {sorted(logged)}")
+            self._select(k, state, float(logged[self.monitor]), epoch)
+            self._emit(k, logged)
+        if not any(s.active for s in self.states):
+            self.trainer.should_stop = True
+
+    def on_test_epoch_end(self) -> None:
+        self._record("test", self._split_results("test"))
+
+    def _record(self, split: str, results: list[tuple[dict[str, Tensor], dict[str, Any]]]) -> None:
+        for k, (replica, (logged, result)) in enumerate(zip(self.replicas, results)):
+            replica.results[split] = result
+            if not self.states[k].failed:
+                self._emit(k, logged)
+
+    def load_best(self, states: list[dict[str, Tensor] | None]) -> None:
+        """Put each replica's best parameters (its model's state dict; None: keep the current ones) in place for
+        the final evaluation. A replica without any, diverged, is zeroed so that its metrics stay finite."""
+        for k, state in enumerate(states):
+            if state is not None:
+                self.model.load_replica(k, state)
+            elif self.states[k].failed:
+                self.model.load_replica(k, {n: torch.zeros_like(v) for n, v in self.model.replica_state_dict(k).items()})
+
+    def _select(self, k: int, state: ReplicaState, score: float, epoch: int) -> None:
+        """ModelCheckpoint's rule (strictly better saves) and EarlyStopping's (better by min_delta resets the
+        patience; a score that is not finite stops), for one replica."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        if math.isfinite(score) and (state.best_score is None or sign * score < sign * state.best_score):
+            improved_enough = state.best_score is None or sign * (score - state.best_score) < -self.min_delta
+            state.best_score, state.best_epoch = score, epoch
+            if self.on_best is not None:
+                self.on_best(k, epoch)
+            if improved_enough:
+                state.wait = 0
+                return
+        if not math.isfinite(score):
+            state.stopped_epoch = epoch
+            return
+        if self.patience is not None:
+            state.wait += 1
+            if state.wait >= self.patience:
+                state.stopped_epoch = epoch
+
+    def _emit(self, k: int, logged: dict[str, Tensor], extra: list[dict[str, float]] = ()) -> None:
+        """Replica k's values of this epoch to its loggers (``extra``: the epoch's train losses, which travel
+        with its train metrics)."""
+        if self.on_epoch is not None:
+            values = {name: float(v) for name, v in logged.items()}
+            for more in extra:
+                values.update(more)
+            self.on_epoch(k, {**values, "epoch": self.current_epoch}, logging_step(self.trainer))
+
+    # --- resume ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mtlexp_stack"] = {"states": [vars(s).copy() for s in self.states],
+                                      "configs": [r.run_config for r in self.replicas]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("mtlexp_stack", {}).get("states")
+        if saved is None or len(saved) != self.num_replicas:
+            raise MtlexpError("ckpt_path: not a checkpoint of a stacked run with this many replicas (stack)")
+        self.states = [ReplicaState(**state) for state in saved]
+
+
+def _stack_batches(batches: Sequence[Batch]) -> dict[str, Any]:
+    """The replicas' batches as one batch with a leading replica dimension."""
+    first = batches[0]
+    rows = {b["numeric"].shape[0] for b in batches}
+    if len(rows) > 1:
+        raise MtlexpError(f"stack: the replicas' batches differ in size ({sorted(rows)}); their splits must be equal")
+    stacked: dict[str, Any] = {
+        "numeric": torch.stack([b["numeric"] for b in batches]),
+        "categorical": torch.stack([b["categorical"] for b in batches]),
+        "labels": {name: torch.stack([b["labels"][name] for b in batches]) for name in first["labels"]},
+    }
+    if first.get("weight") is not None:
+        stacked["weight"] = torch.stack([b["weight"] for b in batches])
+    return stacked
+
+
+def _no_gather(tensor: Tensor) -> Tensor:
+    """all_gather on one device: the tensor itself, with the leading rank dimension Lightning adds."""
+    return tensor.unsqueeze(0)

@@ -1,0 +1,202 @@
+"""``train_stacked(cfg)``: seeds ``seed .. seed+stack-1`` of one config as one vectorised run.
+
+Every replica gets the run folder its single run would have (``replicas/seed_<n>/`` under the run folder):
+``.hydra/`` with its own config and overrides, metrics.json, provenance.json, CSV and TensorBoard logs,
+``checkpoints/best.ckpt`` in the single-run format (``mtlexp eval`` reads it) and the gate figure, so
+``mtlexp report`` cannot tell them from sequential runs. The run folder itself keeps the stacked run's
+``checkpoints/last.ckpt`` (resume with ``ckpt_path=``) and a metrics.json that lists the replicas.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import CombinedLoader
+
+from mtlexp.errors import MtlexpError
+from mtlexp.instantiate import build, build_all
+from mtlexp.io import AtomicCheckpointIO, read_json, write_atomic, write_json
+from mtlexp.models.names import model_name
+from mtlexp.provenance import provenance
+from mtlexp.report.table import format_table
+from mtlexp.stacking.module import StackedModule
+from mtlexp.train import build_components, log_hyperparams, record_run, start_run_folder
+
+log = logging.getLogger(__name__)
+REPLICAS = "replicas"
+
+
+def replica_config(cfg: DictConfig, seed: int, output_dir: Path) -> DictConfig:
+    """The config of the single run a replica stands for: its seed, its folder, no stacking."""
+    replica = copy.deepcopy(cfg)
+    with open_dict(replica):
+        replica.seed = seed
+        replica.stack = 1
+        replica.ckpt_path = None
+        replica.paths.output_dir = str(output_dir)
+    return replica
+
+
+def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: int) -> None:
+    """``.hydra/`` of a replica: its config, and the parent's overrides with its seed and without ``stack``."""
+    hydra_dir = replica_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    source = parent / ".hydra"
+    overrides: list[str] = []
+    if (source / "overrides.yaml").is_file():
+        overrides = OmegaConf.to_container(OmegaConf.load(source / "overrides.yaml")) or []
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("stack=", "seed=", "ckpt_path="))]
+    write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create([*overrides, f"seed={seed}"])).encode())
+    if (source / "hydra.yaml").is_file():
+        shutil.copyfile(source / "hydra.yaml", hydra_dir / "hydra.yaml")
+    else:  # composed without Hydra's app (tests): say which primary config it was
+        write_atomic(hydra_dir / "hydra.yaml", b"hydra:\n  job:\n    config_name: config\n")
+
+
+def train_stacked(cfg: DictConfig) -> dict[str, Any]:
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seeds = [int(cfg.seed) + k for k in range(int(cfg.stack))]
+    folders = [output_dir / REPLICAS / f"seed_{seed}" for seed in seeds]
+    write_json(output_dir / "metrics.json", {"status": "running", "stack": len(seeds),
+                                             "replicas": [str(f.relative_to(output_dir)) for f in folders]})
+    configs, datas, modules, loggers, summaries = [], [], [], [], []
+    for seed, folder in zip(seeds, folders):
+        replica_cfg = replica_config(cfg, seed, folder)
+        start_run_folder(replica_cfg)
+        write_hydra_folder(output_dir, folder, replica_cfg, seed)
+        pl.seed_everything(seed, workers=True, verbose=False)  # what the single run seeds before it builds
+        data, module = build_components(replica_cfg)
+        summary = data.describe()
+        write_json(folder / "provenance.json", provenance(data.fingerprint(), summary))
+        replica_loggers = build_all(replica_cfg.get("logger"), "logger")
+        log_hyperparams(replica_cfg, replica_loggers, module)
+        configs.append(replica_cfg), datas.append(data), modules.append(module)
+        loggers.append(replica_loggers), summaries.append(summary)
+    if cfg.ckpt_path:
+        _carry_best_checkpoints(Path(str(cfg.ckpt_path)), folders)
+    name = model_name(cfg.model)
+    log.info("model %s: %d replicas (seeds %d-%d) stacked; data: %s", name, len(seeds), seeds[0], seeds[-1],
+             summaries[0]["rows"])
+
+    def save_best(k: int, epoch: int) -> None:
+        module = modules[k]
+        module.model.load_state_dict(stacked.model.replica_state_dict(k))
+        checkpoint = {"epoch": epoch, "global_step": stacked.global_step,
+                      "pytorch-lightning_version": pl.__version__, "state_dict": module.state_dict(),
+                      "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}
+        module.on_save_checkpoint(checkpoint)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path = folders[k] / "checkpoints" / "best.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
+
+    def log_epoch(k: int, values: dict[str, float], step: int) -> None:
+        for logger in loggers[k]:
+            logger.log_metrics(values, step)
+            logger.save()
+
+    stopping = (cfg.get("callbacks") or {}).get("early_stopping")
+    stacked = StackedModule(
+        modules, datas[0].features, monitor=str(cfg.monitor), mode=str(cfg.monitor_mode),
+        patience=int(stopping.patience) if stopping else None,
+        min_delta=float(stopping.get("min_delta", 0.0)) if stopping else 0.0, on_best=save_best, on_epoch=log_epoch)
+    _check_replicas_agree(datas)
+    last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
+                           enable_version_counter=False)
+    trainer = build(cfg.trainer, "trainer", callbacks=[last], logger=False, plugins=[AtomicCheckpointIO()])
+    trainer.fit(stacked,
+                train_dataloaders=CombinedLoader([d.train_dataloader() for d in datas], "min_size"),
+                val_dataloaders=CombinedLoader([d.val_dataloader() for d in datas], "min_size"),
+                ckpt_path=cfg.ckpt_path)
+
+    stacked.load_best([_best_state(folder, module) for folder, module in zip(folders, modules)])
+    trainer.validate(stacked, dataloaders=CombinedLoader([d.val_dataloader() for d in datas], "min_size"), verbose=False)
+    if cfg.run_test:
+        trainer.test(stacked, dataloaders=CombinedLoader([d.test_dataloader() for d in datas], "min_size"), verbose=False)
+    results, failures = [], []
+    for k, (state, folder) in enumerate(zip(stacked.states, folders)):
+        if state.failed:
+            failures.append(f"seed {seeds[k]}: {state.failed}")
+            write_json(folder / "metrics.json", {**read_json(folder / "metrics.json"), "status": "failed",
+                                                 "error": state.failed})
+            continue
+        best = folder / "checkpoints" / "best.ckpt"
+        epochs = state.stopped_epoch + 1 if state.stopped_epoch is not None else trainer.current_epoch
+        modules[k].results["stack"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
+        metrics = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
+                             state.best_epoch if state.best_epoch is not None else trainer.current_epoch, epochs,
+                             started, summaries[k], announce=False)
+        for logger in loggers[k]:
+            logger.finalize("success")
+        results.append((seeds[k], metrics))
+    _log_summary(results, failures, output_dir)
+    record = {"status": "failed" if failures else "ok", "stack": len(seeds), "model": name,
+              "replicas": [str(f.relative_to(output_dir)) for f in folders],
+              "test_norm_loss": _mean([m.get("test_norm_loss") for _, m in results]),
+              "duration_s": round(time.time() - started, 2)}
+    if failures:
+        record["error"] = f"{len(failures)} of {len(seeds)} replicas failed; " + failures[0]
+    write_json(output_dir / "metrics.json", record)
+    if failures:
+        raise MtlexpError(record["error"])
+    return record
+
+
+def _best_state(folder: Path, module: Any) -> dict[str, torch.Tensor] | None:
+    """The model state dict of a replica's best checkpoint (None when it has none); the replica's module is left
+    holding it, as a single run's module is after its final evaluation."""
+    path = folder / "checkpoints" / "best.ckpt"
+    if not path.is_file():
+        return None
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return module.model.state_dict()
+
+
+def _carry_best_checkpoints(ckpt_path: Path, folders: list[Path]) -> None:
+    """A resumed run writes a new folder: each replica starts from the best checkpoint the interrupted run
+    wrote for it, which stays its best unless a later epoch beats the score restored with the states."""
+    old_root = ckpt_path.resolve().parent.parent / REPLICAS
+    for folder in folders:
+        old = old_root / folder.name / "checkpoints" / "best.ckpt"
+        if old.is_file():
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(old, folder / "checkpoints" / "best.ckpt")
+
+
+def _check_replicas_agree(datas: list[Any]) -> None:
+    """Vectorising needs the same batch shapes in every replica, step after step."""
+    for split in ("train", "val"):
+        sizes = {len(d.splits[split]) for d in datas}
+        if len(sizes) > 1:
+            raise MtlexpError(f"stack: the replicas' {split} splits differ in size ({sorted(sizes)}); stack seeds "
+                              "only where the seed does not change the split sizes")
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _log_summary(results: list[tuple[int, dict[str, Any]]], failures: list[str], output_dir: Path) -> None:
+    rows = []
+    for seed, metrics in results:
+        headline = {task: next(iter(values.values())) for task, values in metrics.get("test", {}).items()}
+        rows.append([seed, "ok", metrics["best_epoch"], metrics["epochs_trained"], metrics.get("test_norm_loss"),
+                     " ".join(f"{t}={v:.4f}" for t, v in headline.items())])
+    rows += [[f.split(":")[0].split()[-1], "failed", "-", "-", "-", f.split(": ", 1)[1]] for f in failures]
+    log.info("\n%s", format_table(["seed", "status", "best epoch", "epochs", "test/norm_loss", "test (first metric)"], rows))
+    log.info("run dir: %s (replicas in %s/)", output_dir, REPLICAS)
