@@ -20,6 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
+from mtlexp.errors import MtlexpError
+from mtlexp.hpo import HPARAMS_SEARCH, UnknownMetric, optuna_sweeper_installed
 from mtlexp.noise import silence
 
 COMMANDS = ("train", "eval", "data", "report")
@@ -41,23 +43,45 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
     failures: list[str] = []
 
     @hydra.main(config_path="conf", config_name=config_name, version_base="1.3")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig) -> Any:
         output_dir = Path(cfg.paths.output_dir)
-        if not run_job(task, cfg, output_dir) and HydraConfig.get().mode == RunMode.RUN:
+        returned: list[Any] = []
+        stop: list[bool] = []
+
+        def job(job_cfg: DictConfig) -> None:
+            try:
+                returned.append(task(job_cfg))
+            except UnknownMetric:
+                stop.append(True)
+                raise
+
+        ok = run_job(job, cfg, output_dir)
+        if not ok and HydraConfig.get().mode == RunMode.RUN:
             failures.append(str(output_dir))
+        if stop and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise SystemExit(1)  # every other job of the sweep would train only to fail the same way
+        # What a sweeper reads (hparams_search): the objective, or None for a failed job, which the Optuna
+        # sweeper records as a failed trial before it goes on (NaN would abort the whole study).
+        return returned[0] if ok and returned else None
 
     app()
     return len(failures)
 
 
-def _train(cfg: DictConfig) -> None:
-    from mtlexp.errors import MtlexpError
+def _train(cfg: DictConfig) -> float | None:
+    from mtlexp.hpo import check_metric_name, objective
+    from mtlexp.processes import share_cores
     from mtlexp.train import train
 
     if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy", "")):
         # Lightning starts DDP workers by re-running the command line, -m included: each would sweep again.
         raise MtlexpError("trainer.strategy: DDP runs one job at a time; run it without -m (or sweep on one device)")
-    train(cfg)
+    share_cores()
+    metric = cfg.get("optimized_metric")
+    if metric:
+        check_metric_name(str(metric), cfg)
+    metrics = train(cfg)
+    return objective(metrics, str(metric)) if metric else None
 
 
 def _evaluate(cfg: DictConfig) -> None:
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     apps = {"train": ("config", _train), "eval": ("eval", _evaluate)}
     if command not in apps:
         sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n{USAGE}")
+    if command == "train" and any(HPARAMS_SEARCH.match(a) for a in rest) and not optuna_sweeper_installed():
+        sys.exit("mtlexp: error: hparams_search needs Hydra's Optuna sweeper: pip install 'mtlexp[hpo]'")
     # Hydra parses sys.argv itself; it must not see the subcommand. argv[0] stays the real script path,
     # which Lightning re-runs to start DDP workers.
     sys.argv = [sys.argv[0], *rest]

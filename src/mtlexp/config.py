@@ -32,18 +32,26 @@ class RunConfig:
     logger: Any = field(default_factory=dict)
     paths: Any = MISSING
     seed: int = 0
+    stack: int = 1
     ckpt_path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
     monitor: str = "val/norm_loss"
     monitor_mode: str = "min"
     run_test: bool = True
+    # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it.
+    optimized_metric: Optional[str] = None  # noqa: UP045
 
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise MtlexpError(f"seed: expected an integer >= 0, got {self.seed}")
+        if self.stack < 1:
+            raise MtlexpError(f"stack: expected an integer >= 1 (seeds seed .. seed+stack-1 in one run), got {self.stack}")
         if self.monitor_mode not in ("min", "max"):
             raise MtlexpError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
         if not self.monitor.startswith("val/"):
             raise MtlexpError(f"monitor: expected a validation metric ('val/...'), got {self.monitor!r}")
+        if self.optimized_metric is not None and not self.optimized_metric.startswith("val/"):
+            raise MtlexpError("optimized_metric: expected a validation metric ('val/norm_loss' or "
+                              f"'val/<task>/<metric>'), got {self.optimized_metric!r}")
 
 
 def validate_run(cfg: DictConfig) -> RunConfig:

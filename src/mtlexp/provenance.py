@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -35,11 +36,20 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def threads() -> dict[str, Any]:
+    """The CPU threads the run's torch computes on, and what set them (parallel sweep jobs share the cores)."""
+    import torch
+
+    return {"torch": torch.get_num_threads(), "cpus": os.cpu_count(),
+            **{var: os.environ[var] for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if var in os.environ}}
+
+
 def provenance(data_fingerprint: str, data_summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "git": git_state(Path(__file__).resolve().parent),
         "versions": versions(),
         "command": sys.argv,
         "host": platform.node(),
+        "threads": threads(),
         "data": {"sha256": data_fingerprint, **data_summary},
     }

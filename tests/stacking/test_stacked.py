@@ -66,8 +66,12 @@ def test_every_replica_is_the_single_run_with_its_seed(make_cfg):
 
 def test_replica_folders_read_like_sequential_runs(make_cfg):
     cfg = make_cfg("stack=2", "seed=1")
-    train(cfg)
+    record = train(cfg)
     root = Path(cfg.paths.output_dir)
+    replicas = [json.loads((root / "replicas" / f"seed_{s}" / "metrics.json").read_text()) for s in (1, 2)]
+    # The stacked run's own record: the means over its replicas, which a sweeper optimises (hparams_search).
+    assert record["val_norm_loss"] == pytest.approx(sum(r["val_norm_loss"] for r in replicas) / 2)
+    assert record["val"]["task1"]["mse"] == pytest.approx(sum(r["val"]["task1"]["mse"] for r in replicas) / 2)
     runs = find_runs([root])
     assert runs == [root / "replicas" / "seed_1", root / "replicas" / "seed_2"]  # the stacked run itself is not one
     for seed, run in zip((1, 2), runs):

@@ -146,6 +146,9 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     _log_summary(results, failures, output_dir)
     record = {"status": "failed" if failures else "ok", "stack": len(seeds), "model": name,
               "replicas": [str(f.relative_to(output_dir)) for f in folders],
+              # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
+              "val": _mean_metrics([m["val"] for _, m in results]),
+              "val_norm_loss": _mean([m.get("val_norm_loss") for _, m in results]),
               "test_norm_loss": _mean([m.get("test_norm_loss") for _, m in results]),
               "duration_s": round(time.time() - started, 2)}
     if failures:
@@ -189,6 +192,14 @@ def _check_replicas_agree(datas: list[Any]) -> None:
 def _mean(values: list[Any]) -> float | None:
     present = [float(v) for v in values if v is not None]
     return sum(present) / len(present) if present else None
+
+
+def _mean_metrics(records: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float | None]]:
+    """{task: {metric: mean over the records}}."""
+    if not records:
+        return {}
+    return {task: {name: _mean([r.get(task, {}).get(name) for r in records]) for name in values}
+            for task, values in records[0].items()}
 
 
 def _log_summary(results: list[tuple[int, dict[str, Any]]], failures: list[str], output_dir: Path) -> None:
