@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -113,10 +114,12 @@ def test_every_replica_diverging_fails_the_run_and_says_why(make_cfg):
 
 @pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
 def test_every_architecture_stacks_to_its_replicas_outputs(name, gate, sizes):
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models.append(make_model(name, gate, **sizes).eval())
+    first = make_model(name, gate, **sizes).eval()
+    second = copy.deepcopy(first)
+    with torch.no_grad():  # another replica: other values in every parameter
+        for param in second.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    models = [first, second]
     stacked = StackedModel(models).eval()
     numeric, categorical, _ = batch(4)
     pair = (torch.stack([numeric, numeric + 1]), torch.stack([categorical, categorical]))
