@@ -235,25 +235,36 @@ def loss_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return mean_ci(per_run, ["group", "curve", "epoch"])
 
 
-def plot_training_curves(runs: pd.DataFrame, out: str | Path) -> list[Path]:
-    """Training loss (``train/loss_epoch``) and validation loss (``val/loss``) over epochs, per group:
-    the mean with its 95% confidence band over the group's seeds (``loss_curves``), from each run's
-    ``csv/metrics.csv``."""
+def plot_training_curves(runs: pd.DataFrame, out: str | Path, panel_key: str | None = None) -> list[Path]:
+    """Training loss (``train/loss_epoch``) and validation loss (``val/loss``) over epochs, per group: the mean
+    with its 95% confidence band over the group's seeds (``loss_curves``), from each run's
+    ``csv/metrics.csv``. With ``panel_key`` (a swept column of ``runs``, e.g. the task correlation), one panel
+    per value of it, as the MMoE paper's Fig. 4; the loss axis is logarithmic, where late epochs differ."""
     table = loss_curves(runs)
-    fig, axes = _figure(width=7.0, height=4.5)
-    ax = axes[0, 0]
-    for i, (group, part) in enumerate(table.groupby("group", sort=False)):
-        color = f"C{i % 10}"
-        for curve, style in (("train", "-"), ("val", "--")):
-            line = part[part["curve"] == curve]
-            if not line.empty:
-                _band(ax, line["epoch"], line["mean"], line["half"], color=color, linestyle=style,
-                      marker="o" if curve == "val" else None, markersize=3, label=f"{group_name(group)} ({curve})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"training (solid) and validation (dashed) loss: mean over seeds, {LEVEL:.0%} CI", fontsize=10)
+    panels = [None] if panel_key is None else list(dict.fromkeys(runs[panel_key]))
+    fig, axes = _figure(ncols=len(panels), width=5.0, height=4.5, sharey=True)
+    labels = {group: group_name(group) for group in table["group"].unique()}
+    if panel_key is not None:  # the panel says the key's value: the legend names the rest
+        member = dict(zip(runs["group"], runs[panel_key]))
+        labels = {g: " ".join(p for p in g.split() if not p.startswith(f"{panel_key}=")) or "all runs" for g in labels}
+    colors = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels.values()))}
+    for ax, value in zip(axes[0], panels):
+        for group, part in table.groupby("group", sort=False):
+            if panel_key is not None and member.get(group) != value:
+                continue
+            for curve, style in (("train", "-"), ("val", "--")):
+                line = part[part["curve"] == curve]
+                if not line.empty:
+                    _band(ax, line["epoch"], line["mean"], line["half"], color=colors[labels[group]], linestyle=style,
+                          marker="o" if curve == "val" else None, markersize=3, label=f"{labels[group]} ({curve})")
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        if value is not None:
+            ax.set_title(f"{panel_key} = {value}", fontsize=10)
+    axes[0, 0].set_ylabel("loss (log scale)")
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(f"training (solid) and validation (dashed) loss: mean over seeds, {LEVEL:.0%} CI", fontsize=10)
     return _save(fig, out)
 
 
@@ -497,7 +508,9 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
                 subset, key, metric, split, out_dir / f"{metric}_vs_{_file_name(key)}", by=others))
 
     if any((Path(r) / "csv" / "metrics.csv").is_file() for r in ok_runs["run"]):
-        attempt("training curves", lambda: plot_training_curves(ok_runs, out_dir / "training_curves"))
+        numeric = [k for k in keys if k in ok_runs and _is_numeric(ok_runs[k])]
+        attempt("training curves", lambda: plot_training_curves(ok_runs, out_dir / "training_curves",
+                                                                numeric[0] if numeric else None))
 
     if not values.empty and values.groupby("group")["seed"].nunique().max() >= MIN_SEEDS_FOR_DISTRIBUTION:
         for metric, its_tasks in judged:
