@@ -83,6 +83,14 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     assert "2 of 4 jobs failed" in result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(r"\n3\s+model=omoe data.correlation=1.5\s+failed", result.stdout)
+    if launcher == "joblib":  # the jobs run side by side: each computes on cores // jobs at once (docs/scaling.md)
+        import joblib
+
+        cores = joblib.cpu_count()
+        expected = max(1, cores // min(cores, 4))  # n_jobs=-1: every core, capped by the 4 jobs of the sweep
+        for job, (status, _) in statuses.items():
+            if status == "ok":
+                assert json.loads((sweep / job / "provenance.json").read_text())["threads"]["torch"] == expected
 
     report = run(["report", str(sweep)], tmp_path)
     assert report.returncode == 0, report.stderr
