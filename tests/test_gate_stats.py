@@ -11,7 +11,7 @@ def test_means_and_active_counts_over_batches_and_ranks():
     one = GateStatistics()
     one.update({"t": first}, rows=2)
     one.update({"t": second}, rows=1)
-    means, active = one.summary({"t": 3}, lambda v: v, torch.device("cpu"))
+    means, active, _ = one.report({"t": 3}, lambda v: v, torch.device("cpu"))
     torch.testing.assert_close(means["t"], torch.tensor([1.7, 0.8, 0.5], dtype=torch.float64) / 3)
     assert active["t"] == {"per_row_mean": 2.0, "per_row_max": 3, "used": 3}
 
@@ -20,8 +20,8 @@ def test_means_and_active_counts_over_batches_and_ranks():
     rank0.update({"t": torch.cat([first, second])}, rows=3)
     vectors = []
     for stats in (rank0, rank1):
-        stats.summary({"t": 3}, lambda v: vectors.append(v) or v, torch.device("cpu"))
+        stats.report({"t": 3}, lambda v: vectors.append(v) or v, torch.device("cpu"))
     gathered = torch.stack(vectors)
-    means2, active2 = rank0.summary({"t": 3}, lambda v: gathered, torch.device("cpu"))
+    means2, active2, _ = rank0.report({"t": 3}, lambda v: gathered, torch.device("cpu"))
     torch.testing.assert_close(means2["t"], means["t"])
     assert active2 == active

@@ -88,11 +88,3 @@ class GateStatistics:
                 "used": int(merged[1:].sum()),
             }
         return GateReport(means, active, histograms)
-
-    def summary(
-        self, widths: dict[str, int], gather: Callable[[Tensor], Tensor], device: torch.device
-    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
-        """Mean weight per expert, and ``{per_row_mean, per_row_max, used}`` per gate, over all ranks: ``report``
-        without the histograms."""
-        report = self.report(widths, gather, device)
-        return report.means, report.active
