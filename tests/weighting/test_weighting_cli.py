@@ -35,7 +35,6 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
     sweep = tmp_path / "sweep"
     result = mtlexp(["train", "-m", "model=mmoe", f"weighting={','.join(METHODS)}", *TINY,
                      "trainer.max_epochs=1", "module.grad_cosine_every_n_steps=2", "logger=csv",
-                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",  # one job per method: use both cores
                      f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [(path.parent, json.loads(path.read_text())) for path in sweep.glob("*/metrics.json")]
