@@ -15,6 +15,12 @@ Usage::
     .venv/bin/python scripts/bench_stacked.py              # the figures in the README
     .venv/bin/python scripts/bench_stacked.py --quick      # a smoke test (tiny sizes), not a measurement
 
+Besides the wall times, each study prints the ratio of the runs' own ``duration_s`` (metrics.json: the run
+without starting Python and importing torch and Lightning, which both sides pay once), and ``--routes`` times
+one optimizer step of MMoE three ways in this process: K single models one after another, the ``vmap`` route
+``stack=K`` uses, and the route of blocks that carry the replica dimension themselves (a hand-written MMoE of
+the same sizes: what rewriting every block would buy).
+
 The last line printed is ``stacked_speedup_b128=<x> stacked_speedup_b1024=<y>[ stacked_speedup_census=<z>]``:
 sequential wall time over stacked wall time (median over ``--rounds``).
 """
@@ -22,6 +28,7 @@ sequential wall time over stacked wall time (median over ``--rounds``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -29,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,21 +53,94 @@ def run(overrides: list[str], workdir: Path) -> float:
     return elapsed
 
 
+def run_seconds(folder: Path) -> float:
+    """``duration_s`` of the run in ``folder``, or summed over the jobs of the sweep in ``folder``."""
+    records = [folder / "metrics.json"] if (folder / "metrics.json").is_file() else folder.glob("*/metrics.json")
+    return sum(json.loads(path.read_text())["duration_s"] for path in records)
+
+
 def study(name: str, overrides: list[str], seeds: int, rounds: int, workdir: Path) -> float:
     """Median over rounds of sequential / stacked wall time for ``seeds`` seeds of one config."""
     ratios = []
     for r in range(rounds):
-        sequential = ["-m", f"seed={','.join(map(str, range(seeds)))}", *overrides,
-                      f"hydra.sweep.dir={workdir / f'{name}-seq-{r}'}"]
-        stacked = [f"stack={seeds}", *overrides, f"hydra.run.dir={workdir / f'{name}-stack-{r}'}"]
+        seq_dir, stack_dir = workdir / f"{name}-seq-{r}", workdir / f"{name}-stack-{r}"
+        sequential = ["-m", f"seed={','.join(map(str, range(seeds)))}", *overrides, f"hydra.sweep.dir={seq_dir}"]
+        stacked = [f"stack={seeds}", *overrides, f"hydra.run.dir={stack_dir}"]
         if r % 2 == 0:
             seq_s, stack_s = run(sequential, workdir), run(stacked, workdir)
         else:
             stack_s, seq_s = run(stacked, workdir), run(sequential, workdir)
         ratios.append(seq_s / stack_s)
+        seq_runs, stack_runs = run_seconds(seq_dir), run_seconds(stack_dir)
         print(f"{name}: round {r}: {seeds} seeds sequential {seq_s:.1f} s, stacked {stack_s:.1f} s, "
-              f"speedup {seq_s / stack_s:.2f}x", flush=True)
+              f"speedup {seq_s / stack_s:.2f}x; without process start and imports {seq_runs:.1f} s vs "
+              f"{stack_runs:.1f} s, {seq_runs / stack_runs:.2f}x", flush=True)
     return statistics.median(ratios)
+
+
+def routes(seeds: int, batch: int, steps: int = 200) -> None:
+    """Milliseconds per optimizer step (forward, backward, Adam) of MMoE with the synthetic task's sizes: one
+    model at a time for every seed, ``stack``'s vmap route, and blocks with their own replica dimension."""
+    import torch
+
+    from mtlexp.data.features import FeatureSpec
+    from mtlexp.models import MMoE
+    from mtlexp.stacking.model import StackedModel
+    from mtlexp.tasks import TaskSpec
+
+    d, tasks = 100, [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
+    models = [MMoE(FeatureSpec(numeric=tuple(f"x{i}" for i in range(d))), tasks) for _ in range(seeds)]
+    x, y = torch.randn(seeds, batch, d), torch.randn(seeds, len(tasks), batch)
+    empty = torch.zeros(seeds, batch, 0, dtype=torch.long)
+
+    def mse(logits: dict, k: Any = slice(None)) -> Any:
+        return sum(((logits[t.name].squeeze(-1) - y[k, i]) ** 2).mean(-1) for i, t in enumerate(tasks))
+
+    singles = [torch.optim.Adam(m.parameters()) for m in models]
+
+    def one_at_a_time() -> None:
+        for k, (model, opt) in enumerate(zip(models, singles)):
+            opt.zero_grad(set_to_none=True)
+            mse(model(x[k], empty[k]).logits, k).backward()
+            opt.step()
+
+    stacked = StackedModel(models)
+    forward = stacked.vectorised(lambda call, n, c: call(n, c).logits)
+    stacked_opt = torch.optim.Adam(stacked.parameters())
+
+    def vmap_route() -> None:
+        stacked_opt.zero_grad(set_to_none=True)
+        mse(forward(x, empty)).sum().backward()
+        stacked_opt.step()
+
+    e, h, th, t = 8, 16, 8, len(tasks)  # MMoE's defaults: 8 experts of 16 units, towers of 8
+    shapes = {"we": (d, e * h), "be": (1, e * h), "wg": (d, t * e), "bg": (1, t * e), "wt": (t, h, th),
+              "bt": (t, 1, th), "wo": (t, th, 1), "bo": (t, 1, 1)}
+    native = {name: torch.nn.Parameter(0.1 * torch.randn(seeds, *shape)) for name, shape in shapes.items()}
+    native_opt = torch.optim.Adam(native.values())
+
+    def native_route() -> None:
+        experts = torch.relu(torch.baddbmm(native["be"], x, native["we"])).view(seeds, batch, e, h)
+        gates = torch.softmax(torch.baddbmm(native["bg"], x, native["wg"]).view(seeds, batch, t, e), -1)
+        mixed = torch.matmul(gates, experts).transpose(1, 2)  # (K, T, B, H)
+        towers = torch.relu(torch.matmul(mixed, native["wt"]) + native["bt"])
+        out = (torch.matmul(towers, native["wo"]) + native["bo"]).squeeze(-1)  # (K, T, B)
+        native_opt.zero_grad(set_to_none=True)
+        ((out - y) ** 2).mean(-1).sum().backward()
+        native_opt.step()
+
+    timings = {}
+    for label, step in [("one model at a time", one_at_a_time), ("vmap (stack=K)", vmap_route),
+                        ("blocks with a replica dimension", native_route)]:
+        for _ in range(10):
+            step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings[label] = (time.perf_counter() - started) / steps * 1e3
+    base = timings["one model at a time"]
+    print(f"routes, MMoE, {seeds} seeds, batch {batch}, ms per optimizer step of every seed: " + ", ".join(
+        f"{label} {ms:.2f} ({base / ms:.2f}x)" for label, ms in timings.items()), flush=True)
 
 
 def main() -> None:
@@ -69,12 +150,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--census", type=Path, default=ROOT.parent / "shared" / "data" / "census-income")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    parser.add_argument("--routes", action="store_true", help="also time one step of the vectorisation routes")
     args = parser.parse_args()
     print(f"bench_stacked: {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
     sizes = ["data.num_train=1024", "data.num_val=256", "data.num_test=256"] if args.quick else []
     epochs = 1 if args.quick else args.epochs
     seeds = 2 if args.quick else args.seeds
     figures = {}
+    if args.routes:
+        for batch in (128, 1024):
+            routes(seeds, batch, steps=5 if args.quick else 200)
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
         workdir = Path(tmp)
         for batch in (128, 1024):
