@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,18 @@ def test_nothing_swept_but_the_seed_is_one_group(tmp_path):
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_the_report_command_reads_run_folders_without_importing_torch(sweep, tmp_path):
+    # Reports read run folders only (docs/design.md): starting one must not pay for torch and Lightning.
+    code = ("import sys; from mtlexp.cli import main\n"
+            f"try: main(['report', {str(sweep)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+            "except SystemExit as done: assert done.code == 0, done.code\n"
+            "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 def test_report_end_to_end_with_a_baseline(sweep, tmp_path, capsys):

@@ -21,7 +21,8 @@ from mtlexp.config import validate_run
 from mtlexp.data.base import MTLDataModule
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
-from mtlexp.io import AtomicCheckpointIO, read_json, write_json
+from mtlexp.checkpoint_io import AtomicCheckpointIO
+from mtlexp.io import read_json, write_json
 from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.processes import this_host

@@ -5,37 +5,47 @@ The names exported here are the public, stable import paths that configs use as 
 (``mtlexp.models.MMoE``): files inside the package may move, these names stay. A model *configuration* is
 named by its config file (``model=omoe``), recorded as ``_name_`` in the config and as ``model`` in
 ``metrics.json``; see ``mtlexp.models.names``.
+
+The names are resolved on first use: ``mtlexp report`` reads model names (``mtlexp.models.names``) without
+importing torch.
 """
 
-from mtlexp.models.aitm import AITM
-from mtlexp.models.base import AUX_ONLY, SHARED, MTLModel, MTLOutput, TaskSlices
-from mtlexp.models.cross_stitch import CrossStitch
-from mtlexp.models.entire_space import EntireSpace
-from mtlexp.models.gates import DSelectKGate, NoisyTopKGate, SoftmaxGate
-from mtlexp.models.mmoe import MMoE
-from mtlexp.models.penalties import L2Distance, TraceNorm
-from mtlexp.models.ple import PLE
-from mtlexp.models.shared_bottom import SharedBottom
-from mtlexp.models.single_task import SingleTask
-from mtlexp.models.tensor_factorization import TensorFactorization
+from __future__ import annotations
 
-__all__ = [
-    "AITM",
-    "AUX_ONLY",
-    "SHARED",
-    "PLE",
-    "CrossStitch",
-    "DSelectKGate",
-    "EntireSpace",
-    "L2Distance",
-    "MMoE",
-    "MTLModel",
-    "MTLOutput",
-    "NoisyTopKGate",
-    "SharedBottom",
-    "SingleTask",
-    "SoftmaxGate",
-    "TaskSlices",
-    "TensorFactorization",
-    "TraceNorm",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module of this package that defines it.
+_EXPORTS = {
+    "AITM": "aitm",
+    "AUX_ONLY": "base",
+    "SHARED": "base",
+    "MTLModel": "base",
+    "MTLOutput": "base",
+    "TaskSlices": "base",
+    "CrossStitch": "cross_stitch",
+    "EntireSpace": "entire_space",
+    "DSelectKGate": "gates",
+    "NoisyTopKGate": "gates",
+    "SoftmaxGate": "gates",
+    "MMoE": "mmoe",
+    "L2Distance": "penalties",
+    "TraceNorm": "penalties",
+    "PLE": "ple",
+    "SharedBottom": "shared_bottom",
+    "SingleTask": "single_task",
+    "TensorFactorization": "tensor_factorization",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

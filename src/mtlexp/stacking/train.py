@@ -25,7 +25,8 @@ from pytorch_lightning.utilities import CombinedLoader
 
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
-from mtlexp.io import AtomicCheckpointIO, read_json, write_atomic, write_json
+from mtlexp.checkpoint_io import AtomicCheckpointIO
+from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
 from mtlexp.report.table import format_table
