@@ -21,6 +21,7 @@ from mtlexp.report.figures import (
     higher_is_better,
     mean_ci,
     pareto_front,
+    pareto_table,
     plot_final_distribution,
     plot_gate_distribution,
     plot_gate_heatmap,
@@ -215,6 +216,16 @@ def test_pareto_scatter_over_groups(tmp_path):
     values = make_values()
     stem = tmp_path / "pareto_logloss"
     assert_figures(plot_pareto(values, "ctr", "cvr", "logloss", "test", stem), stem)
+    # Groups trained on other data do not compete: per correlation, MMoE is on the front (it beats
+    # shared-bottom at both), though MMoE at 0.9 beats MMoE at 0.5 on both tasks.
+    table = pareto_table(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"])
+    assert sorted(table.loc[table["front"], "group"]) == ["model=mmoe data.correlation=0.5",
+                                                           "model=mmoe data.correlation=0.9"]
+    assert set(table["panel"]) == {"data.correlation=0.5", "data.correlation=0.9"}
+    pooled = pareto_table(values, "ctr", "cvr", "auroc", "test")
+    assert list(pooled.loc[pooled["front"], "group"]) == ["model=mmoe data.correlation=0.9"]
+    stem = tmp_path / "pareto_auroc"
+    assert_figures(plot_pareto(values, "ctr", "cvr", "auroc", "test", stem, panel_by=["data.correlation"]), stem)
     with pytest.raises(ValueError, match="no known direction"):
         plot_pareto(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test", tmp_path / "x")
     with pytest.raises(ValueError, match="both ctr and ctcvr"):

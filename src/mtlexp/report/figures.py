@@ -38,6 +38,7 @@ RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "
 LEVEL = 0.95  # confidence level of every band and error bar
 MIN_SEEDS_FOR_DISTRIBUTION = 5
 FORMATS = ("png", "pdf")  # every figure is written in each
+DATA_NODES = ("data", "tasks")  # config nodes whose values change what the runs train and are judged on
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------
@@ -393,33 +394,64 @@ def plot_gate_distribution(gate_hist: dict[str, list[list[float]]], gate_experts
 # --- trade-off between two tasks ---------------------------------------------------------------------------
 
 
-def plot_pareto(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str, out: str | Path
-                ) -> list[Path]:
-    """Task A against task B on one metric, a point per group (mean over seeds, 95% CI error bars), with the
-    groups no other group beats on both tasks joined as the Pareto front (in the metric's direction)."""
+def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str,
+                 panel_by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per group: ``panel`` (its values of ``panel_by``, as ``key=value`` text), the mean and 95% CI half-width
+    of the metric on both tasks (``<task>``, ``<task>_half``), and ``front``: whether no group of its panel is
+    at least as good on both tasks and better on one (in the metric's direction).
+
+    ``panel_by``: swept keys that change the data (``data.correlation``): groups trained on other data do not
+    compete."""
+    import pandas as pd
+
     higher = higher_is_better(metric)
     rows = _selected(values, metric, split)
-    table = mean_ci(rows[rows["task"].isin([task_a, task_b])], ["group", "task"])
-    mean = table.pivot(index="group", columns="task", values="mean").dropna()
-    half = table.pivot(index="group", columns="task", values="half").loc[mean.index]
-    if mean.empty or task_a not in mean or task_b not in mean:
-        raise ValueError(f"no group has {split} {metric} for both {task_a} and {task_b}")
-    points = mean[[task_a, task_b]].to_numpy()
-    front = pareto_front(points, higher)
-    fig, axes = _figure(width=6.0, height=4.8)
-    ax = axes[0, 0]
-    for i, group in enumerate(mean.index):
-        ax.errorbar(points[i, 0], points[i, 1], xerr=half.loc[group, task_a], yerr=half.loc[group, task_b],
-                    fmt="o", color=f"C{i % 10}", capsize=3, markersize=7 if front[i] else 5,
-                    label=group_name(group) + (" (front)" if front[i] else ""))
-    on_front = points[front][np.argsort(points[front][:, 0])]
-    ax.plot(on_front[:, 0], on_front[:, 1], "--", color="grey", linewidth=1, zorder=0, label="Pareto front")
-    ax.set_xlabel(f"{task_a} {split} {metric}")
-    ax.set_ylabel(f"{task_b} {split} {metric}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{task_a} vs {task_b}: {split} {metric} per group ({'higher' if higher else 'lower'} is better; "
-                 f"mean, {LEVEL:.0%} CI)", fontsize=10)
+    rows = rows[rows["task"].isin([task_a, task_b])]
+    missing = ValueError(f"no group has {split} {metric} for both {task_a} and {task_b}")
+    if rows.empty:
+        raise missing
+    panel = rows[list(panel_by)].astype(str).apply(lambda r: " ".join(f"{k}={v}" for k, v in r.items()), axis=1)
+    table = mean_ci(rows.assign(panel=panel if panel_by else ""), ["panel", "group", "task"])
+    mean = table.pivot(index=["panel", "group"], columns="task", values="mean")
+    if task_a not in mean or task_b not in mean or mean[[task_a, task_b]].dropna().empty:
+        raise missing
+    mean = mean[[task_a, task_b]].dropna()
+    half = table.pivot(index=["panel", "group"], columns="task", values="half").loc[mean.index, [task_a, task_b]]
+    frame = mean.join(half.add_suffix("_half")).reset_index()
+    frame["front"] = False
+    for _, part in frame.groupby("panel", sort=False):
+        frame.loc[part.index, "front"] = pareto_front(part[[task_a, task_b]].to_numpy(), higher)
+    return pd.DataFrame(frame)
+
+
+def plot_pareto(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str, out: str | Path,
+                panel_by: Sequence[str] = ()) -> list[Path]:
+    """Task A against task B on one metric, a point per group (mean over seeds, 95% CI error bars), with the
+    groups no other group beats on both tasks joined as the Pareto front; a panel per value of ``panel_by``
+    (``pareto_table``)."""
+    table = pareto_table(values, task_a, task_b, metric, split, panel_by)
+    panels = list(table.groupby("panel", sort=True))
+    # Within a panel a group is named without the panel's keys, and keeps its colour across panels.
+    names = [group_name(" ".join(t for t in group.split(" ") if t not in panel.split(" ")))
+             for panel, group in zip(table["panel"], table["group"])]
+    table = table.assign(name=names)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+    fig, axes = _figure(len(panels), width=6.0, height=4.8)
+    for ax, (panel, part) in zip(axes[0], panels):
+        for row in table.loc[part.index].to_dict("records"):
+            ax.errorbar(row[task_a], row[task_b], xerr=row[f"{task_a}_half"], yerr=row[f"{task_b}_half"], fmt="o",
+                        color=colours[row["name"]], capsize=3, markersize=7 if row["front"] else 5,
+                        label=row["name"] + (" (front)" if row["front"] else ""))
+        front = part[part["front"]].sort_values(task_a)
+        ax.plot(front[task_a], front[task_b], "--", color="grey", linewidth=1, zorder=0, label="Pareto front")
+        ax.set_xlabel(f"{task_a} {split} {metric}")
+        ax.set_ylabel(f"{task_b} {split} {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if panel:
+            ax.set_title(panel, fontsize=10)
+    fig.suptitle(f"{task_a} vs {task_b}: {split} {metric} per group "
+                 f"({'higher' if higher_is_better(metric) else 'lower'} is better; mean, {LEVEL:.0%} CI)", fontsize=10)
     return _save(fig, out)
 
 
@@ -475,7 +507,8 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
     - training curves, when runs have CSV logs;
     - the distribution over seeds of the same metrics, when a group has at least 5 seeds;
     - per group with gates: the mean gate weights and, when recorded, their distribution over rows (``gates/``);
-    - the Pareto front of the two tasks, when there are exactly two and at least two groups.
+    - the Pareto front of the two tasks, when there are exactly two and at least two groups; a panel per value
+      of the swept keys that change the data (``data``, ``tasks``).
 
     A figure the data cannot give (a metric missing, a key not numeric, a log unreadable) is skipped with a
     warning, never an error that stops the report.
@@ -525,5 +558,7 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
     if len(tasks) == 2 and values["group"].nunique() >= 2:
         a, b = tasks
         metric = headline[a] if headline[a] == headline[b] else "norm_loss"
-        attempt("pareto", lambda: plot_pareto(values, a, b, metric, split, out_dir / f"pareto_{metric}"))
+        data_keys = [k for k in keys if k in values and (k.split(".")[0] in DATA_NODES)]
+        attempt("pareto", lambda: plot_pareto(values, a, b, metric, split, out_dir / f"pareto_{metric}",
+                                              panel_by=data_keys))
     return written
