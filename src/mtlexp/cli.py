@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
-from mtlexp.hpo import HPARAMS_SEARCH, UnknownMetric, optuna_sweeper_installed
+from mtlexp.hpo import HPARAMS_SEARCH, UnknownMetric, optuna_sweeper_installed, study_errors
 from mtlexp.noise import silence
 
 COMMANDS = ("train", "eval", "data", "report")
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     apps = {"train": ("config", _train), "eval": ("eval", _evaluate)}
     if command not in apps:
         sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n{USAGE}")
-    if command == "train" and any(HPARAMS_SEARCH.match(a) for a in rest) and not optuna_sweeper_installed():
+    searching = command == "train" and any(HPARAMS_SEARCH.match(a) for a in rest)
+    if searching and not optuna_sweeper_installed():
         sys.exit("mtlexp: error: hparams_search needs Hydra's Optuna sweeper: pip install 'mtlexp[hpo]'")
     # Hydra parses sys.argv itself; it must not see the subcommand. argv[0] stays the real script path,
     # which Lightning re-runs to start DDP workers.
@@ -142,5 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     # one "[repeated Nx across cluster]" line, which would hide all but one job's results table.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     config_name, task = apps[command]
-    if _hydra_app(config_name, task):
+    with study_errors() if searching else contextlib.nullcontext():
+        failed = _hydra_app(config_name, task)
+    if failed:
         sys.exit(1)

@@ -6,8 +6,11 @@ The train task returns the run's ``optimized_metric`` (``objective``), which the
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,31 @@ class OptunaStudy(Callback):
         }
         OmegaConf.save(OmegaConf.create(summary), sweep_dir / "best_trial.yaml")
         print(f"best trial: {sweep_dir / 'best_trial.yaml'}", flush=True)
+
+
+# What optuna 2.x's best_trial raises when no trial completed: its SQL storage's and its in-memory storage's.
+_NO_COMPLETE_TRIAL = ("Record does not exist.", "No trials are completed yet.")
+
+
+@contextmanager
+def study_errors() -> Iterator[None]:
+    """Around a search: a study in which no trial completed ends with one line instead of the traceback of the
+    sweeper asking Optuna for its best trial. Hydra prints a sweeper's exceptions itself unless
+    HYDRA_FULL_ERROR=1, so it is set for the search, and other exceptions keep their full traceback."""
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except ValueError as error:
+        if str(error) not in _NO_COMPLETE_TRIAL:
+            raise
+        _exit("hparams_search: no trial of the study completed; the errors above, and each trial's run folder, "
+              "say why")
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 def _exit(message: str) -> None:

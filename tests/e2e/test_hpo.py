@@ -99,6 +99,18 @@ def test_an_unknown_metric_is_one_line_naming_the_available_ones(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.isdigit()) == ["0"]
 
 
+def test_a_study_in_which_every_trial_fails_ends_with_one_line(tmp_path):
+    # A value only the data module checks fails each trial (recorded as failed); Optuna then has no best trial.
+    result = search(tmp_path, "s", 2, "data.noise_std=-1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mtlexp: error")]
+    assert errors == ["mtlexp: error: data.noise_std: expected a number >= 0, got -1"] * 2 + [
+        "mtlexp: error: hparams_search: no trial of the study completed; the errors above, and each trial's run "
+        "folder, say why"], result.stderr[-3000:]
+    assert [t.state.name for t in trials(tmp_path)] == ["FAIL", "FAIL"]
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "hparams_search").glob("*.yaml")))
 def test_every_search_composes_with_a_metric_its_tasks_have_and_a_search_space_optuna_takes(name):
     from hydra import compose, initialize_config_module
