@@ -48,7 +48,7 @@ class InputBlock(nn.Module):
         for g, table in enumerate(self.embeddings):
             idx = categorical[:, getattr(self, f"columns_{g}")] + getattr(self, f"offsets_{g}")  # (B, F_g)
             # index_select, not table(idx): its backward is a scatter-add, 1.3x faster than the embedding's
-            # sorting backward on CPU, and 4x under the vmap of a stacked run (scripts/bench_stacked.py).
+            # sorting backward on CPU, and 4x under the vmap of a stacked run (docs/benchmarks.md).
             rows = table.weight.index_select(0, idx.flatten())
             parts.append(rows.view(idx.shape[0], -1))  # (B, F_g * width)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
