@@ -132,3 +132,11 @@ def test_every_architecture_stacks_to_its_replicas_outputs(name, gate, sizes):
         for task, value in expected.items():
             torch.testing.assert_close(logits[task][k], value, rtol=1e-5, atol=1e-6)
         assert stacked.replica_state_dict(k).keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_model_that_draws_random_numbers_is_named_in_a_warning(make_cfg, caplog, dropout):
+    record = train(make_cfg("stack=2", f"model.dropout={dropout}", "trainer.max_epochs=1"))
+    assert record["status"] == "ok"
+    warned = "draws random numbers in training" in caplog.text
+    assert warned == (dropout > 0), caplog.text[-2000:]

@@ -13,6 +13,7 @@ What a stacked run does not do: weightings that keep state or look at gradients 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from mtlexp.module import MTLModule
 from mtlexp.stacking.model import StackedModel
 from mtlexp.weighting.equal import EqualWeighting
 from mtlexp.weighting.static import StaticWeighting
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,20 +95,27 @@ class StackedModule(pl.LightningModule):
         return len(self.replicas)
 
     def _check_vectorises(self, features: FeatureSpec) -> None:
-        """One vectorised forward pass on a tiny batch now: an architecture that cannot run under vmap fails
-        here with its name, not in the middle of the first epoch."""
+        """Two vectorised training-mode forward passes on a tiny batch now: an architecture that cannot run under
+        vmap fails here with its name, not in the middle of the first epoch; one that draws random numbers
+        (dropout, noisy gates) gets a warning, since its replicas' draws are not their single runs'. The global
+        random state is left as it was, so that the replicas still train as their single runs do."""
         first = self.replicas[0]
+        name = first.run_config.get("model", {}).get("_name_") or type(first.model).__name__
         k = self.num_replicas
-        numeric = torch.zeros(k, 2, features.num_numeric)
+        numeric = torch.linspace(-1, 1, k * 2 * features.num_numeric).view(k, 2, features.num_numeric)
         categorical = torch.zeros(k, 2, len(features.categorical), dtype=torch.long)
-        try:
-            self.model.vectorised(lambda call, n, c: call(n, c).logits)(numeric, categorical)
-        except MtlexpError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any failure under vmap means the model cannot be stacked
-            name = first.run_config.get("model", {}).get("_name_") or type(first.model).__name__
-            raise MtlexpError(f"stack: model {name} cannot be vectorised with torch.func.vmap "
-                              f"({type(error).__name__}: {str(error).splitlines()[0]}); use stack=1") from None
+        forward = self.model.vectorised(lambda call, n, c: call(n, c).logits)
+        with torch.random.fork_rng(devices=[]):
+            try:
+                outputs = [forward(numeric, categorical) for _ in range(2)]
+            except MtlexpError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure under vmap means the model cannot be stacked
+                raise MtlexpError(f"stack: model {name} cannot be vectorised with torch.func.vmap "
+                                  f"({type(error).__name__}: {str(error).splitlines()[0]}); use stack=1") from None
+        if any(not torch.equal(outputs[0][task], outputs[1][task]) for task in outputs[0]):
+            log.warning("stack: model %s draws random numbers in training (dropout or noisy gates): each replica "
+                        "draws its own, but not the draws of the single run with its seed", name)
 
     # --- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
