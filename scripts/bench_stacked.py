@@ -16,7 +16,7 @@ Usage::
     .venv/bin/python scripts/bench_stacked.py --quick      # a smoke test (tiny sizes), not a measurement
 
 Besides the wall times, each study prints the ratio of the runs' own ``duration_s`` (metrics.json: the run
-without starting Python and importing torch and Lightning, which both sides pay once), and ``--routes`` times
+without starting the process, importing torch and Lightning and composing the config), and ``--routes`` times
 one optimizer step of MMoE three ways in this process: K single models one after another, the ``vmap`` route
 ``stack=K`` uses, and the route of blocks that carry the replica dimension themselves (a hand-written MMoE of
 the same sizes: what rewriting every block would buy).
