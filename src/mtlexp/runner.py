@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from mtlexp.errors import MtlexpError
 from mtlexp.noise import silence
 from mtlexp.io import read_json, write_atomic, write_json
-from mtlexp.report.sweep import run_overrides, swept_only
+from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from mtlexp.io import read_json
 from mtlexp.models.names import model_name
 from mtlexp.processes import is_gone
+
+if TYPE_CHECKING:  # pandas is imported where tables are built: the training path reads overrides from here
+    import pandas as pd
 
 RECORD_SCHEMA = 1  # the layout of Study.runs and Study.values (and of report.csv); bump it when a column changes
 
@@ -84,6 +86,8 @@ def load_runs(run_dirs: Iterable[Path]) -> Study:
                      "error": folder.problem or str(folder.metrics.get("error") or ""),
                      **{key: folder.metrics.get(key) for key in ("best_epoch", "epochs_trained", "duration_s")},
                      **setting})
+    import pandas as pd
+
     runs = _frame(rows, RUN_COLUMNS, swept)
     runs["seed"] = runs["seed"].astype("Int64")
     measured = [{"run": str(folder.run), **value} for folder, row in zip(folders, rows) if row["status"] == "ok"
@@ -275,6 +279,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str], swept: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=[*columns, *swept])
     for key in swept:
         values = [row[key] for row in rows]
