@@ -17,11 +17,11 @@ from pytorch_lightning.utilities import rank_zero_only
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.config import validate_run
 from mtlexp.data.base import MTLDataModule
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
-from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.io import read_json, write_json
 from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule

@@ -402,8 +402,6 @@ def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, sp
 
     ``panel_by``: swept keys that change the data (``data.correlation``): groups trained on other data do not
     compete."""
-    import pandas as pd
-
     higher = higher_is_better(metric)
     rows = _selected(values, metric, split)
     rows = rows[rows["task"].isin([task_a, task_b])]
@@ -421,7 +419,7 @@ def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, sp
     frame["front"] = False
     for _, part in frame.groupby("panel", sort=False):
         frame.loc[part.index, "front"] = pareto_front(part[[task_a, task_b]].to_numpy(), higher)
-    return pd.DataFrame(frame)
+    return frame
 
 
 def plot_pareto(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str, out: str | Path,

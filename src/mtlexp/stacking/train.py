@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import CombinedLoader
 
+from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
-from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
