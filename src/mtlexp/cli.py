@@ -74,7 +74,7 @@ def _train(cfg: DictConfig) -> float | None:
     from mtlexp.processes import share_cores
     from mtlexp.train import train
 
-    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy", "")):
+    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy", "")).lower():
         # Lightning starts DDP workers by re-running the command line, -m included: each would sweep again.
         raise MtlexpError("trainer.strategy: DDP runs one job at a time; run it without -m (or sweep on one device)")
     share_cores()

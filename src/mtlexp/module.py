@@ -93,6 +93,8 @@ class MTLModule(pl.LightningModule):
         self.results: dict[str, Any] = {}  # the last evaluation's metrics and gate means, by split
         self._gates = GateStatistics()
         self._epoch_sums: Tensor | None = None  # this epoch's summed (loss, task losses...) over its steps
+        self._eval_sums: Tensor | None = None  # this evaluation's (rows x (trained loss, task losses...)) summed, rows
+        self._eval_rows = 0
         self._epoch_steps = 0
         self._cosines: list[Tensor] = []  # this epoch's measured (T, T) task-gradient cosines
         self._plain_step = False
@@ -226,13 +228,13 @@ class MTLModule(pl.LightningModule):
             means = self.trainer.strategy.reduce(means, reduce_op="mean")
         num = len(self.trained)
         task_losses, weights = means[1: 1 + num], means[1 + num: 1 + 2 * num]
-        self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
-        self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, sync_dist=True, batch_size=1)
+        self.log("train/loss_epoch", means[0], on_step=False, on_epoch=True, batch_size=1)
+        self.log("train/loss", means[0], on_step=False, on_epoch=True, logger=False, batch_size=1)
         for i, task in enumerate(self.trained):
-            self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
-            self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+            self.log(f"train/{task.name}/loss", task_losses[i], on_step=False, on_epoch=True, batch_size=1)
+            self.log(f"train/weight/{task.name}", weights[i], on_step=False, on_epoch=True, batch_size=1)
         if len(means) > 1 + 2 * num:
-            self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+            self.log("train/aux_loss", means[-1], on_step=False, on_epoch=True, batch_size=1)
         record = self.results.setdefault("weighting", {})
         record["weights"] = {t.name: round(float(w), 6) for t, w in zip(self.trained, weights)}
         if self._cosines:
@@ -241,7 +243,7 @@ class MTLModule(pl.LightningModule):
                 cosines = self.trainer.strategy.reduce(cosines, reduce_op="mean")
             pairs = {key: cosines[i, j] for i, j, key in cosine_pairs([t.name for t in self.trained])}
             for key, value in pairs.items():
-                self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+                self.log(f"train/grad_cosine/{key}", value, on_step=False, on_epoch=True, batch_size=1)
             record["grad_cosine"] = {key: round(float(v), 6) for key, v in pairs.items()}  # the last epoch measured
         self.weighting.on_train_epoch_end(task_losses)
         scheduler = self.lr_schedulers()
@@ -281,11 +283,21 @@ class MTLModule(pl.LightningModule):
         losses = self.task_losses(out, batch, self.tasks)
         rows = batch["numeric"].shape[0]
         trained = sum(losses[t.name] for t in self.trained)
-        self.log(f"{split}/loss", trained, on_epoch=True, batch_size=rows, sync_dist=True)
+        sums = torch.stack([trained, *losses.values()]).detach().float() * rows
+        self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
+        self._eval_rows += rows
         for task in self.tasks:
-            self.log(f"{split}/{task.name}/loss", losses[task.name], on_epoch=True, batch_size=rows, sync_dist=True)
             self._update_metrics(split, task, out.logits[task.name], batch["labels"], batch.get("truth"))
         self._gates.update(out.gates, rows)
+
+    def _eval_losses(self, split: str) -> dict[str, Tensor]:
+        """The evaluation's row-weighted mean losses, by logged name, over every rank (then reset)."""
+        sums = torch.cat([self._eval_sums, self._eval_sums.new_tensor([self._eval_rows])])
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        means = sums[:-1] / sums[-1]
+        self._eval_sums, self._eval_rows = None, 0
+        return {f"{split}/loss": means[0], **{f"{split}/{t.name}/loss": means[1 + i] for i, t in enumerate(self.tasks)}}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -301,11 +313,16 @@ class MTLModule(pl.LightningModule):
 
     def _log_split(self, split: str) -> None:
         logged, result = self.split_results(split, self.all_gather)
-        # torchmetrics has already synced the values across ranks; sync_dist only keeps Lightning quiet.
+        if split != "train" and self._eval_sums is not None:
+            logged.update(self._eval_losses(split))
+        # Every value is already the same on every rank (torchmetrics synced the metrics, _eval_losses and
+        # _finish_training_epoch reduce the losses), so nothing is logged with sync_dist. Lightning would run that
+        # collective whenever someone reads the value, and the progress bar reads on rank 0 alone: rank 0 then
+        # waits in Lightning's all_reduce while the other ranks wait in the next hook's all_gather, for ever.
         monitor = str(self.run_config.get("monitor", "val/norm_loss"))
-        self.log_dict({k: v for k, v in logged.items() if k != monitor}, sync_dist=True)
+        self.log_dict({k: v for k, v in logged.items() if k != monitor})
         if monitor in logged:  # shown in the progress bar after every validation
-            self.log(monitor, logged[monitor], sync_dist=True, prog_bar=True)
+            self.log(monitor, logged[monitor], prog_bar=True)
         self.results[split] = result
 
     def split_results(self, split: str, gather: Callable[[Tensor], Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -40,9 +40,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         # Lightning turns Ctrl-C during fit into SystemExit(1), and SIGTERM (what schedulers send on
         # preemption) into a SystemExit without a code, which would exit 0: record it, say how to resume,
         # and stop the whole sweep with a non-zero status (128 + the signal when there is no code).
-        _mark(output_dir, "interrupted", "interrupted")
-        _end_tracking("KILLED")
-        print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
+        record_interrupted(output_dir)
         code = error.code if isinstance(error, SystemExit) else None
         raise SystemExit(code if code not in (None, 0) else 130 if isinstance(error, KeyboardInterrupt) else 143) from None
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become one line
@@ -56,6 +54,13 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
     _mark(output_dir, "failed", message)
     _end_tracking("FAILED")
     return False
+
+
+def record_interrupted(output_dir: Path | None) -> None:
+    """Record the run as interrupted and say how to resume it."""
+    _mark(output_dir, "interrupted", "interrupted")
+    _end_tracking("KILLED")
+    print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
 
 
 def _end_tracking(status: str) -> None:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.config import validate_run
 from mtlexp.data.base import MTLDataModule
+from mtlexp.distributed import collective_errors, ended_on_signal
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import read_json, write_json
@@ -27,6 +28,7 @@ from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.processes import this_host
 from mtlexp.provenance import provenance
+from mtlexp.runner import record_interrupted
 from mtlexp.report.figures import plot_gates
 from mtlexp.report.table import summary_table
 
@@ -103,14 +105,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_all(cfg.get("callbacks"), "callbacks")
     trainer = build_trainer(cfg, callbacks)
     log_hyperparams(cfg, trainer.loggers, module)
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    on_stuck = (lambda signum: record_interrupted(output_dir)) if is_main else (lambda signum: None)
+    with ended_on_signal(trainer, on_stuck), collective_errors(trainer):
+        trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
 
-    checkpoint = trainer.checkpoint_callback
-    best = getattr(checkpoint, "best_model_path", "") or None
-    if cfg.ckpt_path and checkpoint is not None:
-        best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
-    return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary, is_main)
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") or None
+        if cfg.ckpt_path and checkpoint is not None:
+            best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
+        return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary, is_main)
 
 
 def start_run_folder(cfg: DictConfig) -> None:
