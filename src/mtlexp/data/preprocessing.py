@@ -87,6 +87,23 @@ def class_names(values: Iterable[str]) -> list[str]:
     return seen
 
 
+def check_finite(table: ParsedTable, columns: Iterable[str]) -> None:
+    """Fail on the first row (in file order) with an infinite value in one of the numeric ``columns``.
+
+    NaN reads as a missing value (standardised to the training mean); an infinity has no such reading, and
+    left in it would surface only epochs later as a diverged loss, far from its cause.
+    """
+    first: tuple[int, str] | None = None
+    for name in columns:
+        bad = np.flatnonzero(np.isinf(table.numeric[name]))
+        if bad.size and (first is None or bad[0] < first[0]):
+            first = (int(bad[0]), name)
+    if first is not None:
+        position, name = first
+        raise MtlexpError(f"{table.path}: {table.locate(position)}: column {name!r}: expected a finite number, "
+                          f"got {table.numeric[name][position]}")
+
+
 def fit_standardise(train: np.ndarray) -> tuple[float, float]:
     """The training mean and std of a numeric column, over its observed (non-NaN) values."""
     observed = train[~np.isnan(train)]

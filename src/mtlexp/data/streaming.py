@@ -42,7 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from mtlexp.data.preprocessing import TableTransform, apply_standardise, class_names
+from mtlexp.data.preprocessing import TableTransform, apply_standardise, check_finite, class_names
 from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
@@ -215,6 +215,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
     # collected below): what the pass needs is the missing-label check and the binary and quantitative labels.
     raw = TableTransform(spec.tasks, {}, {})
+    finite = [*spec.numeric_features, *filter(None, [spec.weight])]
     try:
         for split, path in spec.files.items():
             with path.open("rb") as handle:
@@ -227,6 +228,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                 positions = np.arange(group.first_row, group.first_row + group.num_rows)
                 codes = row_splits(positions, spec.split_seed, plan[split], own)
                 parsed = parse_arrow(table, path, spec.schema, spec.numeric_columns, spec.string_columns, positions)
+                check_finite(parsed, finite)
                 arrays = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
                 labels = {t.name: arrays[f"label{i}"] for i, t in enumerate(spec.tasks)}
                 for task in counted:
