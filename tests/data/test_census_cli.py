@@ -132,6 +132,15 @@ def test_an_infinite_feature_fails_at_load_naming_the_column_and_first_row(tmp_p
     assert load_errors(path, tmp_path) == [expected, expected]
 
 
+def test_an_infinite_label_fails_at_load_in_memory_and_streamed_alike(tmp_path: Path) -> None:
+    frame = shop_frame()
+    frame.loc[[250, 299], "spend"] = [np.inf, -np.inf]  # both rows fall in the train split either way
+    path = tmp_path / "shop.parquet"
+    frame.to_parquet(path, row_group_size=100)
+    expected = "mtlexp: error: tasks.spend: 2 NaN/inf label(s) in the train split"
+    assert load_errors(path, tmp_path) == [expected, expected]
+
+
 ZOO = model_configs()  # the architectures: the click -> conversion objectives need click tasks
 
 

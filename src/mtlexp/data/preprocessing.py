@@ -105,8 +105,9 @@ def check_finite(table: ParsedTable, columns: Iterable[str]) -> None:
 
 
 def fit_standardise(train: np.ndarray) -> tuple[float, float]:
-    """The training mean and std of a numeric column, over its observed (non-NaN) values."""
-    observed = train[~np.isnan(train)]
+    """The training mean and std of a numeric column, over its finite values: NaN is a missing value, and an
+    infinite label must not turn every standardised label into NaN before the label check counts it."""
+    observed = train[np.isfinite(train)]
     mean = float(observed.mean()) if observed.size else 0.0
     std = float(observed.std()) if observed.size else 1.0
     return mean, std if std > 0 else 1.0
@@ -204,8 +205,8 @@ def single_feature_score(
     leak. A numeric feature is scored as it is (AUC either way up, or squared Pearson correlation).
     Multiclass labels are not scored.
     """
-    if task.kind == "multiclass" or len(labels) < 2:
-        return None
+    if task.kind == "multiclass" or len(labels) < 2 or not np.isfinite(labels).all():
+        return None  # non-finite labels fail the run after the scan
     y = labels.astype(np.float64)
     if categorical:
         fold = np.arange(len(y)) % 2

@@ -47,7 +47,7 @@ from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import derive_labels, kind_of, no_positive_value
+from mtlexp.kinds import check_finite_labels, count_nonfinite, derive_labels, kind_of, no_positive_value
 from mtlexp.processes import this_host
 from mtlexp.tasks import TaskSpec
 
@@ -206,6 +206,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     label_products = np.zeros((len(plain), len(plain)))
     positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}  # binary tasks, observed rows
     seen = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}
+    nonfinite = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}  # observed rows
     unobserved_labels = np.zeros(len(spec.tasks), np.int64)  # a label of 1 where observed_if's task is 0
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
@@ -248,10 +249,11 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                         continue
                     rows[split_name] += count
                     for i, task in enumerate(spec.tasks):
+                        y = labels[task.name][mask]
+                        observed = np.ones(count, bool) if task.observed_if is None else \
+                            labels[task.observed_if][mask] > 0.5
+                        nonfinite[split_name][i] += count_nonfinite(y[observed])
                         if task.kind == "binary":
-                            y = labels[task.name][mask]
-                            observed = np.ones(count, bool) if task.observed_if is None else \
-                                labels[task.observed_if][mask] > 0.5
                             seen[split_name][i] += int(observed.sum())
                             positives[split_name][i] += float(y[observed].sum())
                             unobserved_labels[i] += int((y[~observed] != 0).sum())
@@ -279,6 +281,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     for split, count in rows.items():
         if count == 0:
             raise MtlexpError(f"data: the {split} split is empty")
+    for split in SPLIT_NAMES:
+        for i, task in enumerate(spec.tasks):
+            check_finite_labels(task, int(nonfinite[split][i]), split)
     _check_positive_values(spec, positive_counts)
     for i, task in enumerate(spec.tasks):
         if task.kind != "binary":

@@ -364,8 +364,7 @@ class TabularDataModule(MTLDataModule):
         label_scaling = {}
         for task in self.labelled_tasks:
             if task.standardize:  # with the training split's mean and sd, like the numeric features
-                raw = TableTransform([task], {}, {}, classes).labels(train)["label0"]
-                mean, std = float(raw.mean()), float(raw.std()) or 1.0
+                mean, std = fit_standardise(TableTransform([task], {}, {}, classes).labels(train)["label0"])
                 label_scaling[task.name] = {"mean": mean, "std": std}
         transform = TableTransform(
             tasks=self.labelled_tasks,
