@@ -141,6 +141,20 @@ def test_an_infinite_label_fails_at_load_in_memory_and_streamed_alike(tmp_path: 
     assert load_errors(path, tmp_path) == [expected, expected]
 
 
+@pytest.mark.parametrize("damage", ["footer", "pages"])
+def test_a_damaged_parquet_file_is_one_line_in_memory_and_streamed(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "shop.parquet"
+    shop_frame().to_parquet(path, row_group_size=100)
+    data = bytearray(path.read_bytes())
+    if damage == "footer":  # the length of the file's metadata: every reader fails on opening it
+        data[-8:-4] = b"\xff\xff\xff\x7f"
+    else:  # column chunks: the file opens, its rows do not read
+        data[100:2000:7] = bytes(len(data[100:2000:7]))
+    path.write_bytes(bytes(data))
+    memory, streamed = load_errors(path, tmp_path)
+    assert memory == streamed and memory.startswith(f"mtlexp: error: {path}: not a readable Parquet file (")
+
+
 ZOO = model_configs()  # the architectures: the click -> conversion objectives need click tasks
 
 

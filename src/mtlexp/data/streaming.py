@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtlexp.data.preprocessing import TableTransform, apply_standardise, check_finite, class_names
-from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
+from mtlexp.data.readers import is_parquet, parse_arrow, reading_parquet, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
@@ -96,16 +96,15 @@ class RowGroup:
     num_rows: int
 
     def read(self, columns: Sequence[str]) -> pa.Table:
-        return self.fragment.to_table(columns=list(columns), use_threads=True)
+        with reading_parquet(Path(self.fragment.path)):
+            return self.fragment.to_table(columns=list(columns), use_threads=True)
 
 
 def row_groups(path: Path) -> list[RowGroup]:
     """The row groups of a Parquet file, in file order."""
-    try:
+    with reading_parquet(path):
         (fragment,) = ds.dataset(str(path), format="parquet").get_fragments()
         groups = fragment.split_by_row_group()
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise MtlexpError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     out, first = [], 0
     for group in groups:
         rows = sum(info.num_rows for info in group.row_groups)
@@ -127,7 +126,10 @@ def available_memory() -> int:
 
 def in_memory_bytes(files: Mapping[str, Path], columns: int) -> int:
     """A rough peak of the in-memory path for these files: parsing holds about 3 x 8 bytes per value."""
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.values())
+    rows = 0
+    for path in files.values():
+        with reading_parquet(path):
+            rows += pq.ParquetFile(path).metadata.num_rows
     return rows * columns * 8 * 3
 
 
