@@ -62,9 +62,7 @@ class TaskKind:
 
     def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
         """Fail clearly on labels that would train silently wrong."""
-        if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
-            bad = int((~torch.isfinite(labels)).sum())
-            raise MtlexpError(f"tasks.{task.name}: {bad} NaN/inf label(s) in the {split} split")
+        check_finite_labels(task, count_nonfinite(labels), split)
 
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         """One short phrase about a split's labels (``mtlexp data inspect``)."""
@@ -195,6 +193,19 @@ class Multiclass(TaskKind):
                             where: str, whole_file: bool) -> np.ndarray:
         index = {v: i for i, v in enumerate(classes)}
         return np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)[codes]
+
+
+def count_nonfinite(labels: Tensor | np.ndarray) -> int:
+    """How many labels are NaN or infinite (class indices never are)."""
+    labels = torch.as_tensor(labels)
+    return int((~torch.isfinite(labels)).sum()) if labels.is_floating_point() else 0
+
+
+def check_finite_labels(task: TaskSpec, count: int, split: str) -> None:
+    """Fail when ``count`` labels of a split are NaN or infinite: the in-memory check of a split's labels and the
+    streaming pass (which counts them over the whole file) give the same message."""
+    if count:
+        raise MtlexpError(f"tasks.{task.name}: {count} NaN/inf label(s) in the {split} split")
 
 
 def no_positive_value(task: TaskSpec, where: str, counts: dict[str, int]) -> MtlexpError:

@@ -71,23 +71,43 @@ def test_missing_census_files_are_one_line(tmp_path: Path) -> None:
     assert metrics["status"] == "failed"
 
 
-def test_generic_tabular_parquet_with_a_schema_in_memory_and_streamed(tmp_path: Path) -> None:
+SHOP_SCHEMA = {
+    "numeric": ["x"],
+    "categorical": {"colour": None},
+    "tasks": {"bought": {"kind": "binary", "positive": "yes"}, "spend": {"kind": "regression"}},
+}
+
+
+def shop_frame(rows: int = 600) -> pd.DataFrame:
+    """A table for SHOP_SCHEMA in which x decides both labels."""
     rng = np.random.default_rng(0)
-    rows = 600
     x = rng.normal(size=rows)
-    frame = pd.DataFrame({
+    return pd.DataFrame({
         "x": x,
         "colour": rng.choice(["red", "green", "blue"], rows),
         "bought": np.where(x + rng.normal(0, 0.5, rows) > 0, "yes", "no"),
         "spend": 3 * x + rng.normal(0, 0.1, rows),
     })
-    frame.to_parquet(tmp_path / "shop.parquet", row_group_size=100)  # several row groups to stream
-    schema = {
-        "numeric": ["x"],
-        "categorical": {"colour": None},
-        "tasks": {"bought": {"kind": "binary", "positive": "yes"}, "spend": {"kind": "regression"}},
-    }
-    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(schema))
+
+
+def load_errors(path: Path, cwd: Path) -> list[str]:
+    """The error line of each job of ``mtlexp train`` on a SHOP_SCHEMA file loaded in memory (what ``auto`` does
+    with a small file) and streamed; both jobs must fail without a traceback."""
+    (cwd / "shop.yaml").write_text(yaml.safe_dump(SHOP_SCHEMA))
+    sweep = cwd / "sweep"
+    result = mtlexp("train", "-m", "data=tabular", f"data.path={path}", f"data.schema={cwd / 'shop.yaml'}",
+                    "data.streaming=auto,true", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", cwd=cwd)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mtlexp: error:")]
+    assert result.returncode == 1 and errors[-1] == "mtlexp: error: 2 of 2 jobs failed", result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "failed"
+    return errors[:-1]
+
+
+def test_generic_tabular_parquet_with_a_schema_in_memory_and_streamed(tmp_path: Path) -> None:
+    rows = 600
+    shop_frame(rows).to_parquet(tmp_path / "shop.parquet", row_group_size=100)  # several row groups to stream
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(SHOP_SCHEMA))
     sweep = tmp_path / "sweep"
     result = mtlexp("train", "-m", "data=tabular", f"data.path={tmp_path / 'shop.parquet'}",
                     f"data.schema={tmp_path / 'shop.yaml'}", "model=shared_bottom", *FAST, "trainer.max_epochs=10",
@@ -100,6 +120,39 @@ def test_generic_tabular_parquet_with_a_schema_in_memory_and_streamed(tmp_path: 
         assert metrics["test"]["bought"]["auroc"] > 0.75  # x separates the classes well: the model must find it
         assert metrics["test"]["spend"]["r2"] > 0.5
         assert sum(metrics["data"]["rows"].values()) == rows
+
+
+def test_an_infinite_feature_fails_at_load_naming_the_column_and_first_row(tmp_path: Path) -> None:
+    frame = shop_frame()
+    frame.loc[10, "x"] = np.nan  # missing: becomes the training mean, as before
+    frame.loc[[250, 400], "x"] = [-np.inf, np.inf]
+    path = tmp_path / "shop.parquet"
+    frame.to_parquet(path, row_group_size=100)
+    expected = f"mtlexp: error: {path}: row 251: column 'x': expected a finite number, got -inf"
+    assert load_errors(path, tmp_path) == [expected, expected]
+
+
+def test_an_infinite_label_fails_at_load_in_memory_and_streamed_alike(tmp_path: Path) -> None:
+    frame = shop_frame()
+    frame.loc[[250, 299], "spend"] = [np.inf, -np.inf]  # both rows fall in the train split either way
+    path = tmp_path / "shop.parquet"
+    frame.to_parquet(path, row_group_size=100)
+    expected = "mtlexp: error: tasks.spend: 2 NaN/inf label(s) in the train split"
+    assert load_errors(path, tmp_path) == [expected, expected]
+
+
+@pytest.mark.parametrize("damage", ["footer", "pages"])
+def test_a_damaged_parquet_file_is_one_line_in_memory_and_streamed(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "shop.parquet"
+    shop_frame().to_parquet(path, row_group_size=100)
+    data = bytearray(path.read_bytes())
+    if damage == "footer":  # the length of the file's metadata: every reader fails on opening it
+        data[-8:-4] = b"\xff\xff\xff\x7f"
+    else:  # column chunks: the file opens, its rows do not read
+        data[100:2000:7] = bytes(len(data[100:2000:7]))
+    path.write_bytes(bytes(data))
+    memory, streamed = load_errors(path, tmp_path)
+    assert memory == streamed and memory.startswith(f"mtlexp: error: {path}: not a readable Parquet file (")
 
 
 ZOO = model_configs()  # the architectures: the click -> conversion objectives need click tasks

@@ -104,6 +104,14 @@ def test_multirun_gives_one_folder_per_job_and_a_failed_job_spares_the_others(tm
     [
         (["train", "data.correlation=1.5"], "mtlexp: error: data.correlation: expected a cosine in [-1, 1], got 1.5"),
         (["train", "model.num_experts=0"], "mtlexp: error: model.num_experts: expected an integer >= 1, got 0"),
+        (["train", "model/gate=dselect_k", "model.gate.k=9"],
+         "mtlexp: error: model.gate.k: expected an integer in [1, 8] (a gate of this model mixes 8 experts), got 9"),
+        (["train", "model=ple", "model/gate=dselect_k", "model.gate.k=7"],  # a task gate: 2 own + 4 shared
+         "mtlexp: error: model.gate.k: expected an integer in [1, 6] (a gate of this model mixes 6 experts), got 7"),
+        (["train", "weighting=static", "weighting.weights=[0,0]"],
+         "mtlexp: error: weighting.weights: expected at least one weight > 0, got 0 for every task (task1, task2)"),
+        (["train", "weighting=static", "weighting.weights={task2:-1}"],
+         "mtlexp: error: weighting.weights.task2: expected a finite number >= 0, got -1"),
         (["train", "model=nope"], "Could not find 'model/nope'"),
         (["train", "seed=abc"], "seed"),
         (["train", "trainer.max_epochs=abc"], "mtlexp: error: trainer.max_epochs: expected int, got 'abc'"),

@@ -104,8 +104,10 @@ def test_static_weights_by_name_or_position_and_bad_weights_name_the_task():
         StaticWeighting(TASKS, weights={"z": 1.0})
     with pytest.raises(MtlexpError, match=r"expected 2 weights \(one per task"):
         StaticWeighting(TASKS, weights=[1.0])
-    with pytest.raises(MtlexpError, match="weighting.weights.a: expected a number >= 0, got -1"):
+    with pytest.raises(MtlexpError, match="weighting.weights.a: expected a finite number >= 0, got -1"):
         StaticWeighting(TASKS, weights=[-1, 1])
+    with pytest.raises(MtlexpError, match="weighting.weights.b: expected a finite number >= 0, got nan"):
+        StaticWeighting(TASKS, weights=[1, float("nan")])
 
 
 def test_uncertainty_weights_are_one_over_two_sigma_squared_and_learn_the_variances():

@@ -30,7 +30,9 @@ from mtlexp.errors import MtlexpError
 from mtlexp.processes import is_gone, this_host
 
 # Bump when the preprocessing changes, so that old cache entries are not reused.
-CACHE_VERSION = 2  # 2: meta.json carries the manifest of the arrays
+# 2: meta.json carries the manifest of the arrays; 3: infinite values are refused at load, and an older entry
+# may hold them.
+CACHE_VERSION = 3
 
 
 def entry_key(files: Mapping[str, Path], options: Mapping[str, Any]) -> str:

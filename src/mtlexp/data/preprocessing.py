@@ -87,9 +87,27 @@ def class_names(values: Iterable[str]) -> list[str]:
     return seen
 
 
+def check_finite(table: ParsedTable, columns: Iterable[str]) -> None:
+    """Fail on the first row (in file order) with an infinite value in one of the numeric ``columns``.
+
+    NaN reads as a missing value (standardised to the training mean); an infinity has no such reading, and
+    left in it would surface only epochs later as a diverged loss, far from its cause.
+    """
+    first: tuple[int, str] | None = None
+    for name in columns:
+        bad = np.flatnonzero(np.isinf(table.numeric[name]))
+        if bad.size and (first is None or bad[0] < first[0]):
+            first = (int(bad[0]), name)
+    if first is not None:
+        position, name = first
+        raise MtlexpError(f"{table.path}: {table.locate(position)}: column {name!r}: expected a finite number, "
+                          f"got {table.numeric[name][position]}")
+
+
 def fit_standardise(train: np.ndarray) -> tuple[float, float]:
-    """The training mean and std of a numeric column, over its observed (non-NaN) values."""
-    observed = train[~np.isnan(train)]
+    """The training mean and std of a numeric column, over its finite values: NaN is a missing value, and an
+    infinite label must not turn every standardised label into NaN before the label check counts it."""
+    observed = train[np.isfinite(train)]
     mean = float(observed.mean()) if observed.size else 0.0
     std = float(observed.std()) if observed.size else 1.0
     return mean, std if std > 0 else 1.0
@@ -187,8 +205,8 @@ def single_feature_score(
     leak. A numeric feature is scored as it is (AUC either way up, or squared Pearson correlation).
     Multiclass labels are not scored.
     """
-    if task.kind == "multiclass" or len(labels) < 2:
-        return None
+    if task.kind == "multiclass" or len(labels) < 2 or not np.isfinite(labels).all():
+        return None  # non-finite labels fail the run after the scan
     y = labels.astype(np.float64)
     if categorical:
         fold = np.arange(len(y)) % 2

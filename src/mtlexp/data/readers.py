@@ -11,7 +11,8 @@ import codecs
 import csv
 import gzip
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -99,10 +100,8 @@ def file_columns(path: Path, schema: TableSchema) -> list[str]:
     if not path.is_file():
         raise MtlexpError(f"{path}: file not found")
     if is_parquet(path):
-        try:
+        with reading_parquet(path):
             return list(pq.read_schema(path).names)
-        except (pa.ArrowException, OSError) as exc:
-            raise _unreadable_parquet(path, exc) from None
     if not schema.header:
         return list(schema.columns or ())
     with (gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")) as handle:
@@ -130,10 +129,8 @@ def read_table(path: Path, schema: TableSchema, numeric: Sequence[str], strings:
     if is_parquet(path):
         with path.open("rb") as handle:
             digest = sha256_stream(handle)
-        try:
+        with reading_parquet(path):
             table = pq.read_table(path, columns=wanted)
-        except (pa.ArrowException, OSError) as exc:
-            raise _unreadable_parquet(path, exc) from None
     else:
         data = read_bytes(path)
         digest = hashlib.sha256(data).hexdigest()
@@ -272,8 +269,14 @@ def _to_float(text: str) -> float:
         return float("nan")
 
 
-def _unreadable_parquet(path: Path, exc: Exception) -> MtlexpError:
-    return MtlexpError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})")
+@contextmanager
+def reading_parquet(path: Path) -> Iterator[None]:
+    """Around any read of a Parquet file: a damaged file fails as one line naming it, whichever of pyarrow's
+    readers (schema, table, dataset, row group) found the damage, in memory or streaming."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise MtlexpError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def sha256_stream(handle: BinaryIO) -> str:

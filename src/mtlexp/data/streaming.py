@@ -42,12 +42,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from mtlexp.data.preprocessing import TableTransform, apply_standardise, class_names
-from mtlexp.data.readers import is_parquet, parse_arrow, sha256_stream
+from mtlexp.data.preprocessing import TableTransform, apply_standardise, check_finite, class_names
+from mtlexp.data.readers import is_parquet, parse_arrow, reading_parquet, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import derive_labels, kind_of, no_positive_value
+from mtlexp.kinds import check_finite_labels, count_nonfinite, derive_labels, kind_of, no_positive_value
 from mtlexp.processes import this_host
 from mtlexp.tasks import TaskSpec
 
@@ -96,16 +96,15 @@ class RowGroup:
     num_rows: int
 
     def read(self, columns: Sequence[str]) -> pa.Table:
-        return self.fragment.to_table(columns=list(columns), use_threads=True)
+        with reading_parquet(Path(self.fragment.path)):
+            return self.fragment.to_table(columns=list(columns), use_threads=True)
 
 
 def row_groups(path: Path) -> list[RowGroup]:
     """The row groups of a Parquet file, in file order."""
-    try:
+    with reading_parquet(path):
         (fragment,) = ds.dataset(str(path), format="parquet").get_fragments()
         groups = fragment.split_by_row_group()
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise MtlexpError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     out, first = [], 0
     for group in groups:
         rows = sum(info.num_rows for info in group.row_groups)
@@ -127,7 +126,10 @@ def available_memory() -> int:
 
 def in_memory_bytes(files: Mapping[str, Path], columns: int) -> int:
     """A rough peak of the in-memory path for these files: parsing holds about 3 x 8 bytes per value."""
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.values())
+    rows = 0
+    for path in files.values():
+        with reading_parquet(path):
+            rows += pq.ParquetFile(path).metadata.num_rows
     return rows * columns * 8 * 3
 
 
@@ -206,6 +208,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     label_products = np.zeros((len(plain), len(plain)))
     positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}  # binary tasks, observed rows
     seen = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}
+    nonfinite = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}  # observed rows
     unobserved_labels = np.zeros(len(spec.tasks), np.int64)  # a label of 1 where observed_if's task is 0
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
@@ -215,6 +218,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
     # collected below): what the pass needs is the missing-label check and the binary and quantitative labels.
     raw = TableTransform(spec.tasks, {}, {})
+    finite = [*spec.numeric_features, *filter(None, [spec.weight])]
     try:
         for split, path in spec.files.items():
             with path.open("rb") as handle:
@@ -227,6 +231,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                 positions = np.arange(group.first_row, group.first_row + group.num_rows)
                 codes = row_splits(positions, spec.split_seed, plan[split], own)
                 parsed = parse_arrow(table, path, spec.schema, spec.numeric_columns, spec.string_columns, positions)
+                check_finite(parsed, finite)
                 arrays = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
                 labels = {t.name: arrays[f"label{i}"] for i, t in enumerate(spec.tasks)}
                 for task in counted:
@@ -246,10 +251,11 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                         continue
                     rows[split_name] += count
                     for i, task in enumerate(spec.tasks):
+                        y = labels[task.name][mask]
+                        observed = np.ones(count, bool) if task.observed_if is None else \
+                            labels[task.observed_if][mask] > 0.5
+                        nonfinite[split_name][i] += count_nonfinite(y[observed])
                         if task.kind == "binary":
-                            y = labels[task.name][mask]
-                            observed = np.ones(count, bool) if task.observed_if is None else \
-                                labels[task.observed_if][mask] > 0.5
                             seen[split_name][i] += int(observed.sum())
                             positives[split_name][i] += float(y[observed].sum())
                             unobserved_labels[i] += int((y[~observed] != 0).sum())
@@ -277,6 +283,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     for split, count in rows.items():
         if count == 0:
             raise MtlexpError(f"data: the {split} split is empty")
+    for split in SPLIT_NAMES:
+        for i, task in enumerate(spec.tasks):
+            check_finite_labels(task, int(nonfinite[split][i]), split)
     _check_positive_values(spec, positive_counts)
     for i, task in enumerate(spec.tasks):
         if task.kind != "binary":

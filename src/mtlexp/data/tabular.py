@@ -25,6 +25,7 @@ from mtlexp.data.preprocessing import (
     LeakWarning,
     TableTransform,
     carve_splits,
+    check_finite,
     fit_standardise,
     multiclass_names,
     seen_values,
@@ -353,6 +354,9 @@ class TabularDataModule(MTLDataModule):
         for path in files.values():
             self._check_columns(path)
         parsed = {split: read_table(p, self.schema, numeric_columns, string_columns) for split, p in files.items()}
+        weight = str(self.schema.weight) if self.use_weight else None
+        for table in parsed.values():
+            check_finite(table, [*self.numeric_features, *filter(None, [weight])])
         tables = carve_splits(parsed, self.val_fraction, self.test_fraction, self.val_from, self.split_seed)
         train = tables["train"]
         classes = {t.name: multiclass_names(t, [tables[s] for s in SPLITS]) for t in self.labelled_tasks
@@ -360,8 +364,7 @@ class TabularDataModule(MTLDataModule):
         label_scaling = {}
         for task in self.labelled_tasks:
             if task.standardize:  # with the training split's mean and sd, like the numeric features
-                raw = TableTransform([task], {}, {}, classes).labels(train)["label0"]
-                mean, std = float(raw.mean()), float(raw.std()) or 1.0
+                mean, std = fit_standardise(TableTransform([task], {}, {}, classes).labels(train)["label0"])
                 label_scaling[task.name] = {"mean": mean, "std": std}
         transform = TableTransform(
             tasks=self.labelled_tasks,
@@ -370,7 +373,7 @@ class TabularDataModule(MTLDataModule):
                         for name in self.categorical_features},
             classes=classes,
             label_scaling=label_scaling,
-            weight=str(self.schema.weight) if self.use_weight else None,
+            weight=weight,
         )
         arrays = {f"{split}.{name}": array for split in SPLITS for name, array in transform.apply(tables[split]).items()}
         stats = {

@@ -45,6 +45,13 @@ class Gate(nn.Module):
         raise NotImplementedError
 
 
+def check_k(k: int, num_experts: int) -> None:
+    """A sparse gate's ``k`` (experts per row) against the experts it mixes; in CGC/PLE a task gate mixes its
+    task's own and the shared experts, fewer than the model has, so the message names the gate's count."""
+    require(isinstance(k, int) and 1 <= k <= num_experts, "gate.k",
+            f"an integer in [1, {num_experts}] (a gate of this model mixes {num_experts} experts)", k)
+
+
 class SoftmaxGate(Gate):
     """Dense softmax gates (MMoE's): every expert gets a positive weight."""
 
@@ -81,7 +88,7 @@ class NoisyTopKGate(Gate):
         balance_weight: float = 0.01,
     ) -> None:
         super().__init__(input_dim, num_experts, num_gates)
-        require(isinstance(k, int) and 1 <= k <= num_experts, "gate.k", f"an integer in [1, {num_experts}]", k)
+        check_k(k, num_experts)
         require(balance_weight >= 0, "gate.balance_weight", "a number >= 0", balance_weight)
         self.k, self.noisy, self.balance_weight = k, noisy, balance_weight
         self.linear = nn.Linear(input_dim, num_gates * num_experts)
@@ -131,7 +138,7 @@ class DSelectKGate(Gate):
     entropy of the selectors) pushes them there. When E is not a power of two, codes past E fold back onto
     expert ``c - E``, so weights still sum to 1 and a saturated selector still picks one expert.
 
-    :param k: selectors (the most experts a row uses once the gate has converged).
+    :param k: selectors (the most experts a row uses once the gate has converged), at most ``num_experts``.
     :param gamma: width of the smooth-step's non-saturated region.
     :param entropy_weight: weight of the selectors' entropy regulariser.
     """
@@ -141,7 +148,7 @@ class DSelectKGate(Gate):
         entropy_weight: float = 0.05,
     ) -> None:
         super().__init__(input_dim, num_experts, num_gates)
-        require(isinstance(k, int) and k >= 1, "gate.k", "an integer >= 1", k)
+        check_k(k, num_experts)
         require(gamma > 0, "gate.gamma", "a number > 0", gamma)
         require(entropy_weight >= 0, "gate.entropy_weight", "a number >= 0", entropy_weight)
         self.k, self.gamma, self.entropy_weight = k, float(gamma), entropy_weight

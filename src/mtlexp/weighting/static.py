@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -37,8 +38,11 @@ class StaticWeighting(LossWeighting):
                 raise MtlexpError(f"weighting.weights: expected {self.num_tasks} weights (one per task: "
                                   f"{self.task_names}), got {len(values)}")
         for name, value in zip(self.task_names, values):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise MtlexpError(f"weighting.weights.{name}: expected a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise MtlexpError(f"weighting.weights.{name}: expected a finite number >= 0, got {value!r}")
+        if not any(values):  # the run would "train" nothing and still report ok
+            raise MtlexpError(f"weighting.weights: expected at least one weight > 0, got 0 for every task "
+                              f"({', '.join(self.task_names)})")
         return [float(v) for v in values]
 
     def weights(self, inputs: StepInputs) -> Tensor:
