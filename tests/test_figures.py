@@ -16,21 +16,22 @@ import torch
 from mtlexp.gate_stats import HIST_BINS, GateStatistics
 from mtlexp.report import figures
 from mtlexp.report.figures import (
+    final_distribution_figure,
+    gate_distribution_figure,
+    gate_heatmap_figure,
     headline_metric,
-    loss_curves,
     higher_is_better,
+    loss_curves,
     mean_ci,
+    metric_against_figure,
+    pareto_figure,
     pareto_front,
     pareto_table,
-    plot_final_distribution,
-    plot_gate_distribution,
-    plot_gate_heatmap,
     plot_gates,
-    plot_metric_against,
-    plot_pareto,
-    plot_training_curves,
     read_loss_curves,
+    save_figure,
     study_figures,
+    training_curves_figure,
 )
 
 # CGC's gates: each task gate sees its own experts and the shared ones, so the widths differ from the experts'.
@@ -153,14 +154,14 @@ def test_gate_statistics_count_every_experts_weights_in_bins_summed_over_batches
 def test_metric_against_a_numeric_key_one_line_per_model(tmp_path):
     values = make_values()
     stem = tmp_path / "auroc_vs_data.correlation"  # the dotted key is kept in the name, not taken for a suffix
-    assert_figures(plot_metric_against(values, "data.correlation", "auroc", "test", stem), stem)
+    assert_figures(save_figure(metric_against_figure(values, "data.correlation", "auroc", "test"), stem), stem)
     stem = tmp_path / "norm_loss"
-    assert_figures(plot_metric_against(values[values["task"] == "*"], "data.correlation", "norm_loss", "test", stem,
-                                       by=["model"]), stem)
+    assert_figures(save_figure(metric_against_figure(values[values["task"] == "*"], "data.correlation", "norm_loss",
+                                                     "test", by=["model"]), stem), stem)
     with pytest.raises(ValueError, match="not numeric"):
-        plot_metric_against(values, "model", "auroc", "test", tmp_path / "x")
+        metric_against_figure(values, "model", "auroc", "test")
     with pytest.raises(ValueError, match="no val auroc"):
-        plot_metric_against(values, "data.correlation", "auroc", "val", tmp_path / "x")
+        metric_against_figure(values, "data.correlation", "auroc", "val")
 
 
 def test_training_curves_average_runs_of_different_lengths_and_skip_runs_without_a_log(tmp_path):
@@ -184,28 +185,28 @@ def test_training_curves_average_runs_of_different_lengths_and_skip_runs_without
     assert table.loc[("model=mmoe", "train", 9), "n"] == 1 and table.loc[("model=mmoe", "train", 9), "half"] == 0
     assert table.loc[("model=cgc", "val", 9), "n"] == 1  # the run without a log is not counted
     stem = tmp_path / "figures" / "training_curves"
-    assert_figures(plot_training_curves(runs, stem), stem)
+    assert_figures(save_figure(training_curves_figure(runs), stem), stem)
     with pytest.raises(ValueError, match="no run has a csv"):
-        plot_training_curves(runs.iloc[3:], stem)
+        training_curves_figure(runs.iloc[3:])
 
 
 def test_final_distribution_over_200_seeds(tmp_path):
     values = make_values(models=("mmoe", "omoe", "shared_bottom"), correlations=(0.5,), seeds=range(200),
                          metrics=("auroc",))
     stem = tmp_path / "auroc_distribution"
-    assert_figures(plot_final_distribution(values, "auroc", "test", stem), stem)
+    assert_figures(save_figure(final_distribution_figure(values, "auroc", "test"), stem), stem)
 
 
 def test_gate_figures_align_gates_of_different_widths_on_expert_names(tmp_path):
     stem = tmp_path / "gates"
-    assert_figures(plot_gate_heatmap(CGC_GATES, CGC_EXPERTS, stem), stem)
+    assert_figures(save_figure(gate_heatmap_figure(CGC_GATES, CGC_EXPERTS), stem), stem)
     hist = {gate: [[5 * (b == e + 2) + 1 for b in range(HIST_BINS)] for e in range(len(names))]
             for gate, names in CGC_EXPERTS.items()}
     hist["cvr"][0] = [0] * HIST_BINS  # an expert no row reached: drawn as nothing
     stem = tmp_path / "gate_distribution"
-    assert_figures(plot_gate_distribution(hist, CGC_EXPERTS, stem), stem)
+    assert_figures(save_figure(gate_distribution_figure(hist, CGC_EXPERTS), stem), stem)
     stem = tmp_path / "unnamed"  # without names the columns are expert indices
-    assert_figures(plot_gate_distribution({"task1": hist["ctr"]}, None, stem), stem)
+    assert_figures(save_figure(gate_distribution_figure({"task1": hist["ctr"]}, None), stem), stem)
     # The run-folder heatmap train.py draws: one PNG at the given path.
     path = plot_gates(CGC_GATES, tmp_path / "figures" / "gates.png", experts=CGC_EXPERTS)
     assert path == tmp_path / "figures" / "gates.png" and path.read_bytes()[:4] == b"\x89PNG"
@@ -215,7 +216,7 @@ def test_gate_figures_align_gates_of_different_widths_on_expert_names(tmp_path):
 def test_pareto_scatter_over_groups(tmp_path):
     values = make_values()
     stem = tmp_path / "pareto_logloss"
-    assert_figures(plot_pareto(values, "ctr", "cvr", "logloss", "test", stem), stem)
+    assert_figures(save_figure(pareto_figure(values, "ctr", "cvr", "logloss", "test"), stem), stem)
     # Groups trained on other data do not compete: per correlation, MMoE is on the front (it beats
     # shared-bottom at both), though MMoE at 0.9 beats MMoE at 0.5 on both tasks.
     table = pareto_table(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"])
@@ -225,11 +226,12 @@ def test_pareto_scatter_over_groups(tmp_path):
     pooled = pareto_table(values, "ctr", "cvr", "auroc", "test")
     assert list(pooled.loc[pooled["front"], "group"]) == ["model=mmoe data.correlation=0.9"]
     stem = tmp_path / "pareto_auroc"
-    assert_figures(plot_pareto(values, "ctr", "cvr", "auroc", "test", stem, panel_by=["data.correlation"]), stem)
+    assert_figures(save_figure(pareto_figure(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"]),
+                               stem), stem)
     with pytest.raises(ValueError, match="no known direction"):
-        plot_pareto(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test", tmp_path / "x")
+        pareto_figure(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test")
     with pytest.raises(ValueError, match="both ctr and ctcvr"):
-        plot_pareto(values, "ctr", "ctcvr", "auroc", "test", tmp_path / "x")
+        pareto_figure(values, "ctr", "ctcvr", "auroc", "test")
 
 
 # --- a study's figures ---------------------------------------------------------------------------------------
