@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import to_rgba
 
 from mtlexp.gate_stats import HIST_BINS, GateStatistics
 from mtlexp.report import figures
@@ -31,6 +32,7 @@ from mtlexp.report.figures import (
     read_loss_curves,
     save_figure,
     study_figures,
+    styles,
     training_curves_figure,
 )
 
@@ -232,6 +234,116 @@ def test_pareto_scatter_over_groups(tmp_path):
         pareto_figure(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test")
     with pytest.raises(ValueError, match="both ctr and ctcvr"):
         pareto_figure(values, "ctr", "ctcvr", "auroc", "test")
+
+
+# --- what the figures show: read from their artists ---------------------------------------------------------
+
+WEIGHTINGS = ("equal", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "mgda", "cagrad", "imtl",
+              "aligned_mtl", "nash_mtl", "graddrop", "aitm", "trace_norm")  # 15: more than tab10's colours
+
+
+def curve_runs(tmp_path: Path, groups, epochs: int) -> pd.DataFrame:
+    """One run per group with ``epochs`` epochs of train and val losses, each group's a little higher."""
+    runs = [str(write_run(tmp_path / name, losses=[(e, 1.0 + 0.1 * i - 0.01 * e, 0.9 + 0.1 * i) for e in range(epochs)]))
+            for i, name in enumerate(groups)]
+    return pd.DataFrame({"run": runs, "group": [f"weighting={name}" for name in groups], "status": "ok"})
+
+
+def legend_styles(legend) -> dict[str, tuple]:
+    """A legend's entries: label -> (RGBA colour, marker)."""
+    return {text.get_text(): (to_rgba(handle.get_color()), handle.get_marker())
+            for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def placement(fig, ax) -> tuple:
+    """The window extents of ``ax``, its legend and ``fig``, after laying the figure out."""
+    fig.draw_without_rendering()
+    return ax.get_window_extent(), ax.get_legend().get_window_extent(), fig.bbox
+
+
+def drawn_lines(ax) -> list:
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def test_training_curves_of_one_epoch_are_points_on_an_epoch_tick_named_by_their_keys(tmp_path):
+    fig = training_curves_figure(curve_runs(tmp_path, ("equal", "uncertainty"), epochs=1))
+    ax = fig.axes[0]
+    lines = drawn_lines(ax)
+    assert len(lines) == 4  # train and val of two groups
+    assert all(line.get_marker() not in ("None", "", None) for line in lines)  # a single point shows
+    low, high = ax.get_xlim()
+    assert low <= -0.5 and high >= 0.5  # not +-0.04 around the epoch
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [0]
+    assert "train/loss_epoch" in ax.get_ylabel() and "val/loss" in ax.get_ylabel()
+    axes, legend, _ = placement(fig, ax)
+    assert axes.contains(legend.x0, legend.y0) and axes.contains(legend.x1, legend.y1)  # 4 entries fit inside
+
+
+def test_fifteen_groups_keep_distinct_styles_across_figures_and_the_legend_beside_the_axes(tmp_path):
+    fig = training_curves_figure(curve_runs(tmp_path, WEIGHTINGS, epochs=3))
+    ax = fig.axes[0]
+    assert len({to_rgba(line.get_color()) for line in drawn_lines(ax)}) == 15
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [0, 1, 2]
+    curves = legend_styles(ax.get_legend())
+    assert len(curves) == 15 + 2  # a group per entry, and which key each line style is
+    axes, legend, figure = placement(fig, ax)
+    assert legend.x0 >= axes.x1 and legend.x1 <= figure.x1  # right of the data, on the canvas
+    assert axes.width / fig.dpi > 3.5  # the figure widened for the legend: the plot kept its width (5-inch panel)
+
+    values = make_values(models=WEIGHTINGS, correlations=(0.5,), seeds=range(2)).drop(columns="data.correlation")
+    values["group"] = "weighting=" + values["model"]
+    fig = pareto_figure(values, "ctr", "cvr", "auroc", "test")
+    ax = fig.axes[0]
+    assert len({to_rgba(c.lines[0].get_color()) for c in ax.containers}) == 15
+    points = legend_styles(ax.get_legend())
+    groups = {label: style for label, style in points.items() if label.startswith("weighting=")}
+    assert groups == {label: style for label, style in curves.items() if label.startswith("weighting=")}
+    assert groups["weighting=aitm"][0] != groups["weighting=trace_norm"][0]  # the issue's shared blue
+    axes, legend, figure = placement(fig, ax)
+    assert legend.x0 >= axes.x1 and legend.x1 <= figure.x1
+
+
+@pytest.mark.parametrize("n", [3, 10, 11, 20, 21, 40])
+def test_styles_give_every_name_its_own_colour_whatever_the_order(n):
+    names = [f"g{i}" for i in range(n)]
+    named = styles(names)
+    assert len({to_rgba(s["color"]) for s in named.values()}) == n
+    assert named == styles(reversed(names))
+
+
+def pareto_values(points: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """One run per group, with its (ctr, cvr) auroc."""
+    return pd.DataFrame([{"run": g, "group": g, "seed": 0, "split": "test", "task": task, "metric": "auroc",
+                          "value": value} for g, pair in points.items() for task, value in zip(("ctr", "cvr"), pair)])
+
+
+def test_pareto_legend_names_the_front_line_only_where_one_is_drawn():
+    fig = pareto_figure(pareto_values({"a": (0.8, 0.8), "b": (0.6, 0.7)}), "ctr", "cvr", "auroc", "test")
+    ax = fig.axes[0]
+    assert not [line for line in drawn_lines(ax) if line.get_linestyle() == "--"]  # a one-group front
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Pareto front" not in labels and "on the Pareto front" in labels
+    ringed = {c.lines[0].get_xdata()[0]: to_rgba(c.lines[0].get_markeredgecolor()) for c in ax.containers}
+    assert ringed[0.8] == to_rgba("black") and ringed[0.6] != to_rgba("black")
+
+    fig = pareto_figure(pareto_values({"a": (0.8, 0.6), "b": (0.6, 0.8), "c": (0.5, 0.5)}), "ctr", "cvr", "auroc",
+                        "test")
+    ax = fig.axes[0]
+    (front,) = [line for line in drawn_lines(ax) if line.get_linestyle() == "--"]
+    assert sorted(front.get_xdata()) == [0.6, 0.8]
+    assert "Pareto front" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_gate_distribution_legend_explains_the_white_markers():
+    hist = {gate: [[1 + (b == e) for b in range(HIST_BINS)] for e in range(len(names))]
+            for gate, names in CGC_EXPERTS.items()}
+    fig = gate_distribution_figure(hist, CGC_EXPERTS, title="cgc: per-row gate weight per expert (val)")
+    marks = [line for ax in fig.axes for line in drawn_lines(ax)]
+    assert marks and {to_rgba(m.get_markerfacecolor()) for m in marks} == {to_rgba("white")}
+    entries = {t.get_text(): h for t, h in zip(fig.axes[0].get_legend().get_texts(),
+                                               fig.axes[0].get_legend().legend_handles)}
+    assert to_rgba(entries["mean weight over rows"].get_markerfacecolor()) == to_rgba("white")
 
 
 # --- a study's figures ---------------------------------------------------------------------------------------
