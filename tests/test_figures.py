@@ -12,25 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import to_rgba
 
 from mtlexp.gate_stats import HIST_BINS, GateStatistics
 from mtlexp.report import figures
 from mtlexp.report.figures import (
+    final_distribution_figure,
+    gate_distribution_figure,
+    gate_heatmap_figure,
     headline_metric,
-    loss_curves,
     higher_is_better,
+    loss_curves,
     mean_ci,
+    metric_against_figure,
+    pareto_figure,
     pareto_front,
     pareto_table,
-    plot_final_distribution,
-    plot_gate_distribution,
-    plot_gate_heatmap,
     plot_gates,
-    plot_metric_against,
-    plot_pareto,
-    plot_training_curves,
     read_loss_curves,
+    save_figure,
     study_figures,
+    styles,
+    training_curves_figure,
 )
 
 # CGC's gates: each task gate sees its own experts and the shared ones, so the widths differ from the experts'.
@@ -153,14 +156,14 @@ def test_gate_statistics_count_every_experts_weights_in_bins_summed_over_batches
 def test_metric_against_a_numeric_key_one_line_per_model(tmp_path):
     values = make_values()
     stem = tmp_path / "auroc_vs_data.correlation"  # the dotted key is kept in the name, not taken for a suffix
-    assert_figures(plot_metric_against(values, "data.correlation", "auroc", "test", stem), stem)
+    assert_figures(save_figure(metric_against_figure(values, "data.correlation", "auroc", "test"), stem), stem)
     stem = tmp_path / "norm_loss"
-    assert_figures(plot_metric_against(values[values["task"] == "*"], "data.correlation", "norm_loss", "test", stem,
-                                       by=["model"]), stem)
+    assert_figures(save_figure(metric_against_figure(values[values["task"] == "*"], "data.correlation", "norm_loss",
+                                                     "test", by=["model"]), stem), stem)
     with pytest.raises(ValueError, match="not numeric"):
-        plot_metric_against(values, "model", "auroc", "test", tmp_path / "x")
+        metric_against_figure(values, "model", "auroc", "test")
     with pytest.raises(ValueError, match="no val auroc"):
-        plot_metric_against(values, "data.correlation", "auroc", "val", tmp_path / "x")
+        metric_against_figure(values, "data.correlation", "auroc", "val")
 
 
 def test_training_curves_average_runs_of_different_lengths_and_skip_runs_without_a_log(tmp_path):
@@ -184,28 +187,28 @@ def test_training_curves_average_runs_of_different_lengths_and_skip_runs_without
     assert table.loc[("model=mmoe", "train", 9), "n"] == 1 and table.loc[("model=mmoe", "train", 9), "half"] == 0
     assert table.loc[("model=cgc", "val", 9), "n"] == 1  # the run without a log is not counted
     stem = tmp_path / "figures" / "training_curves"
-    assert_figures(plot_training_curves(runs, stem), stem)
+    assert_figures(save_figure(training_curves_figure(runs), stem), stem)
     with pytest.raises(ValueError, match="no run has a csv"):
-        plot_training_curves(runs.iloc[3:], stem)
+        training_curves_figure(runs.iloc[3:])
 
 
 def test_final_distribution_over_200_seeds(tmp_path):
     values = make_values(models=("mmoe", "omoe", "shared_bottom"), correlations=(0.5,), seeds=range(200),
                          metrics=("auroc",))
     stem = tmp_path / "auroc_distribution"
-    assert_figures(plot_final_distribution(values, "auroc", "test", stem), stem)
+    assert_figures(save_figure(final_distribution_figure(values, "auroc", "test"), stem), stem)
 
 
 def test_gate_figures_align_gates_of_different_widths_on_expert_names(tmp_path):
     stem = tmp_path / "gates"
-    assert_figures(plot_gate_heatmap(CGC_GATES, CGC_EXPERTS, stem), stem)
+    assert_figures(save_figure(gate_heatmap_figure(CGC_GATES, CGC_EXPERTS), stem), stem)
     hist = {gate: [[5 * (b == e + 2) + 1 for b in range(HIST_BINS)] for e in range(len(names))]
             for gate, names in CGC_EXPERTS.items()}
     hist["cvr"][0] = [0] * HIST_BINS  # an expert no row reached: drawn as nothing
     stem = tmp_path / "gate_distribution"
-    assert_figures(plot_gate_distribution(hist, CGC_EXPERTS, stem), stem)
+    assert_figures(save_figure(gate_distribution_figure(hist, CGC_EXPERTS), stem), stem)
     stem = tmp_path / "unnamed"  # without names the columns are expert indices
-    assert_figures(plot_gate_distribution({"task1": hist["ctr"]}, None, stem), stem)
+    assert_figures(save_figure(gate_distribution_figure({"task1": hist["ctr"]}, None), stem), stem)
     # The run-folder heatmap train.py draws: one PNG at the given path.
     path = plot_gates(CGC_GATES, tmp_path / "figures" / "gates.png", experts=CGC_EXPERTS)
     assert path == tmp_path / "figures" / "gates.png" and path.read_bytes()[:4] == b"\x89PNG"
@@ -215,7 +218,7 @@ def test_gate_figures_align_gates_of_different_widths_on_expert_names(tmp_path):
 def test_pareto_scatter_over_groups(tmp_path):
     values = make_values()
     stem = tmp_path / "pareto_logloss"
-    assert_figures(plot_pareto(values, "ctr", "cvr", "logloss", "test", stem), stem)
+    assert_figures(save_figure(pareto_figure(values, "ctr", "cvr", "logloss", "test"), stem), stem)
     # Groups trained on other data do not compete: per correlation, MMoE is on the front (it beats
     # shared-bottom at both), though MMoE at 0.9 beats MMoE at 0.5 on both tasks.
     table = pareto_table(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"])
@@ -225,11 +228,122 @@ def test_pareto_scatter_over_groups(tmp_path):
     pooled = pareto_table(values, "ctr", "cvr", "auroc", "test")
     assert list(pooled.loc[pooled["front"], "group"]) == ["model=mmoe data.correlation=0.9"]
     stem = tmp_path / "pareto_auroc"
-    assert_figures(plot_pareto(values, "ctr", "cvr", "auroc", "test", stem, panel_by=["data.correlation"]), stem)
+    assert_figures(save_figure(pareto_figure(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"]),
+                               stem), stem)
     with pytest.raises(ValueError, match="no known direction"):
-        plot_pareto(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test", tmp_path / "x")
+        pareto_figure(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test")
     with pytest.raises(ValueError, match="both ctr and ctcvr"):
-        plot_pareto(values, "ctr", "ctcvr", "auroc", "test", tmp_path / "x")
+        pareto_figure(values, "ctr", "ctcvr", "auroc", "test")
+
+
+# --- what the figures show: read from their artists ---------------------------------------------------------
+
+WEIGHTINGS = ("equal", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "mgda", "cagrad", "imtl",
+              "aligned_mtl", "nash_mtl", "graddrop", "aitm", "trace_norm")  # 15: more than tab10's colours
+
+
+def curve_runs(tmp_path: Path, groups, epochs: int) -> pd.DataFrame:
+    """One run per group with ``epochs`` epochs of train and val losses, each group's a little higher."""
+    runs = [str(write_run(tmp_path / name, losses=[(e, 1.0 + 0.1 * i - 0.01 * e, 0.9 + 0.1 * i) for e in range(epochs)]))
+            for i, name in enumerate(groups)]
+    return pd.DataFrame({"run": runs, "group": [f"weighting={name}" for name in groups], "status": "ok"})
+
+
+def legend_styles(legend) -> dict[str, tuple]:
+    """A legend's entries: label -> (RGBA colour, marker)."""
+    return {text.get_text(): (to_rgba(handle.get_color()), handle.get_marker())
+            for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def placement(fig, ax) -> tuple:
+    """The window extents of ``ax``, its legend and ``fig``, after laying the figure out."""
+    fig.draw_without_rendering()
+    return ax.get_window_extent(), ax.get_legend().get_window_extent(), fig.bbox
+
+
+def drawn_lines(ax) -> list:
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def test_training_curves_of_one_epoch_are_points_on_an_epoch_tick_named_by_their_keys(tmp_path):
+    fig = training_curves_figure(curve_runs(tmp_path, ("equal", "uncertainty"), epochs=1))
+    ax = fig.axes[0]
+    lines = drawn_lines(ax)
+    assert len(lines) == 4  # train and val of two groups
+    assert all(line.get_marker() not in ("None", "", None) for line in lines)  # a single point shows
+    low, high = ax.get_xlim()
+    assert low <= -0.5 and high >= 0.5  # not +-0.04 around the epoch
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [0]
+    assert "train/loss_epoch" in ax.get_ylabel() and "val/loss" in ax.get_ylabel()
+    axes, legend, _ = placement(fig, ax)
+    assert axes.contains(legend.x0, legend.y0) and axes.contains(legend.x1, legend.y1)  # 4 entries fit inside
+
+
+def test_fifteen_groups_keep_distinct_styles_across_figures_and_the_legend_beside_the_axes(tmp_path):
+    fig = training_curves_figure(curve_runs(tmp_path, WEIGHTINGS, epochs=3))
+    ax = fig.axes[0]
+    assert len({to_rgba(line.get_color()) for line in drawn_lines(ax)}) == 15
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [0, 1, 2]
+    curves = legend_styles(ax.get_legend())
+    assert len(curves) == 15 + 2  # a group per entry, and which key each line style is
+    axes, legend, figure = placement(fig, ax)
+    assert legend.x0 >= axes.x1 and legend.x1 <= figure.x1  # right of the data, on the canvas
+    assert axes.width / fig.dpi > 3.5  # the figure widened for the legend: the plot kept its width (5-inch panel)
+
+    values = make_values(models=WEIGHTINGS, correlations=(0.5,), seeds=range(2)).drop(columns="data.correlation")
+    values["group"] = "weighting=" + values["model"]
+    fig = pareto_figure(values, "ctr", "cvr", "auroc", "test")
+    ax = fig.axes[0]
+    assert len({to_rgba(c.lines[0].get_color()) for c in ax.containers}) == 15
+    points = legend_styles(ax.get_legend())
+    groups = {label: style for label, style in points.items() if label.startswith("weighting=")}
+    assert groups == {label: style for label, style in curves.items() if label.startswith("weighting=")}
+    assert groups["weighting=aitm"][0] != groups["weighting=trace_norm"][0]  # the issue's shared blue
+    axes, legend, figure = placement(fig, ax)
+    assert legend.x0 >= axes.x1 and legend.x1 <= figure.x1
+
+
+@pytest.mark.parametrize("n", [3, 10, 11, 20, 21, 40])
+def test_styles_give_every_name_its_own_colour_whatever_the_order(n):
+    names = [f"g{i}" for i in range(n)]
+    named = styles(names)
+    assert len({to_rgba(s["color"]) for s in named.values()}) == n
+    assert named == styles(reversed(names))
+
+
+def pareto_values(points: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """One run per group, with its (ctr, cvr) auroc."""
+    return pd.DataFrame([{"run": g, "group": g, "seed": 0, "split": "test", "task": task, "metric": "auroc",
+                          "value": value} for g, pair in points.items() for task, value in zip(("ctr", "cvr"), pair)])
+
+
+def test_pareto_legend_names_the_front_line_only_where_one_is_drawn():
+    fig = pareto_figure(pareto_values({"a": (0.8, 0.8), "b": (0.6, 0.7)}), "ctr", "cvr", "auroc", "test")
+    ax = fig.axes[0]
+    assert not [line for line in drawn_lines(ax) if line.get_linestyle() == "--"]  # a one-group front
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Pareto front" not in labels and "on the Pareto front" in labels
+    ringed = {c.lines[0].get_xdata()[0]: to_rgba(c.lines[0].get_markeredgecolor()) for c in ax.containers}
+    assert ringed[0.8] == to_rgba("black") and ringed[0.6] != to_rgba("black")
+
+    fig = pareto_figure(pareto_values({"a": (0.8, 0.6), "b": (0.6, 0.8), "c": (0.5, 0.5)}), "ctr", "cvr", "auroc",
+                        "test")
+    ax = fig.axes[0]
+    (front,) = [line for line in drawn_lines(ax) if line.get_linestyle() == "--"]
+    assert sorted(front.get_xdata()) == [0.6, 0.8]
+    assert "Pareto front" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_gate_distribution_legend_explains_the_white_markers():
+    hist = {gate: [[1 + (b == e) for b in range(HIST_BINS)] for e in range(len(names))]
+            for gate, names in CGC_EXPERTS.items()}
+    fig = gate_distribution_figure(hist, CGC_EXPERTS, title="cgc: per-row gate weight per expert (val)")
+    marks = [line for ax in fig.axes for line in drawn_lines(ax)]
+    assert marks and {to_rgba(m.get_markerfacecolor()) for m in marks} == {to_rgba("white")}
+    entries = {t.get_text(): h for t, h in zip(fig.axes[0].get_legend().get_texts(),
+                                               fig.axes[0].get_legend().legend_handles)}
+    assert to_rgba(entries["mean weight over rows"].get_markerfacecolor()) == to_rgba("white")
 
 
 # --- a study's figures ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,6 +280,17 @@ def test_report_end_to_end_with_a_baseline(sweep, tmp_path, capsys):
     assert f"| {sweep / '12'} | model=mmoe data.correlation=0.5 | 3 | failed | {error} |" in failed
     assert str(sweep / "13") in failed and "config.yaml" in failed
     assert str(sweep / "0") + " " not in failed
+
+
+def test_report_md_links_every_figure_it_wrote(sweep, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    links = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md.split("## Figures", 1)[1], flags=re.MULTILINE)
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert pngs and sorted(links) == pngs  # relative to report.md, each once
+    assert main([str(sweep), "--out", str(tmp_path / "bare"), "--no-figures"]) == 0
+    assert "## Figures" not in (tmp_path / "bare" / "report.md").read_text()
 
 
 def test_report_defaults_write_into_the_first_folder_and_take_split_and_metric(sweep, capsys):

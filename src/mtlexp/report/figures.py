@@ -6,9 +6,11 @@ frames ``mtlexp report`` builds from a study's run folders: ``runs`` (one row pe
 ``run``, ``group``, ``seed``, the swept-key columns, ``split``, ``task``, ``metric``, ``value``; task ``*``
 holds the split's norm_loss). ``study_figures`` picks the figures a study's design calls for.
 
-Figures are matplotlib ``Figure`` objects (the Agg canvas, no pyplot state to leak between figures), written
-as PNG and PDF through a temporary file and a rename. ``out`` arguments are paths without a suffix: a dotted
-swept key such as ``data.correlation`` in a file name must not be taken for one.
+Each ``*_figure`` function builds and returns a matplotlib ``Figure`` (no pyplot state to leak between
+figures); ``save_figure`` writes one as PNG and PDF through a temporary file and a rename. ``out`` arguments
+are paths without a suffix: a dotted swept key such as ``data.correlation`` in a file name must not be taken
+for one. Every figure styles its groups (or lines, or experts) through ``styles``, so a name keeps its colour
+and marker across the figures of a study, and places a long legend right of its axes through ``_legend``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "
 LEVEL = 0.95  # confidence level of every band and error bar
 MIN_SEEDS_FOR_DISTRIBUTION = 5
 FORMATS = ("png", "pdf")  # every figure is written in each
+# Markers cycle with a period prime to 10, so names that share a hue family in tab20 (i and i + 10) differ in
+# marker too.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LEGEND_INSIDE_MAX = 6  # a legend of more entries goes right of its axes, where it covers no data
+LEGEND_ROWS_MAX = 24  # about what fits beside a 4.5-inch panel at font size 8; more entries wrap into columns
 DATA_NODES = ("data", "tasks")  # config nodes whose values change what the runs train and are judged on
 
 
@@ -133,19 +140,65 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 
     return fig, axes
 
 
-def _save(fig: Figure, out: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
+def save_figure(fig: Figure, out: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
     """Write ``fig`` as ``<out>.<format>`` for each format (default ``FORMATS``), each through a temporary file
     and a rename."""
     out = Path(out)
     paths = []
     for fmt in FORMATS if formats is None else formats:
         buffer = io.BytesIO()
-        # Without a creation date the PDF is the same bytes for the same figure.
-        fig.savefig(buffer, format=fmt, dpi=120, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        # Without a creation date the PDF is the same bytes for the same figure. bbox_inches="tight" grows the
+        # saved area to whatever was drawn outside the canvas (a legend taller than the figure), not clipping it.
+        fig.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight",
+                    metadata={"CreationDate": None} if fmt == "pdf" else None)
         path = out.parent / f"{out.name}.{fmt}"
         write_atomic(path, buffer.getvalue())
         paths.append(path)
     return paths
+
+
+def distinct_colours(n: int) -> list[Any]:
+    """``n`` colours, no two alike: tab10 up to 10, tab20 up to 20 (its ten darker shades first, which are
+    tab10's), else evenly spaced along turbo."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return list(colormaps["tab10"].colors[:n])
+    if n <= 20:
+        tab20 = colormaps["tab20"].colors
+        return list(tab20[0::2] + tab20[1::2])[:n]
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """A ``color`` and ``marker`` per name (plot keyword arguments), different for every name. Names are
+    sorted first, so every figure that shows the same names gives each the same style, whatever order its
+    rows came in; the result iterates in that order, the order of the legends."""
+    ordered = sorted(set(names))
+    colours = distinct_colours(len(ordered))
+    return {name: {"color": colours[i], "marker": MARKERS[i % len(MARKERS)]} for i, name in enumerate(ordered)}
+
+
+def _style_handles(named: dict[str, dict[str, Any]], **kwargs: Any) -> list[Any]:
+    """Legend entries for ``styles``: a marker in each name's colour, labelled with the name."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], label=name, **{"linestyle": "", **style, **kwargs}) for name, style in named.items()]
+
+
+def _legend(ax: Axes, handles: Sequence[Any] | None = None, outside: bool | None = None, **kwargs: Any) -> Any:
+    """A legend of ``handles`` (default: the labelled artists of ``ax``), inside ``ax`` where it is short, else
+    (or with ``outside``) right of it; the figure then widens by the legend's width, so the axes keep theirs."""
+    handles = list(ax.get_legend_handles_labels()[0] if handles is None else handles)
+    if outside is None:
+        outside = len(handles) > LEGEND_INSIDE_MAX
+    if not outside:
+        return ax.legend(handles=handles, loc="best", fontsize=8, title_fontsize=8, **kwargs)
+    legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                       fontsize=8, title_fontsize=8, ncols=-(-len(handles) // LEGEND_ROWS_MAX), **kwargs)
+    fig = ax.get_figure(root=True)
+    fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi)
+    return legend
 
 
 def _band(ax: Axes, x: Any, mean: Any, half: Any, **kwargs: Any) -> None:
@@ -158,8 +211,8 @@ def _band(ax: Axes, x: Any, mean: Any, half: Any, **kwargs: Any) -> None:
 # --- metric against a swept key (MMoE paper, Fig. 3/4) -----------------------------------------------------
 
 
-def plot_metric_against(values: pd.DataFrame, key: str, metric: str, split: str, out: str | Path,
-                        by: Sequence[str] | None = None) -> list[Path]:
+def metric_against_figure(values: pd.DataFrame, key: str, metric: str, split: str,
+                          by: Sequence[str] | None = None) -> Figure:
     """A metric against a numeric swept key, one panel per task (norm_loss: the task mean), one line per value
     of the other swept keys ``by`` (default: every swept-key column but ``key``), each the mean over seeds
     with its 95% Student t confidence band. The view of the MMoE paper's Figs. 3 and 4 (loss against task
@@ -173,26 +226,30 @@ def plot_metric_against(values: pd.DataFrame, key: str, metric: str, split: str,
     by = [c for c in swept_columns(values) if c != key] if by is None else list(by)
     rows = rows.assign(x=x, line=line_labels(rows, by))
     tasks = list(dict.fromkeys(rows["task"]))
+    lines = styles(rows["line"])
     fig, axes = _figure(len(tasks), sharex=True)
     for ax, task in zip(axes[0], tasks):
         table = mean_ci(rows[rows["task"] == task], ["line", "x"])
         for line, part in table.groupby("line", sort=False):
-            _band(ax, part["x"], part["mean"], part["half"], marker="o", markersize=4, label=line)
+            _band(ax, part["x"], part["mean"], part["half"], markersize=4, **lines[line])
         ax.set_title(_task_title(task), fontsize=10)
         ax.set_xlabel(key)
         ax.set_ylabel(f"{split} {metric}")
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=8, title=", ".join(by) or None, title_fontsize=8)
+    _legend(axes[0, -1], _style_handles(lines, markersize=4, linestyle="-"), title=", ".join(by) or None)
     fig.suptitle(f"{split} {metric} against {key}: mean over seeds, {LEVEL:.0%} CI", fontsize=11)
-    return _save(fig, out)
+    return fig
 
 
 # --- training curves ---------------------------------------------------------------------------------------
 
 # Per epoch: the epoch's mean training loss and the validation loss after it. (The CSV's ``step`` counts
 # training_steps, chunks of data.chunk_steps optimizer steps, and step-level training losses are only written
-# every trainer.log_every_n_steps chunks: epochs are the grid every run has.)
+# every trainer.log_every_n_steps chunks: epochs are the grid every run has.) They are not the same sum: the
+# training loss is what the weighting optimised (weighted task losses, plus its regulariser and the model's
+# auxiliary loss), the validation loss the plain sum of the trained tasks' losses (module.py).
 TRAIN_LOSS, VAL_LOSS = "train/loss_epoch", "val/loss"
+CURVES = {"train": (TRAIN_LOSS, "weighted objective", "-"), "val": (VAL_LOSS, "sum of task losses", "--")}
 
 
 def read_loss_curves(run: str | Path) -> pd.DataFrame | None:
@@ -236,11 +293,15 @@ def loss_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return mean_ci(per_run, ["group", "curve", "epoch"])
 
 
-def plot_training_curves(runs: pd.DataFrame, out: str | Path, panel_key: str | None = None) -> list[Path]:
-    """Training loss (``train/loss_epoch``) and validation loss (``val/loss``) over epochs, per group: the mean
-    with its 95% confidence band over the group's seeds (``loss_curves``), from each run's
+def training_curves_figure(runs: pd.DataFrame, panel_key: str | None = None) -> Figure:
+    """Training loss (``train/loss_epoch``, solid) and validation loss (``val/loss``, dashed) over epochs, per
+    group: the mean with its 95% confidence band over the group's seeds (``loss_curves``), from each run's
     ``csv/metrics.csv``. With ``panel_key`` (a swept column of ``runs``, e.g. the task correlation), one panel
-    per value of it, as the MMoE paper's Fig. 4; the loss axis is logarithmic, where late epochs differ."""
+    per value of it, as the MMoE paper's Fig. 4. The loss axis is logarithmic, where late epochs differ, unless
+    a loss is not positive (an uncertainty weighting's objective can be negative)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     table = loss_curves(runs)
     panels = [None] if panel_key is None else list(dict.fromkeys(runs[panel_key]))
     fig, axes = _figure(ncols=len(panels), width=5.0, height=4.5, sharey=True)
@@ -248,52 +309,64 @@ def plot_training_curves(runs: pd.DataFrame, out: str | Path, panel_key: str | N
     if panel_key is not None:  # the panel says the key's value: the legend names the rest
         member = dict(zip(runs["group"], runs[panel_key]))
         labels = {g: " ".join(p for p in g.split() if not p.startswith(f"{panel_key}=")) or "all runs" for g in labels}
-    colors = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels.values()))}
+    named = styles(labels.values())
+    log_scale = bool((table["mean"] > 0).all())
     for ax, value in zip(axes[0], panels):
+        epochs = []
         for group, part in table.groupby("group", sort=False):
             if panel_key is not None and member.get(group) != value:
                 continue
-            for curve, style in (("train", "-"), ("val", "--")):
+            for curve, (_, _, linestyle) in CURVES.items():
                 line = part[part["curve"] == curve]
                 if not line.empty:
-                    _band(ax, line["epoch"], line["mean"], line["half"], color=colors[labels[group]], linestyle=style,
-                          marker="o" if curve == "val" else None, markersize=3, label=f"{labels[group]} ({curve})")
+                    # Val markers are open, so a single epoch's train and val points stay apart.
+                    _band(ax, line["epoch"], line["mean"], line["half"], linestyle=linestyle, markersize=4,
+                          markerfacecolor="white" if curve == "val" else None, **named[labels[group]])
+                    epochs += line["epoch"].tolist()
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick
+        if epochs and min(epochs) == max(epochs):  # one epoch: autoscaling would span +-0.04 around it
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        if log_scale:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         if value is not None:
             ax.set_title(f"{panel_key} = {value}", fontsize=10)
-    axes[0, 0].set_ylabel("loss (log scale)")
-    axes[0, -1].legend(fontsize=7)
+    axes[0, 0].set_ylabel(f"{TRAIN_LOSS} / {VAL_LOSS}" + (" (log scale)" if log_scale else ""))
+    keys = [Line2D([], [], color="grey", linestyle=linestyle, marker="o", markersize=4,
+                   markerfacecolor="white" if curve == "val" else "grey", label=f"{key}: {meaning}")
+            for curve, (key, meaning, linestyle) in CURVES.items()]
+    _legend(axes[0, -1], [*_style_handles(named, linestyle="-", markersize=4), *keys])
     fig.suptitle(f"training (solid) and validation (dashed) loss: mean over seeds, {LEVEL:.0%} CI", fontsize=10)
-    return _save(fig, out)
+    return fig
 
 
 # --- distribution of the final metric over seeds (MMoE paper, Fig. 5) --------------------------------------
 
 
-def plot_final_distribution(values: pd.DataFrame, metric: str, split: str, out: str | Path) -> list[Path]:
+def final_distribution_figure(values: pd.DataFrame, metric: str, split: str) -> Figure:
     """The distribution over seeds of a final metric per group, one panel per task: a box plot (quartiles,
     whiskers at 1.5 IQR) with every run as a point, the view of the MMoE paper's Fig. 5 (trainability: how much
     the outcome depends on the seed)."""
     rows = _selected(values, metric, split)
     tasks = list(dict.fromkeys(rows["task"]))
     groups = list(dict.fromkeys(rows["group"]))
+    named = styles(groups)
     fig, axes = _figure(len(tasks), width=max(4.0, 1.0 + 0.8 * len(groups)), height=4.5, sharey=True)
     jitter = np.random.default_rng(0)  # fixed, so the same study draws the same figure
     for ax, task in zip(axes[0], tasks):
         samples = [rows.loc[(rows["task"] == task) & (rows["group"] == g), "value"].to_numpy() for g in groups]
         ax.boxplot(samples, widths=0.6, showfliers=False, medianprops={"color": "black"})
-        for position, sample in enumerate(samples, start=1):
+        for position, (group, sample) in enumerate(zip(groups, samples), start=1):
             ax.scatter(position + jitter.uniform(-0.2, 0.2, len(sample)), sample, s=6, alpha=0.5,
-                       color=f"C{(position - 1) % 10}", linewidths=0)
+                       color=named[group]["color"], linewidths=0)
         ax.set_xticks(range(1, len(groups) + 1), [f"{group_name(g)} (n={len(s)})" for g, s in zip(groups, samples)],
                       rotation=30, ha="right", fontsize=8)
         ax.set_title(_task_title(task), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel(f"{split} {metric}")
     fig.suptitle(f"final {split} {metric} over seeds, per group", fontsize=11)
-    return _save(fig, out)
+    return fig
 
 
 # --- gates -------------------------------------------------------------------------------------------------
@@ -310,11 +383,19 @@ def _expert_columns(names: dict[str, list[str]]) -> list[str]:
     return list(dict.fromkeys(e for g in widest_first for e in names[g]))
 
 
+MEAN_MARKER = {"marker": "o", "color": "white", "markeredgecolor": "black", "markersize": 4}
+
+
 def _short(expert: str) -> str:
     return expert.replace("expert_", "")
 
 
-def _gate_heatmap_figure(gates: dict[str, list[float]], experts: dict[str, list[str]] | None, title: str) -> Figure:
+def gate_heatmap_figure(gates: dict[str, list[float]], experts: dict[str, list[str]] | None,
+                        title: str = "") -> Figure:
+    """The mean weight each gate (row, a task) gives each expert (column). ``experts`` names the experts behind
+    each gate's weights (``MTLModel.gate_experts``); gates are aligned on those names, so CGC/PLE's gates of
+    different widths share the columns of the experts they share, and an expert a gate cannot reach is left
+    blank. Without names, columns are expert indices."""
     names = _expert_names(gates, experts)
     columns = _expert_columns(names)
     grid = np.full((len(gates), len(columns)), np.nan)
@@ -340,32 +421,24 @@ def _gate_heatmap_figure(gates: dict[str, list[float]], experts: dict[str, list[
 def plot_gates(
     gates: dict[str, list[float]], path: str | Path, title: str = "", experts: dict[str, list[str]] | None = None
 ) -> Path:
-    """A heatmap of the mean weight each gate (row) gives each expert (column), as one PNG at ``path``.
-
-    ``experts`` names the experts behind each gate's weights (``MTLModel.gate_experts``); gates are aligned
-    on those names, so CGC/PLE's gates of different widths share the columns of the experts they share, and
-    an expert a gate cannot reach is left blank. Without names, columns are expert indices.
-    """
+    """``gate_heatmap_figure`` as one PNG at ``path``: the figure train.py leaves in a run folder."""
     path = Path(path)
-    (written,) = _save(_gate_heatmap_figure(gates, experts, title), path.parent / path.stem, formats=("png",))
+    (written,) = save_figure(gate_heatmap_figure(gates, experts, title), path.parent / path.stem, formats=("png",))
     return written
 
 
-def plot_gate_heatmap(gates: dict[str, list[float]], gate_experts: dict[str, list[str]] | None, out: str | Path,
-                      title: str = "") -> list[Path]:
-    """``plot_gates`` as PNG and PDF: mean gate weight per gate (task) and expert, aligned on expert names,
-    blank where a gate cannot reach an expert."""
-    return _save(_gate_heatmap_figure(gates, gate_experts, title), out)
-
-
-def plot_gate_distribution(gate_hist: dict[str, list[list[float]]], gate_experts: dict[str, list[str]] | None,
-                           out: str | Path, title: str = "") -> list[Path]:
+def gate_distribution_figure(gate_hist: dict[str, list[list[float]]], gate_experts: dict[str, list[str]] | None,
+                             title: str = "") -> Figure:
     """How each gate's weight for each expert spreads over rows: per gate a panel, per expert a violin-like
     shape drawn from the histogram (``metrics.json``'s ``gate_hist``: per gate, per expert, row counts in
     equal bins on [0, 1]), its width the share of rows in the bin relative to the expert's fullest bin, and a
-    dot at the mean. Experts are aligned on names across gates, as in the heatmap."""
+    white dot at the mean; a legend says so. Experts are aligned on names across gates, as in the heatmap."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     names = _expert_names(gate_hist, gate_experts)
     columns = _expert_columns(names)
+    colours = distinct_colours(len(columns))
     fig, axes = _figure(nrows=len(gate_hist), width=max(4.0, 0.6 * len(columns) + 2.0), height=1.9, sharex=True)
     for ax, (gate, counts) in zip(axes[:, 0], gate_hist.items()):
         counts = np.asarray(counts, dtype=float)  # (E, bins)
@@ -376,19 +449,22 @@ def plot_gate_distribution(gate_hist: dict[str, list[list[float]]], gate_experts
             if row.sum() == 0:
                 continue
             width = 0.45 * row / row.max()
-            ax.fill_betweenx(centers, col - width, col + width, step="mid", color=f"C{col % 10}", alpha=0.7,
+            ax.fill_betweenx(centers, col - width, col + width, step="mid", color=colours[col], alpha=0.7,
                              linewidth=0)
-            ax.plot(col, (centers * row).sum() / row.sum(), "o", color="white", markeredgecolor="black",
-                    markersize=4)
+            ax.plot(col, (centers * row).sum() / row.sum(), **MEAN_MARKER)
         ax.set_ylim(0.0, 1.0)
         ax.set_ylabel(f"{gate}\nweight", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[-1, 0].set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=45, ha="right", fontsize=8)
     axes[-1, 0].set_xlim(-0.6, len(columns) - 0.4)
     axes[-1, 0].set_xlabel("expert")
+    # The study's titles name the group instead of explaining the marks: the legend explains them in every one.
+    _legend(axes[0, 0], [Line2D([], [], linestyle="", label="mean weight over rows", **MEAN_MARKER),
+                         Patch(color="grey", alpha=0.7, linewidth=0, label="width: share of rows\nat that weight")],
+            outside=True)
     fig.suptitle(title or "per-row gate weight per expert (val): distribution over rows, dot at the mean",
                  fontsize=10)
-    return _save(fig, out)
+    return fig
 
 
 # --- trade-off between two tasks ---------------------------------------------------------------------------
@@ -422,35 +498,46 @@ def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, sp
     return frame
 
 
-def plot_pareto(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str, out: str | Path,
-                panel_by: Sequence[str] = ()) -> list[Path]:
-    """Task A against task B on one metric, a point per group (mean over seeds, 95% CI error bars), with the
-    groups no other group beats on both tasks joined as the Pareto front; a panel per value of ``panel_by``
-    (``pareto_table``)."""
+FRONT_MARKER = {"markersize": 8, "markeredgecolor": "black", "markeredgewidth": 1.5}
+
+
+def pareto_figure(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str,
+                  panel_by: Sequence[str] = ()) -> Figure:
+    """Task A against task B on one metric, a point per group (mean over seeds, 95% CI error bars); the groups
+    no other group beats on both tasks are ringed and, where there are two or more, joined as the Pareto front;
+    a panel per value of ``panel_by`` (``pareto_table``)."""
+    from matplotlib.lines import Line2D
+
     table = pareto_table(values, task_a, task_b, metric, split, panel_by)
     panels = list(table.groupby("panel", sort=True))
     # Within a panel a group is named without the panel's keys, and keeps its colour across panels.
     names = [group_name(" ".join(t for t in group.split(" ") if t not in panel.split(" ")))
              for panel, group in zip(table["panel"], table["group"])]
     table = table.assign(name=names)
-    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+    named = styles(names)
     fig, axes = _figure(len(panels), width=6.0, height=4.8)
+    joined = False
     for ax, (panel, part) in zip(axes[0], panels):
         for row in table.loc[part.index].to_dict("records"):
-            ax.errorbar(row[task_a], row[task_b], xerr=row[f"{task_a}_half"], yerr=row[f"{task_b}_half"], fmt="o",
-                        color=colours[row["name"]], capsize=3, markersize=7 if row["front"] else 5,
-                        label=row["name"] + (" (front)" if row["front"] else ""))
+            ax.errorbar(row[task_a], row[task_b], xerr=row[f"{task_a}_half"], yerr=row[f"{task_b}_half"],
+                        linestyle="", capsize=3, **named[row["name"]],
+                        **FRONT_MARKER if row["front"] else {"markersize": 5})
         front = part[part["front"]].sort_values(task_a)
-        ax.plot(front[task_a], front[task_b], "--", color="grey", linewidth=1, zorder=0, label="Pareto front")
+        if len(front) > 1:  # a front of one group is its ring alone: a line needs two ends
+            ax.plot(front[task_a], front[task_b], "--", color="grey", linewidth=1, zorder=0)
+            joined = True
         ax.set_xlabel(f"{task_a} {split} {metric}")
         ax.set_ylabel(f"{task_b} {split} {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
         if panel:
             ax.set_title(panel, fontsize=10)
+    keys = [Line2D([], [], linestyle="", marker="o", color="white", label="on the Pareto front", **FRONT_MARKER)]
+    if joined:
+        keys.append(Line2D([], [], linestyle="--", color="grey", linewidth=1, label="Pareto front"))
+    _legend(axes[0, -1], [*_style_handles(named, markersize=5), *keys])
     fig.suptitle(f"{task_a} vs {task_b}: {split} {metric} per group "
                  f"({'higher' if higher_is_better(metric) else 'lower'} is better; mean, {LEVEL:.0%} CI)", fontsize=10)
-    return _save(fig, out)
+    return fig
 
 
 # --- a study's figures -------------------------------------------------------------------------------------
@@ -482,18 +569,19 @@ def group_gates(run_dirs: Iterable[str | Path]) -> tuple[dict[str, list[float]],
     return gates, experts, hist
 
 
-def group_gate_figures(run_dirs: Iterable[str | Path], name: str, stem: Path) -> list[Path]:
+def group_gate_figures(run_dirs: Iterable[str | Path], name: str, stem: Path) -> dict[Path, Figure]:
     """A group's mean gate weights (``<stem>_weights``) and, when its runs recorded them, the distribution of
-    the weights over rows (``<stem>_weight_distribution``); nothing for a group without gates."""
+    the weights over rows (``<stem>_weight_distribution``), by the paths to save them at; nothing for a group
+    without gates."""
     gates, experts, hist = group_gates(run_dirs)
     if not gates:
-        return []
-    written = plot_gate_heatmap(gates, experts, stem.with_name(f"{stem.name}_weights"),
-                                title=f"{name}: mean gate weight per expert (val)")
+        return {}
+    drawn = {stem.with_name(f"{stem.name}_weights"):
+             gate_heatmap_figure(gates, experts, title=f"{name}: mean gate weight per expert (val)")}
     if hist:
-        written += plot_gate_distribution(hist, experts, stem.with_name(f"{stem.name}_weight_distribution"),
-                                          title=f"{name}: per-row gate weight per expert (val)")
-    return written
+        drawn[stem.with_name(f"{stem.name}_weight_distribution")] = gate_distribution_figure(
+            hist, experts, title=f"{name}: per-row gate weight per expert (val)")
+    return drawn
 
 
 def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str], out_dir: str | Path,
@@ -501,7 +589,7 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
     """The figures a study calls for, written under ``out_dir``; returns their paths.
 
     - per numeric swept key: the headline metric of every task (auroc, else mse, else the first) and norm_loss
-      against it (``plot_metric_against``);
+      against it (``metric_against_figure``);
     - training curves, when runs have CSV logs;
     - the distribution over seeds of the same metrics, when a group has at least 5 seeds;
     - per group with gates: the mean gate weights and, when recorded, their distribution over rows (``gates/``);
@@ -521,11 +609,12 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
     judged.append(("norm_loss", [ALL_TASKS]))
     written: list[Path] = []
 
-    def attempt(name: str, draw: Callable[[], list[Path]]) -> None:
-        """Draw one figure now; an error here is the data's (the figure has nothing to show), and the report
-        and the other figures go on."""
+    def attempt(name: str, draw: Callable[[], dict[Path, Figure]]) -> None:
+        """Draw and save figures now, by the paths ``draw`` gives them; an error here is the data's (the figure
+        has nothing to show), and the report and the other figures go on."""
         try:
-            written.extend(draw())
+            for stem, fig in draw().items():
+                written.extend(save_figure(fig, stem))
         except Exception as err:
             log.warning("figure %s skipped: %s", name, err)
 
@@ -535,19 +624,19 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
         for metric, its_tasks in judged:
             subset = values[values["task"].isin(its_tasks)]
             others = [o for o in keys if o != key]
-            attempt(f"{metric} vs {key}", lambda: plot_metric_against(
-                subset, key, metric, split, out_dir / f"{metric}_vs_{_file_name(key)}", by=others))
+            attempt(f"{metric} vs {key}", lambda: {out_dir / f"{metric}_vs_{_file_name(key)}": metric_against_figure(
+                subset, key, metric, split, by=others)})
 
     if any((Path(r) / "csv" / "metrics.csv").is_file() for r in ok_runs["run"]):
         numeric = [k for k in keys if k in ok_runs and _is_numeric(ok_runs[k])]
-        attempt("training curves", lambda: plot_training_curves(ok_runs, out_dir / "training_curves",
-                                                                numeric[0] if numeric else None))
+        attempt("training curves", lambda: {out_dir / "training_curves": training_curves_figure(
+            ok_runs, numeric[0] if numeric else None)})
 
     if not values.empty and values.groupby("group")["seed"].nunique().max() >= MIN_SEEDS_FOR_DISTRIBUTION:
         for metric, its_tasks in judged:
             subset = values[values["task"].isin(its_tasks)]
-            attempt(f"{metric} distribution", lambda: plot_final_distribution(
-                subset, metric, split, out_dir / f"{metric}_distribution"))
+            attempt(f"{metric} distribution", lambda: {out_dir / f"{metric}_distribution": final_distribution_figure(
+                subset, metric, split)})
 
     for group, members in ok_runs.groupby("group", sort=False):
         attempt(f"gates of {group_name(group)}", lambda: group_gate_figures(
@@ -557,6 +646,6 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
         a, b = tasks
         metric = headline[a] if headline[a] == headline[b] else "norm_loss"
         data_keys = [k for k in keys if k in values and (k.split(".")[0] in DATA_NODES)]
-        attempt("pareto", lambda: plot_pareto(values, a, b, metric, split, out_dir / f"pareto_{metric}",
-                                              panel_by=data_keys))
+        attempt("pareto", lambda: {out_dir / f"pareto_{metric}": pareto_figure(values, a, b, metric, split,
+                                                                               panel_by=data_keys)})
     return written

@@ -117,16 +117,17 @@ def build_report(study: Study, split: str = "test", metric: str | None = None, b
 
 def write_report(study: Study, report: Report, out_dir: Path, figures: bool = True) -> list[Path]:
     """Write ``report.md``, ``report.csv`` and (``figures``) the study's figures into ``out_dir``; return the
-    paths written."""
+    paths written. The figures are drawn first, so that report.md links the ones that were."""
     out_dir = Path(out_dir)
     paths = [out_dir / "report.md", out_dir / "report.csv"]
-    write_atomic(paths[0], _markdown(study, report).encode())
-    write_atomic(paths[1], report.summary.to_csv(index=False).encode())
+    drawn: list[Path] | None = None
     if figures:
         from mtlexp.report.figures import study_figures  # matplotlib only when figures are drawn
 
-        paths += study_figures(study.runs, study.values, study.swept, out_dir / "figures", report.split)
-    return paths
+        drawn = study_figures(study.runs, study.values, study.swept, out_dir / "figures", report.split)
+    write_atomic(paths[0], _markdown(study, report, _figure_links(drawn, out_dir)).encode())
+    write_atomic(paths[1], report.summary.to_csv(index=False).encode())
+    return paths + (drawn or [])
 
 
 def main(argv: list[str]) -> int:
@@ -308,7 +309,16 @@ def _gain_cell(change: float, test: PairedTest | None, alpha: float) -> str:
     return f"{change:+.2f} (p{'<0.001' if p < 0.001 else f'={p:.3f}'})" + ("*" if p < alpha else "")
 
 
-def _markdown(study: Study, report: Report) -> str:
+def _figure_links(drawn: list[Path] | None, out_dir: Path) -> list[str] | None:
+    """report.md's lines for the figures ``drawn`` (None: none were asked for): an image link per PNG, relative
+    to report.md; the PDF of the same name lies beside it."""
+    if drawn is None:
+        return None
+    pngs = [p.relative_to(out_dir).as_posix() for p in drawn if p.suffix == ".png"]
+    return [f"![{Path(png).stem}]({png})" for png in pngs] or ["None: the study's data gives none (see the log)."]
+
+
+def _markdown(study: Study, report: Report, figures: list[str] | None = None) -> str:
     runs = study.runs
     lines = [
         "# mtlexp report",
@@ -332,6 +342,10 @@ def _markdown(study: Study, report: Report) -> str:
             ["run", "group", "seed", "status", "error"],
             [[r["run"], r["group"], "-" if pd.isna(r["seed"]) else r["seed"], r["status"], r["error"] or "-"]
              for _, r in failed.iterrows()]))
+    if figures is not None:
+        lines += ["", "## Figures"]
+        for line in figures:  # a paragraph each: images on consecutive lines would run into one row
+            lines += ["", line]
     return "\n".join(lines) + "\n"
 
 
