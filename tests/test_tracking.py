@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from omegaconf import OmegaConf
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
+from tests.conftest import cli_in_fork
 
 # SQLAlchemy 2.1 about MLflow's store code (mtlexp hides it in its jobs, the tests read the store directly).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -24,6 +27,7 @@ FAST = [
     "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
 ]
+SIZES = ["data.num_train=512", "data.num_val=256", "data.num_test=256", "trainer.max_epochs=1"]
 NOISE = ("Creating initial MLflow database tables", "Updating database tables", "alembic", "not found. Creating it",
          "Traceback")
 
@@ -158,3 +162,23 @@ def test_without_mlflow_logger_mlflow_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(MtlexpError) as error:
         build_all(cfg.logger, "logger")
     assert str(error.value) == "logger.mlflow: mlflow is not installed; pip install 'mtlexp[mlflow]'"
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_the_key(tmp_path):
+    """MLflow's own requests would retry a server that is not there for about 4 minutes before failing."""
+    pytest.importorskip("mlflow")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused, and no one else gets it
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        started = time.monotonic()
+        result = cli_in_fork(["train", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *SIZES,
+                              f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"mtlexp: error: logger.mlflow.tracking_uri: cannot reach the MLflow tracking server {uri} (Connection "
+        "refused); start the server, correct the URI, or give logger.mlflow.tracking_uri=null for the local store")
+    assert "Traceback" not in result.stderr
+    assert elapsed < 60  # the whole command, imports and data included
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
