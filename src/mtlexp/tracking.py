@@ -28,6 +28,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mtlexp.errors import MtlexpError
+from mtlexp.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _overrides(run_dir: Path) -> str | None:
         overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return " ".join(map(str, overrides)) if isinstance(overrides, list) else None
+    return redact(" ".join(map(str, overrides))) if isinstance(overrides, list) else None
 
 
 class MLflowLogger(MLFlowLogger):
@@ -151,7 +152,7 @@ class MLflowLogger(MLFlowLogger):
         if artifact_location is None and self._db is not None:
             # MLflow's default next to a SQLite store is ./mlruns in whatever folder the run started from.
             artifact_location = (self._db.parent / ARTIFACTS_NAME).as_uri()
-        tags = {str(k): str(v)[:MAX_TAG] for k, v in (tags or {}).items()}
+        tags = {str(k): redact(str(v))[:MAX_TAG] for k, v in (tags or {}).items()}
         if run_dir is not None:
             tags.setdefault("mtlexp.run_dir", os.path.abspath(run_dir))
             overrides = _overrides(Path(run_dir))
