@@ -3,11 +3,16 @@ store; and the one-line error without mlflow."""
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from omegaconf import OmegaConf
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
+from tests.conftest import cli_in_fork
 
 # SQLAlchemy 2.1 about MLflow's store code (mtlexp hides it in its jobs, the tests read the store directly).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -24,6 +30,7 @@ FAST = [
     "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
 ]
+SIZES = ["data.num_train=512", "data.num_val=256", "data.num_test=256", "trainer.max_epochs=1"]
 NOISE = ("Creating initial MLflow database tables", "Updating database tables", "alembic", "not found. Creating it",
          "Traceback")
 
@@ -158,3 +165,108 @@ def test_without_mlflow_logger_mlflow_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(MtlexpError) as error:
         build_all(cfg.logger, "logger")
     assert str(error.value) == "logger.mlflow: mlflow is not installed; pip install 'mtlexp[mlflow]'"
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_the_key(tmp_path):
+    """MLflow's own requests would retry a server that is not there for about 4 minutes before failing."""
+    pytest.importorskip("mlflow")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused, and no one else gets it
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        started = time.monotonic()
+        result = cli_in_fork(["train", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *SIZES,
+                              f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"mtlexp: error: logger.mlflow.tracking_uri: cannot reach the MLflow tracking server {uri} (Connection "
+        "refused); start the server, correct the URI, or give logger.mlflow.tracking_uri=null for the local store")
+    assert "Traceback" not in result.stderr
+    assert elapsed < 60  # the whole command, imports and data included
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+def files_holding(secret: bytes, folder: Path) -> list[str]:
+    return [str(path) for path in folder.rglob("*") if path.is_file() and secret in path.read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_password_in_a_uri_is_recorded_masked_everywhere(tmp_path):
+    """A URI carrying a password, typed on the command line or read from the environment (oc.env), is recorded as
+    scheme://user:***@host: the sweep and run folders (.hydra/, multirun.yaml, provenance.json, mtlexp.log, the
+    loggers' params, checkpoints), the MLflow store, and what eval and report write from them; both still work.
+    A sweep, because its launcher writes the overrides escaped (https\\://trainer\\:...)."""
+    pytest.importorskip("mlflow")
+    sweep, store = tmp_path / "sweep", tmp_path / "store"
+    run_dir = sweep / "0"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["DATA_MIRROR"] = "https://reader:env-s3cret@data.example.org/census"
+    command = [sys.executable, "-m", "mtlexp", "train", "-m", "logger=[default,mlflow]",
+               f"logger.mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+               "+logger.mlflow.tags.source=https://trainer:cli-s3cret@data.example.org/x",
+               "+logger.mlflow.tags.mirror=${oc.env:DATA_MIRROR}", *SIZES, f"hydra.sweep.dir={sweep}"]
+    train = subprocess.run(command, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "0"}, capture_output=True,
+                           text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert "s3cret" not in train.stdout + train.stderr
+    assert files_holding(b"s3cret", tmp_path) == []
+    # Recorded, masked: the command line, Hydra's files, the params and tags MLflow keeps.
+    masked = "https://trainer:***@data.example.org/x"
+    assert "+logger.mlflow.tags.source=" + masked in json.loads((run_dir / "provenance.json").read_text())["command"]
+    assert "- +logger.mlflow.tags.source=https\\://trainer\\:***@data.example.org/x" in (
+        run_dir / ".hydra" / "overrides.yaml").read_text()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mtlexp").experiment_id])
+    assert run.info.status == "FINISHED"  # the store was opened with the real URI
+    assert run.data.tags["source"] == run.data.params["logger/mlflow/tags/source"] == masked
+    assert run.data.tags["mirror"] == "https://reader:***@data.example.org/census"
+
+    evaluate = cli_in_fork(["eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+                            f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "ok"
+    report = cli_in_fork(["report", str(sweep), "--no-figures"], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert files_holding(b"s3cret", tmp_path) == []
+
+
+class _Server(BaseHTTPRequestHandler):
+    """A tracking server that lets nobody in, and notes who asked: (path, Authorization header) per request."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def _answer(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        status, body = (200, b"OK") if self.path == "/health" else (403, b'{"error_code": "PERMISSION_DENIED"}')
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_the_tracker_gets_the_real_password_and_the_run_folder_the_masked_one(tmp_path):
+    pytest.importorskip("mlflow")
+    _Server.seen.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://trainer:s3cret@127.0.0.1:{server.server_address[1]}"
+        result = cli_in_fork(["train", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", *SIZES,
+                              f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and "PERMISSION_DENIED" in result.stderr, result.stderr
+    real = "Basic " + base64.b64encode(b"trainer:s3cret").decode()
+    assert any(path.startswith("/api/") and auth == real for path, auth in _Server.seen), _Server.seen
+    assert "s3cret" not in result.stdout + result.stderr
+    assert files_holding(b"s3cret", tmp_path) == []

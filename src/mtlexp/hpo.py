@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from mtlexp.config import validate_run
 from mtlexp.errors import MtlexpError
+from mtlexp.redact import redact, redact_values
+
 
 class UnknownMetric(MtlexpError):
     """``optimized_metric`` names a metric the run does not have: it stops a sweep at its first job."""
@@ -85,7 +87,7 @@ class OptunaStudy(Callback):
         study = _open_study(sweeper)
         if study is None:  # in-memory storage: nothing to resume
             return
-        overrides = sorted(str(o) for o in config.hydra.overrides.task)
+        overrides = sorted(redact(str(o)) for o in config.hydra.overrides.task)  # kept in the study's storage
         started = study.user_attrs.get("mtlexp_overrides")
         if started is None:
             study.set_user_attr("mtlexp_overrides", overrides)
@@ -135,7 +137,7 @@ class OptunaStudy(Callback):
             "study_name": config.hydra.sweeper.study_name,
             "storage": config.hydra.sweeper.storage,
         }
-        OmegaConf.save(OmegaConf.create(summary), sweep_dir / "best_trial.yaml")
+        OmegaConf.save(OmegaConf.create(redact_values(summary)), sweep_dir / "best_trial.yaml")
         print(f"best trial: {sweep_dir / 'best_trial.yaml'}", flush=True)
 
 

@@ -28,6 +28,7 @@ from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
 from mtlexp.models.base import MTLModel, MTLOutput, add_aux
+from mtlexp.redact import redact_values
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
 from mtlexp.weighting.conflict import cosine_pairs, loss_scale_warning, task_gradient_cosines
@@ -364,4 +365,6 @@ class MTLModule(pl.LightningModule):
 
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mtlexp"] = {"config": self.run_config}
+        # Checkpoints are shared like run folders. `mtlexp eval` rebuilds data and model from this config; a data
+        # source that needs its password is given again there (data.<key>=...).
+        checkpoint["mtlexp"] = {"config": redact_values(self.run_config)}

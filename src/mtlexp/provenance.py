@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mtlexp.redact import redact_values
+
 PACKAGES = ("mtlexp", "torch", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics", "numpy", "pandas", "pyarrow")
 
 
@@ -48,7 +50,7 @@ def provenance(data_fingerprint: str, data_summary: dict[str, Any]) -> dict[str,
     return {
         "git": git_state(Path(__file__).resolve().parent),
         "versions": versions(),
-        "command": sys.argv,
+        "command": redact_values(sys.argv),
         "host": platform.node(),
         "threads": threads(),
         "data": {"sha256": data_fingerprint, **data_summary},

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from mtlexp.errors import MtlexpError
 from mtlexp.noise import silence
+from mtlexp.redact import redact
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
@@ -47,8 +48,9 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(output_dir / "error.log", traceback.format_exc().encode())
+            write_atomic(output_dir / "error.log", redact(traceback.format_exc()).encode())
             message += f" (traceback in {output_dir / 'error.log'})"
+    message = redact(message)  # errors quote config values, and this line is kept in the run folder
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
     _log_to_file(f"mtlexp: error: {message}")
     _mark(output_dir, "failed", message)

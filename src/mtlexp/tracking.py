@@ -4,7 +4,8 @@
 for every run started from the same folder, artifacts beside it), the run folder and the command-line
 overrides as tags, and ``log_run_folder``, which ``train`` calls once ``metrics.json`` and the figures are
 written, to upload them as artifacts. A run ends FINISHED only then; a failed job ends FAILED, an
-interrupted one KILLED (``end_runs``, called by ``mtlexp.runner.run_job``).
+interrupted one KILLED (``end_runs``, called by ``mtlexp.runner.run_job``). An http(s) tracking server is checked
+at the logger's first use, before the first epoch, and one that does not answer within seconds stops the run.
 
 mlflow is an optional extra (``pip install 'mtlexp[mlflow]'``) and takes seconds to import: nothing here
 imports it before the logger is built, and no module on the default path imports this one.
@@ -27,6 +28,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mtlexp.errors import MtlexpError
+from mtlexp.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 MAX_TAG = 5000
 # Loggers of this process whose run mtlexp has not ended yet: ended by log_run_folder or end_runs.
 _OPEN: list[MLflowLogger] = []
+# How long the check before a run waits for a tracking server. MLflow's own requests retry an unreachable
+# server for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, docs/tracking.md): right for a server that blinks
+# during a long run, not for a URI that was wrong from the start.
+REACH_TIMEOUT_S = 5
 
 # (logger name, level, why it is safe to raise it): what MLflow says that a user cannot act on.
 _QUIET = (
@@ -100,7 +106,7 @@ def _overrides(run_dir: Path) -> str | None:
         overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return " ".join(map(str, overrides)) if isinstance(overrides, list) else None
+    return redact(" ".join(map(str, overrides))) if isinstance(overrides, list) else None
 
 
 class MLflowLogger(MLFlowLogger):
@@ -146,7 +152,7 @@ class MLflowLogger(MLFlowLogger):
         if artifact_location is None and self._db is not None:
             # MLflow's default next to a SQLite store is ./mlruns in whatever folder the run started from.
             artifact_location = (self._db.parent / ARTIFACTS_NAME).as_uri()
-        tags = {str(k): str(v)[:MAX_TAG] for k, v in (tags or {}).items()}
+        tags = {str(k): redact(str(v))[:MAX_TAG] for k, v in (tags or {}).items()}
         if run_dir is not None:
             tags.setdefault("mtlexp.run_dir", os.path.abspath(run_dir))
             overrides = _overrides(Path(run_dir))
@@ -175,6 +181,7 @@ class MLflowLogger(MLFlowLogger):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            _check_reachable(self._tracking_uri)
             try:
                 with _store_lock(self._db):  # a new SQLite store is created (tables, migrations) right here
                     self._client = MlflowClient(self._tracking_uri)
@@ -270,6 +277,41 @@ def end_runs(status: str) -> None:
             logger.experiment.set_terminated(logger._run_id, status)
         except Exception as error:  # noqa: BLE001
             log.warning("%s: could not mark the run %s as %s: %s", KEY, logger._run_id, status, _first_line(error))
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail in seconds, naming the key, when an http(s) tracking server cannot be reached. Any HTTP answer
+    counts, even 401 or 404: only a server that answers nothing is refused. Other stores are local files
+    (sqlite, file) or reached by their own clients (databricks)."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+
+    # MLflow's TLS settings (MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH, client cert), so
+    # that the check accepts exactly the servers the run's own requests would.
+    creds = get_default_host_creds(uri)
+    try:
+        # stream: the answer's status is enough; a server without /health may send its whole UI page instead.
+        requests.get(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S, verify=creds.verify,
+                     cert=creds.client_cert_path, allow_redirects=False, stream=True).close()
+    except requests.exceptions.Timeout:
+        reason = f"no answer within {REACH_TIMEOUT_S} s"
+    except requests.exceptions.SSLError as error:
+        reason = f"TLS failed: {_os_reason(error)}"
+    except requests.exceptions.RequestException as error:
+        reason = _os_reason(error)
+    else:
+        return
+    raise MtlexpError(f"{KEY}.tracking_uri: cannot reach the MLflow tracking server {uri} ({reason}); start the "
+                      f"server, correct the URI, or give {KEY}.tracking_uri=null for the local store")
+
+
+def _os_reason(error: BaseException) -> str:
+    """The operating system's words at the bottom of a requests error ("Connection refused", "Name or service
+    not known"), not the pages of urllib3 wrapping around them."""
+    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
+    return found[-1].strip() if found else _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -28,6 +28,7 @@ from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.processes import this_host
 from mtlexp.provenance import provenance
+from mtlexp.redact import redact_values
 from mtlexp.runner import record_interrupted
 from mtlexp.report.figures import plot_gates
 from mtlexp.report.table import summary_table
@@ -128,7 +129,7 @@ def start_run_folder(cfg: DictConfig) -> None:
 
 def log_hyperparams(cfg: DictConfig, loggers: list[Any], module: MTLModule) -> None:
     for logger in loggers:
-        logger.log_hyperparams({"num_params": count_parameters(module.model), **_flat_config(cfg)})
+        logger.log_hyperparams({"num_params": count_parameters(module.model), **redact_values(_flat_config(cfg))})
 
 
 def finish_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, trainer: pl.Trainer, best: str | None,

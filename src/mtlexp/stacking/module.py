@@ -31,6 +31,7 @@ from mtlexp.kinds import observed_rows, product_logit, task_loss
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, logging_step
 from mtlexp.models.base import MTLOutput, add_aux
 from mtlexp.module import MTLModule
+from mtlexp.redact import redact_values
 from mtlexp.stacking.model import StackedModel
 from mtlexp.weighting.equal import EqualWeighting
 from mtlexp.weighting.static import StaticWeighting
@@ -345,7 +346,7 @@ class StackedModule(pl.LightningModule):
     # --- resume ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlexp_stack"] = {"states": [vars(s).copy() for s in self.states],
-                                      "configs": [r.run_config for r in self.replicas]}
+                                      "configs": [redact_values(r.run_config) for r in self.replicas]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("mtlexp_stack", {}).get("states")

@@ -29,6 +29,7 @@ from mtlexp.instantiate import build, build_all
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
+from mtlexp.redact import redact
 from mtlexp.report.table import format_table
 from mtlexp.stacking.module import StackedModule
 from mtlexp.train import build_components, log_hyperparams, record_run, start_run_folder
@@ -52,7 +53,7 @@ def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: i
     """``.hydra/`` of a replica: its config, and the parent's overrides with its seed and without ``stack``."""
     hydra_dir = replica_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    write_atomic(hydra_dir / "config.yaml", redact(OmegaConf.to_yaml(cfg)).encode())
     source = parent / ".hydra"
     overrides: list[str] = []
     if (source / "overrides.yaml").is_file():
