@@ -34,6 +34,9 @@ commands:
   eval           re-evaluate a checkpoint: mtlexp eval ckpt_path=<run>/checkpoints/best.ckpt
   data inspect   rows, features, label rates and label correlation of a data/tasks config
   report DIR...  mean ± sd over seeds of every configuration in sweep folders (reads run folders only)
+
+options:
+  -V, --version  the installed version, and the git commit when running from a checkout
 """
 
 
@@ -110,12 +113,32 @@ def _inspect(overrides: list[str]) -> int:
     return 1
 
 
+def version_line() -> str:
+    """``mtlexp <version>``, plus the commit of the checkout the code runs from: a version alone does not say
+    which code an editable install runs."""
+    from importlib import metadata
+
+    from mtlexp.provenance import git_state
+
+    try:
+        line = f"mtlexp {metadata.version('mtlexp')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        line = "mtlexp (not installed)"
+    git = git_state(Path(__file__).resolve().parent)
+    if git["commit"]:
+        line += f" (git {git['commit']}{', with uncommitted changes' if git['dirty'] else ''})"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     silence()  # again in every job (runner.run_job): joblib workers are other processes
     register_configs()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return
+    if args[0] in ("-V", "--version"):
+        print(version_line())
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS and os.environ.get(_COMMAND_ENV) and "LOCAL_RANK" in os.environ:

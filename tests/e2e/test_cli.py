@@ -197,3 +197,15 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, mode):
         f"mtlexp: error: hydra.{mode}.dir: cannot create the output folder {blocker / mode} ({blocker} is not a folder)"
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_release_and_the_commit_of_a_checkout(tmp_path, flag):
+    from importlib import metadata
+
+    result = cli_in_fork([flag], tmp_path)
+    assert result.returncode == 0, result.stderr
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert result.stdout.startswith(f"mtlexp {metadata.version('mtlexp')} (git {commit}")
+    assert result.stdout.count("\n") == 1 and result.stderr == ""
