@@ -42,6 +42,7 @@ options:
 
 def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
     """Run ``task`` under ``@hydra.main``; returns the number of failed single-run jobs."""
+    from mtlexp.run_folder import claim, release
     from mtlexp.runner import run_job
 
     failures: list[str] = []
@@ -59,10 +60,22 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
                 stop.append(True)
                 raise
 
-        ok = run_job(job, cfg, output_dir)
-        if not ok and HydraConfig.get().mode == RunMode.RUN:
+        sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+        if sweeping:  # a single run locked its folder before Hydra wrote into it (runner.OutputFolderCheck)
+            try:
+                claim(output_dir, "hydra.sweep.dir")
+            except MtlexpError as error:
+                # Not run_job's failure path: that writes error.log and metrics.json into the other run's folder.
+                print(f"mtlexp: error: {error}", file=sys.stderr, flush=True)
+                return None
+        try:
+            ok = run_job(job, cfg, output_dir)
+        finally:
+            if sweeping:  # the launcher may run the sweep's next job in this process
+                release(output_dir)
+        if not ok and not sweeping:
             failures.append(str(output_dir))
-        if stop and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if stop and sweeping:
             raise SystemExit(1)  # every other job of the sweep would train only to fail the same way
         # What a sweeper reads (hparams_search): the objective, or None for a failed job, which the Optuna
         # sweeper records as a failed trial before it goes on (NaN would abort the whole study).

@@ -23,6 +23,7 @@ from mtlexp.noise import silence
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
+from mtlexp.run_folder import claim
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,21 @@ def _mark(output_dir: Path | None, status: str, message: str) -> None:
 
 class OutputFolderCheck(Callback):
     """Before Hydra creates the run (or sweep) folder: a folder that cannot be created is one line, not
-    Hydra's traceback. The check creates the missing folders and removes them again: the path may hold
-    ``${now:...}``, which resolves anew (to another microsecond) when Hydra creates the real one."""
+    Hydra's traceback. The check creates the missing folders and removes them again: the sweep folder may
+    hold ``${now:...}``, which resolves anew (to another microsecond) when Hydra creates the real one.
+
+    A single run's folder is then locked (``run_folder.claim``) here, before Hydra writes its ``.hydra/``
+    and log file into it: ``hydra.run.dir`` resolves to the same folder now as for the job (the ``now``
+    resolver caches its value in the config). A sweep's jobs lock theirs when they start."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        folder = Path(str(config.hydra.run.dir))
+        _check_creatable(folder, "hydra.run.dir")
+        try:
+            claim(folder, "hydra.run.dir")
+        except MtlexpError as error:
+            print(f"mtlexp: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")

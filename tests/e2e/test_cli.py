@@ -209,3 +209,34 @@ def test_version_names_the_release_and_the_commit_of_a_checkout(tmp_path, flag):
                             text=True, check=True).stdout.strip()
     assert result.stdout.startswith(f"mtlexp {metadata.version('mtlexp')} (git {commit}")
     assert result.stdout.count("\n") == 1 and result.stderr == ""
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_writes_nothing_there(tmp_path):
+    import signal
+    import socket
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "mtlexp", "train", "data.num_train=2048", "data.num_val=256", "data.num_test=256",
+               "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}"]
+    with open(tmp_path / "first.out", "w") as out:  # a file, not a pipe: the progress bar would fill a pipe
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while not (run_dir / "metrics.json").is_file() and time.time() < deadline and first.poll() is None:
+                time.sleep(0.2)
+            before = {p: p.read_bytes() for p in [run_dir / "metrics.json", *(run_dir / ".hydra").iterdir()]}
+            assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+
+            second = cli_in_fork(["train", "seed=1", *FAST[:3], f"hydra.run.dir={run_dir}"], tmp_path)
+            assert second.returncode == 1
+            assert second.stderr.strip().splitlines() == [
+                f"mtlexp: error: hydra.run.dir: {run_dir} is in use by another run (pid {first.pid} on "
+                f"{socket.gethostname()}); wait for it to end, or give the run a folder of its own"]
+            # Not even Hydra's .hydra/ files: the first run's overrides are still the ones recorded.
+            assert {p: p.read_bytes() for p in before} == before
+            assert not (run_dir / "error.log").exists()
+            assert "seed=1" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=120)
