@@ -42,8 +42,8 @@ options:
 
 def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
     """Run ``task`` under ``@hydra.main``; returns the number of failed single-run jobs."""
-    from mtlexp.run_folder import claim, release
-    from mtlexp.runner import run_job
+    from mtlexp.run_folder import release
+    from mtlexp.runner import claim_for, run_job
 
     failures: list[str] = []
 
@@ -63,7 +63,7 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
         sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
         if sweeping:  # a single run locked its folder before Hydra wrote into it (runner.OutputFolderCheck)
             try:
-                claim(output_dir, "hydra.sweep.dir")
+                claim_for(cfg, output_dir, "hydra.sweep.dir")
             except MtlexpError as error:
                 # Not run_job's failure path: that writes error.log and metrics.json into the other run's folder.
                 print(f"mtlexp: error: {error}", file=sys.stderr, flush=True)

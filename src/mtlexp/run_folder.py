@@ -1,4 +1,4 @@
-"""Who may write a run folder: one live run at a time.
+"""Who may write a run folder: one live run at a time, and never over an earlier run's results unless asked.
 
 A run holds an exclusive ``flock`` on ``.mtlexp.lock`` in its folder for as long as its process lives; the OS
 drops it when the process ends, crash and ``kill -9`` included, so a lock is never left behind. The lock
@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from mtlexp.errors import MtlexpError
+from mtlexp.io import read_json
 from mtlexp.processes import this_host
 
 LOCK = ".mtlexp.lock"
+# What runs write into their folder (train, stack=K, eval); Hydra rewrites .hydra/ itself. Logger folders
+# are added from the config, since their names are settings.
+ARTEFACTS = ("metrics.json", "provenance.json", "error.log", "mtlexp.log", "checkpoints", "figures", "replicas",
+             "csv", "tensorboard")
 # Set by launchers for the processes of one distributed run: those of rank > 0 re-run the command line in
 # the folder that rank 0 already holds.
 _RANK_VARS = ("LOCAL_RANK", "NODE_RANK", "RANK")
@@ -33,9 +40,12 @@ def ddp_worker() -> bool:
     return False
 
 
-def claim(folder: Path, key: str) -> None:
-    """Lock ``folder`` for the life of this process; ``key`` is the config key that chose it, for the message.
-    Claiming a folder this process holds, or claiming as a distributed worker, does nothing."""
+def claim(folder: Path, key: str, overwrite: bool = False, logger_dirs: Iterable[str] = (),
+          keep: str | None = None) -> None:
+    """Lock ``folder`` for the life of this process, then refuse it if an earlier run left its results
+    there, or with ``overwrite`` delete them (``keep``: a file inside that must survive, the checkpoint a
+    run resumes from). ``key`` is the config key that chose the folder, for the messages. Claiming a
+    folder this process holds, or claiming as a distributed worker, does nothing."""
     folder = folder.absolute()
     if folder in _held or ddp_worker():
         return
@@ -52,6 +62,11 @@ def claim(folder: Path, key: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {this_host()}\n".encode())
     _held[folder] = fd
+    try:
+        _check_earlier_run(folder, key, overwrite, [*ARTEFACTS, *logger_dirs], keep)
+    except BaseException:
+        release(folder)
+        raise
 
 
 def release(folder: Path) -> None:
@@ -61,3 +76,33 @@ def release(folder: Path) -> None:
     if fd is not None:
         os.close(fd)
 
+
+def earlier_run(folder: Path) -> str | None:
+    """What an earlier run left in ``folder`` (``status ok``, ``checkpoints``), or None: a new folder, or one
+    Hydra has only just written its ``.hydra/`` into."""
+    if (folder / "metrics.json").is_file():
+        return f"status {read_json(folder / 'metrics.json').get('status', 'unknown')}"
+    checkpoints = folder / "checkpoints"
+    return "checkpoints" if checkpoints.is_dir() and any(checkpoints.iterdir()) else None
+
+
+def _check_earlier_run(folder: Path, key: str, overwrite: bool, artefacts: list[str], keep: str | None) -> None:
+    found = earlier_run(folder)
+    if found is None:
+        return
+    checkpoints = folder / "checkpoints"
+    if not overwrite:
+        last = checkpoints / "last.ckpt"
+        resume = (f"resume it with ckpt_path={last} (the resumed run writes a new folder)" if last.is_file()
+                  else "it has no last.ckpt to resume from")
+        raise MtlexpError(f"{key}: {folder} holds an earlier run ({found}); "
+                          f"{resume}, or replace it with overwrite=true")
+    if keep and Path(keep).absolute().is_relative_to(folder):
+        raise MtlexpError(f"overwrite: would delete ckpt_path={keep}, which is inside {folder}; resume into a new "
+                          f"folder (leave {key} out)")
+    for name in dict.fromkeys(artefacts):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()

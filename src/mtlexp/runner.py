@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mtlexp.errors import MtlexpError
 from mtlexp.noise import silence
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
-from mtlexp.run_folder import claim
+from mtlexp.run_folder import claim, earlier_run
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,30 @@ class OutputFolderCheck(Callback):
         folder = Path(str(config.hydra.run.dir))
         _check_creatable(folder, "hydra.run.dir")
         try:
-            claim(folder, "hydra.run.dir")
+            claim_for(config, folder, "hydra.run.dir")
         except MtlexpError as error:
             print(f"mtlexp: error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _check_creatable(sweep_dir, "hydra.sweep.dir")
+        # Hydra writes each job's .hydra/ before the job can look: a sweep rerun into the same folder is refused
+        # here, while the earlier jobs' records are intact.
+        earlier = sorted(p.name for p in sweep_dir.glob("*") if p.is_dir() and earlier_run(p)) if sweep_dir.is_dir() else []
+        if earlier and not config.get("overwrite"):
+            print(f"mtlexp: error: hydra.sweep.dir: {sweep_dir} holds the runs of an earlier sweep ({', '.join(earlier)}); "
+                  "give the sweep a folder of its own, or replace them with overwrite=true", file=sys.stderr)
+            raise SystemExit(1)
+
+
+def claim_for(cfg: DictConfig, folder: Path, key: str) -> None:
+    """``run_folder.claim`` with what a run config says: ``overwrite``, the loggers' folders to clear, and the
+    checkpoint a resumed run reads (it must survive the clearing)."""
+    loggers = [n for n in (cfg.get("logger") or {}).values() if isinstance(n, DictConfig) and "save_dir" in n]
+    claim(folder, key, overwrite=bool(cfg.get("overwrite", False)),
+          logger_dirs=[str(n.name) for n in loggers if n.get("name")],
+          keep=OmegaConf.select(cfg, "ckpt_path", default=None))
 
 
 def _check_creatable(folder: Path, key: str) -> None:

@@ -240,3 +240,29 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_writes_nothing_there(t
         finally:
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=120)
+
+
+def test_a_finished_run_folder_is_refused_unless_overwrite_and_overwrite_clears_it(tmp_path):
+    run_dir = tmp_path / "run"
+    sizes = [*FAST[:3], "trainer.max_epochs=1"]
+    first = run(["train", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {p: p.read_bytes() for p in [run_dir / "metrics.json", *(run_dir / ".hydra").iterdir()]}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last_written = last.stat().st_mtime_ns
+
+    again = cli_in_fork(["train", "seed=1", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"mtlexp: error: hydra.run.dir: {run_dir} holds an earlier run (status ok); resume it with ckpt_path={last} "
+        "(the resumed run writes a new folder), or replace it with overwrite=true"]
+    assert {p: p.read_bytes() for p in kept} == kept and last.stat().st_mtime_ns == last_written
+
+    replaced = run(["train", "seed=1", "overwrite=true", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["seed"] == 1
+    # Nothing of the first run is left to mix with the second's: TensorBoard event files of one process only.
+    events = [p.name for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
+    assert events and all(f".{metrics['pid']}." in name for name in events), events
+    assert [line.startswith("epoch,") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()].count(True) == 1
