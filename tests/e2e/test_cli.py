@@ -266,3 +266,17 @@ def test_a_finished_run_folder_is_refused_unless_overwrite_and_overwrite_clears_
     events = [p.name for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
     assert events and all(f".{metrics['pid']}." in name for name in events), events
     assert [line.startswith("epoch,") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()].count(True) == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model.num_expert=4"], "model.num_expert: no such key; did you mean model.num_experts?"),
+    (["-m", "model.num_expert=2,4"], "model.num_expert: no such key; did you mean model.num_experts?"),
+    (["model=shared_bottom", "model/gate=topk"],
+     "model/gate: model=shared_bottom has no gate; the model configs with one: cgc, mmoe, omoe, ple"),
+])
+def test_hydra_composition_mistakes_are_one_line(tmp_path, args, expected):
+    result = cli_in_fork(["train", *args, f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}"],
+                         tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"mtlexp: error: {expected}"]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
