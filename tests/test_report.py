@@ -305,7 +305,7 @@ def test_report_defaults_write_into_the_first_folder_and_take_split_and_metric(s
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--baseline", "model=nope"], "--baseline: expected a swept override such as weighting=equal"),
+    (["--baseline", "model=nope"], "--baseline: 'nope' is not among the swept values of model: esmm(mmoe), mmoe"),
     (["--baseline", "weighting=equal"], "--baseline: expected a swept override"),  # not swept here
     (["--baseline", "model"], "--baseline: expected a swept override"),
     (["--alpha", "2"], "--alpha: expected a level in (0, 1)"),

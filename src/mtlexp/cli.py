@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 from collections.abc import Callable
@@ -34,12 +35,16 @@ commands:
   eval           re-evaluate a checkpoint: mtlexp eval ckpt_path=<run>/checkpoints/best.ckpt
   data inspect   rows, features, label rates and label correlation of a data/tasks config
   report DIR...  mean ± sd over seeds of every configuration in sweep folders (reads run folders only)
+
+options:
+  -V, --version  the installed version, and the git commit when running from a checkout
 """
 
 
 def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
     """Run ``task`` under ``@hydra.main``; returns the number of failed single-run jobs."""
-    from mtlexp.runner import run_job
+    from mtlexp.run_folder import release
+    from mtlexp.runner import claim_for, run_job
 
     failures: list[str] = []
 
@@ -56,10 +61,22 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
                 stop.append(True)
                 raise
 
-        ok = run_job(job, cfg, output_dir)
-        if not ok and HydraConfig.get().mode == RunMode.RUN:
+        sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+        if sweeping:  # a single run locked its folder before Hydra wrote into it (runner.OutputFolderCheck)
+            try:
+                claim_for(cfg, output_dir, "hydra.sweep.dir")
+            except MtlexpError as error:
+                # Not run_job's failure path: that writes error.log and metrics.json into the other run's folder.
+                print(f"mtlexp: error: {error}", file=sys.stderr, flush=True)
+                return None
+        try:
+            ok = run_job(job, cfg, output_dir)
+        finally:
+            if sweeping:  # the launcher may run the sweep's next job in this process
+                release(output_dir)
+        if not ok and not sweeping:
             failures.append(str(output_dir))
-        if stop and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if stop and sweeping:
             raise SystemExit(1)  # every other job of the sweep would train only to fail the same way
         # What a sweeper reads (hparams_search): the objective, or None for a failed job, which the Optuna
         # sweeper records as a failed trial before it goes on (NaN would abort the whole study).
@@ -110,12 +127,129 @@ def _inspect(overrides: list[str]) -> int:
     return 1
 
 
+# Hydra options that take a value: the value is not an override.
+_VALUE_OPTIONS = ("--cfg", "-c", "--package", "-p")
+
+
+def composition_error(config_name: str, args: list[str]) -> str | None:
+    """Compose the config once before Hydra does, to put two mistakes that Hydra reports in several lines
+    into one: a misspelled key (``model.num_expert=4``) and a nested group the chosen config lacks
+    (``model/gate=topk`` with ``model=shared_bottom``). None when the config composes, or when the mistake
+    is one Hydra reports clearly itself (an unknown option, which lists the options)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    overrides = _overrides(args)
+    if overrides is None:
+        return None
+    try:
+        with initialize_config_module("mtlexp.conf", version_base="1.3"):
+            compose(config_name, overrides=overrides)
+        return None
+    except ConfigCompositionException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key and \
+                isinstance(cause.parent_node, DictConfig):
+            return _no_such_key(str(cause.full_key), [str(k) for k in cause.parent_node])
+        if "No match in the defaults list" in str(error):
+            group = next((o.split("=", 1)[0] for o in overrides if f"override '{o.split('=', 1)[0]}'" in str(error)), "")
+            return _no_such_group(config_name, group, [o for o in overrides if not o.startswith(f"{group}=")])
+    except Exception:  # noqa: BLE001 - anything else is Hydra's to report, as it always has
+        return None
+    return None
+
+
+def _overrides(args: list[str]) -> list[str] | None:
+    """The overrides among Hydra's arguments, a sweep's first value standing for the sweep; None for a command
+    line with options that change what is composed (--config-name, ...) or no composing at all (--help)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain, skip = [], False
+    for arg in args:
+        if skip or arg in ("-m", "--multirun"):
+            skip = False
+            continue
+        if arg in _VALUE_OPTIONS:
+            skip = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            plain.append(arg)
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra's message shows where
+        return None
+    overrides = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            overrides.append(override.input_line)
+            continue
+        try:
+            overrides.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+        except Exception:  # noqa: BLE001 - a sweep that only its sweeper expands (interval, glob)
+            continue
+    return overrides
+
+
+def _no_such_key(full_key: str, keys: list[str]) -> str:
+    parent, _, name = full_key.rpartition(".")
+    keys = [k for k in keys if not k.startswith("_")]
+    close = difflib.get_close_matches(name, keys, n=1)
+    if close:
+        return f"{full_key}: no such key; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return (f"{full_key}: no such key; {parent or 'the config'} has {', '.join(keys)} (a new key is added with "
+            f"+{full_key}=...)")
+
+
+def _no_such_group(config_name: str, group: str, others: list[str]) -> str | None:
+    """``model/gate: model=shared_bottom has no gate; models with one: cgc, mmoe, ...``, for a nested group."""
+    import importlib.resources
+
+    import yaml
+    from hydra import compose, initialize_config_module
+
+    parent, _, sub = group.partition("/")
+    folder = importlib.resources.files("mtlexp.conf").joinpath(parent)
+    if not sub or "/" in sub or not folder.is_dir():
+        return None
+    with_sub = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            defaults = (yaml.safe_load(entry.read_text()) or {}).get("defaults") or []
+            if any(isinstance(d, dict) and sub in d for d in defaults):
+                with_sub.append(entry.name[: -len(".yaml")])
+    with initialize_config_module("mtlexp.conf", version_base="1.3"):
+        chosen = compose(config_name, overrides=others, return_hydra_config=True).hydra.runtime.choices.get(parent)
+    return f"{group}: {parent}={chosen} has no {sub}; the {parent} configs with one: {', '.join(sorted(with_sub))}"
+
+
+def version_line() -> str:
+    """``mtlexp <version>``, plus the commit of the checkout the code runs from: a version alone does not say
+    which code an editable install runs."""
+    from importlib import metadata
+
+    from mtlexp.provenance import git_state
+
+    try:
+        line = f"mtlexp {metadata.version('mtlexp')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        line = "mtlexp (not installed)"
+    git = git_state(Path(__file__).resolve().parent)
+    if git["commit"]:
+        line += f" (git {git['commit']}{', with uncommitted changes' if git['dirty'] else ''})"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     silence()  # again in every job (runner.run_job): joblib workers are other processes
     register_configs()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return
+    if args[0] in ("-V", "--version"):
+        print(version_line())
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS and os.environ.get(_COMMAND_ENV) and "LOCAL_RANK" in os.environ:
@@ -144,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     # one "[repeated Nx across cluster]" line, which would hide all but one job's results table.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     config_name, task = apps[command]
+    problem = composition_error(config_name, rest)
+    if problem:
+        sys.exit(f"mtlexp: error: {problem}")
     with study_errors() if searching else contextlib.nullcontext():
         failed = _hydra_app(config_name, task)
     if failed:

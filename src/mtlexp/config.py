@@ -37,6 +37,8 @@ class RunConfig:
     monitor: str = "val/norm_loss"
     monitor_mode: str = "min"
     run_test: bool = True
+    # Replace the results an earlier run left in the run folder (an explicit hydra.run.dir) instead of refusing it.
+    overwrite: bool = False
     # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it.
     optimized_metric: Optional[str] = None  # noqa: UP045
 

@@ -152,12 +152,16 @@ def build(node: DictConfig, key: str, **late: Any) -> Any:
     if node is None or "_target_" not in node:
         raise MtlexpError(f"{key}: expected a config node with a _target_, got {node!r}")
     check_node(node, key, tuple(late))
+    name = node.get("_name_")
     node = _without_meta(node)
     try:
         # Late arguments are passed to the finished factory, not through instantiate(): Hydra would turn
         # dataclass arguments (the feature and task specs) into DictConfigs.
         factory = instantiate(node, _partial_=True) if late else None
-        return factory(**late) if late else instantiate(node)
+        built = factory(**late) if late else instantiate(node)
+        if name is not None and hasattr(type(built), "config_name"):
+            built.config_name = str(name)
+        return built
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, ConfigValueError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mtlexp.errors import MtlexpError
 from mtlexp.noise import silence
@@ -24,6 +24,7 @@ from mtlexp.redact import redact
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
+from mtlexp.run_folder import claim, earlier_run
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,41 @@ def _mark(output_dir: Path | None, status: str, message: str) -> None:
 
 class OutputFolderCheck(Callback):
     """Before Hydra creates the run (or sweep) folder: a folder that cannot be created is one line, not
-    Hydra's traceback. The check creates the missing folders and removes them again: the path may hold
-    ``${now:...}``, which resolves anew (to another microsecond) when Hydra creates the real one."""
+    Hydra's traceback. The check creates the missing folders and removes them again: the sweep folder may
+    hold ``${now:...}``, which resolves anew (to another microsecond) when Hydra creates the real one.
+
+    A single run's folder is then locked (``run_folder.claim``) here, before Hydra writes its ``.hydra/``
+    and log file into it: ``hydra.run.dir`` resolves to the same folder now as for the job (the ``now``
+    resolver caches its value in the config). A sweep's jobs lock theirs when they start."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        folder = Path(str(config.hydra.run.dir))
+        _check_creatable(folder, "hydra.run.dir")
+        try:
+            claim_for(config, folder, "hydra.run.dir")
+        except MtlexpError as error:
+            print(f"mtlexp: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _check_creatable(sweep_dir, "hydra.sweep.dir")
+        # Hydra writes each job's .hydra/ before the job can look: a sweep rerun into the same folder is refused
+        # here, while the earlier jobs' records are intact.
+        earlier = sorted(p.name for p in sweep_dir.glob("*") if p.is_dir() and earlier_run(p)) if sweep_dir.is_dir() else []
+        if earlier and not config.get("overwrite"):
+            print(f"mtlexp: error: hydra.sweep.dir: {sweep_dir} holds the runs of an earlier sweep ({', '.join(earlier)}); "
+                  "give the sweep a folder of its own, or replace them with overwrite=true", file=sys.stderr)
+            raise SystemExit(1)
+
+
+def claim_for(cfg: DictConfig, folder: Path, key: str) -> None:
+    """``run_folder.claim`` with what a run config says: ``overwrite``, the loggers' folders to clear, and the
+    checkpoint a resumed run reads (it must survive the clearing)."""
+    loggers = [n for n in (cfg.get("logger") or {}).values() if isinstance(n, DictConfig) and "save_dir" in n]
+    claim(folder, key, overwrite=bool(cfg.get("overwrite", False)),
+          logger_dirs=[str(n.name) for n in loggers if n.get("name")],
+          keep=OmegaConf.select(cfg, "ckpt_path", default=None))
 
 
 def _check_creatable(folder: Path, key: str) -> None:

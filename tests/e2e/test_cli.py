@@ -205,3 +205,86 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, mode):
         f"mtlexp: error: hydra.{mode}.dir: cannot create the output folder {blocker / mode} ({blocker} is not a folder)"
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_release_and_the_commit_of_a_checkout(tmp_path, flag):
+    from importlib import metadata
+
+    result = cli_in_fork([flag], tmp_path)
+    assert result.returncode == 0, result.stderr
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert result.stdout.startswith(f"mtlexp {metadata.version('mtlexp')} (git {commit}")
+    assert result.stdout.count("\n") == 1 and result.stderr == ""
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_writes_nothing_there(tmp_path):
+    import signal
+    import socket
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "mtlexp", "train", "data.num_train=2048", "data.num_val=256", "data.num_test=256",
+               "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}"]
+    with open(tmp_path / "first.out", "w") as out:  # a file, not a pipe: the progress bar would fill a pipe
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while not (run_dir / "metrics.json").is_file() and time.time() < deadline and first.poll() is None:
+                time.sleep(0.2)
+            before = {p: p.read_bytes() for p in [run_dir / "metrics.json", *(run_dir / ".hydra").iterdir()]}
+            assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+
+            second = cli_in_fork(["train", "seed=1", *FAST[:3], f"hydra.run.dir={run_dir}"], tmp_path)
+            assert second.returncode == 1
+            assert second.stderr.strip().splitlines() == [
+                f"mtlexp: error: hydra.run.dir: {run_dir} is in use by another run (pid {first.pid} on "
+                f"{socket.gethostname()}); wait for it to end, or give the run a folder of its own"]
+            # Not even Hydra's .hydra/ files: the first run's overrides are still the ones recorded.
+            assert {p: p.read_bytes() for p in before} == before
+            assert not (run_dir / "error.log").exists()
+            assert "seed=1" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=120)
+
+
+def test_a_finished_run_folder_is_refused_unless_overwrite_and_overwrite_clears_it(tmp_path):
+    run_dir = tmp_path / "run"
+    sizes = [*FAST[:3], "trainer.max_epochs=1"]
+    first = run(["train", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {p: p.read_bytes() for p in [run_dir / "metrics.json", *(run_dir / ".hydra").iterdir()]}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last_written = last.stat().st_mtime_ns
+
+    again = cli_in_fork(["train", "seed=1", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"mtlexp: error: hydra.run.dir: {run_dir} holds an earlier run (status ok); resume it with ckpt_path={last} "
+        "(the resumed run writes a new folder), or replace it with overwrite=true"]
+    assert {p: p.read_bytes() for p in kept} == kept and last.stat().st_mtime_ns == last_written
+
+    replaced = run(["train", "seed=1", "overwrite=true", *sizes, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["seed"] == 1
+    # Nothing of the first run is left to mix with the second's: TensorBoard event files of one process only.
+    events = [p.name for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
+    assert events and all(f".{metrics['pid']}." in name for name in events), events
+    assert [line.startswith("epoch,") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()].count(True) == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model.num_expert=4"], "model.num_expert: no such key; did you mean model.num_experts?"),
+    (["-m", "model.num_expert=2,4"], "model.num_expert: no such key; did you mean model.num_experts?"),
+    (["model=shared_bottom", "model/gate=topk"],
+     "model/gate: model=shared_bottom has no gate; the model configs with one: cgc, mmoe, omoe, ple"),
+])
+def test_hydra_composition_mistakes_are_one_line(tmp_path, args, expected):
+    result = cli_in_fork(["train", *args, f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}"],
+                         tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"mtlexp: error: {expected}"]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()

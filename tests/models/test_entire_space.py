@@ -20,6 +20,7 @@ from mtlexp.errors import MtlexpError
 from mtlexp.models import AUX_ONLY, CrossStitch, EntireSpace, MMoE, MTLOutput
 from mtlexp.models.names import model_configs
 from mtlexp.tasks import tasks_from_config
+from tests.conftest import cli_in_fork
 
 TASKS = tasks_from_config({"click": {"kind": "binary"}, "conversion": {"kind": "binary", "observed_if": "click"},
                            "ctcvr": {"kind": "binary", "product": ["click", "conversion"]}})
@@ -41,6 +42,15 @@ def test_an_objective_without_click_and_conversion_tasks_says_what_it_needs() ->
     plain = tasks_from_config({"a": {"kind": "binary"}, "b": {"kind": "binary"}})
     with pytest.raises(MtlexpError, match="model: esmm needs a click task, a conversion task observed_if"):
         model("esmm").trained_tasks(plain)
+
+
+@pytest.mark.parametrize("name", ["naive_cvr", "escm2"])
+def test_the_task_mismatch_names_the_model_config_the_user_chose(tmp_path: Path, name: str) -> None:
+    # The objectives inside (naive, escm2_ips) are names the user never typed.
+    result = cli_in_fork(["train", f"model={name}", "data.num_train=512", "data.num_val=256", "data.num_test=256",
+                          "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"mtlexp: error: model: {name} needs a click task, ")
 
 
 def test_the_bottom_keeps_the_contract() -> None:

@@ -87,6 +87,10 @@ class MTLModel(nn.Module):
     :param dropout: dropout after every hidden layer.
     """
 
+    # The model config's name (``model=naive_cvr``), which errors must use: the user never typed the class or
+    # its arguments. Set by the instantiation helper from ``_name_``; None for a model built by hand.
+    config_name: str | None = None
+
     def __init__(
         self, features: FeatureSpec, tasks: Sequence[TaskSpec], tower_hidden: Sequence[int], dropout: float
     ) -> None:

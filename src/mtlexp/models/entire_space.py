@@ -106,7 +106,7 @@ class EntireSpace(MTLModel):
                 if cvr.observed_if == ctr.name:
                     return ctr, cvr, product
         raise MtlexpError(
-            f"model: {self.objective} needs a click task, a conversion task observed_if the click task and a "
+            f"model: {self.config_name or self.objective} needs a click task, a conversion task observed_if the click task and a "
             f"product task of the two (tasks=click_conversion), got tasks {[t.name for t in tasks]}"
         )
 

@@ -197,7 +197,12 @@ def _order(value: Any) -> tuple[int, float, str]:
 def _baseline_groups(settings: dict[str, dict[str, Any]], swept: list[str], baseline: str) -> dict[str, str | None]:
     """For every group, the group that differs from it only in having the baseline's value (None if not run)."""
     key, _, wanted = baseline.partition("=")
-    matches = [s[key] for g, s in settings.items() if g != UNKNOWN_GROUP and key in s and _is(s[key], wanted)]
+    ran = [s for g, s in settings.items() if g != UNKNOWN_GROUP]
+    matches = [s[key] for s in ran if key in s and _is(s[key], wanted)]
+    if "=" in baseline and key in swept and not matches:
+        values = sorted({format_value(s[key]): s[key] for s in ran if key in s}.items(), key=lambda kv: _order(kv[1]))
+        raise MtlexpError(f"--baseline: {wanted!r} is not among the swept values of {key}: "
+                          f"{', '.join(text for text, _ in values)}")
     if "=" not in baseline or not matches:
         raise MtlexpError(f"--baseline: expected a swept override such as weighting=equal, got {baseline!r} "
                           f"(swept: {', '.join(swept) or 'nothing'})")
