@@ -24,6 +24,7 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mtlexp", *args]
 
 
+@pytest.mark.newest
 def test_the_readme_ddp_line_finishes_with_the_default_progress_bar(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(command(*DDP, *SIZES, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"), cwd=tmp_path,

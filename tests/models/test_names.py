@@ -41,6 +41,7 @@ def test_old_model_configs_are_upgraded_to_public_names(old, target, name, fixed
         assert new[key] == value
 
 
+@pytest.mark.newest
 @pytest.mark.parametrize("model", ["mmoe", "omoe", "shared_bottom", "single_task"])
 def test_checkpoints_of_the_previous_version_still_evaluate(make_cfg, tmp_path, model):
     """Written by mtlexp f684185 (before public names, with an OMoE class): same test metrics today."""

@@ -33,6 +33,7 @@ def epoch_values(path: Path, column: str) -> list[float]:
     return [float(row[column]) for row in read_csv(path) if row.get(column)]
 
 
+@pytest.mark.newest
 def test_every_replica_is_the_single_run_with_its_seed(make_cfg):
     stacked_cfg = make_cfg("stack=3", "seed=4", *STOPPING)
     record = train(stacked_cfg)

@@ -66,6 +66,7 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
 
 
 # upgrad's gradients are written by torchjd, outside DDP's hooks; gradnorm goes through them, learned weights too.
+@pytest.mark.newest
 @pytest.mark.parametrize("method", ["upgrad", "gradnorm"])
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, method):
     run_dir = tmp_path / "run"
