@@ -17,7 +17,8 @@ from omegaconf import DictConfig, open_dict
 
 from mtlexp.config import register_configs
 
-# Tiny data and few steps: these tests check wiring and artefacts, not quality.
+# Tiny data and few steps: these tests check wiring and artefacts, not quality. Sizes only: the progress bar,
+# the loggers and the callbacks stay as a user gets them (a DDP test with the bar off once hid a hang).
 FAST = [
     "data.num_train=512",
     "data.num_val=256",
@@ -25,7 +26,6 @@ FAST = [
     "data.batch_size=64",
     "data.chunk_steps=4",
     "trainer.max_epochs=2",
-    "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
 ]
 

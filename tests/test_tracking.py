@@ -28,7 +28,7 @@ from tests.conftest import cli_in_fork
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 FAST = [
     "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
-    "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
 ]
 SIZES = ["data.num_train=512", "data.num_val=256", "data.num_test=256", "trainer.max_epochs=1"]
 NOISE = ("Creating initial MLflow database tables", "Updating database tables", "alembic", "not found. Creating it",

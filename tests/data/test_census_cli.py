@@ -20,7 +20,7 @@ from tests.conftest import cli_in_fork
 
 pytestmark = pytest.mark.slow
 
-FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.batch_size=64", "data.chunk_steps=2"]
+FAST = ["trainer.max_epochs=2", "data.batch_size=64", "data.chunk_steps=2"]
 
 
 def mtlexp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -186,7 +186,7 @@ def test_every_model_trains_on_a_table_with_every_task_kind(tmp_path: Path) -> N
     (tmp_path / "shop.yaml").write_text(yaml.safe_dump(schema))
     sweep = tmp_path / "sweep"
     result = mtlexp("train", "-m", "data=tabular", f"data.path={tmp_path / 'shop.csv'}",
-                    f"data.schema={tmp_path / 'shop.yaml'}", f"model={','.join(ZOO)}", *FAST, "logger=csv",
+                    f"data.schema={tmp_path / 'shop.yaml'}", f"model={','.join(ZOO)}", *FAST,
                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sweep_metrics(sweep)
@@ -239,7 +239,7 @@ def test_esmm_trains_on_the_ali_ccp_and_aliexpress_samples(tmp_path: Path, monke
     monkeypatch.setenv("MTLEXP_ALI_CCP_DIR", str(folders["ali_ccp"]))
     monkeypatch.setenv("MTLEXP_ALIEXPRESS_DIR", str(folders["aliexpress"]))
     result = mtlexp("train", "-m", "data=ali_ccp,aliexpress", "model=esmm", "trainer.max_epochs=2",
-                    "trainer.enable_progress_bar=false", "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 FAST = [
     "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
-    "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
 ]
 MTLEXP = shutil.which("mtlexp") or str(Path(sys.executable).with_name("mtlexp"))
 
@@ -44,7 +44,7 @@ def test_console_script_trains_and_eval_reevaluates(tmp_path):
 
     eval_dir = tmp_path / "eval"
     result = run(
-        ["eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "trainer.enable_progress_bar=false",
+        ["eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
          f"hydra.run.dir={eval_dir}"],
         tmp_path,
     )
@@ -150,7 +150,7 @@ def test_paper_synthetic_experiment_composes(tmp_path):
 
 def test_sparse_gates_through_the_cli_record_how_many_experts_each_task_uses(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run(["train", "-m", "model=mmoe,cgc", "model/gate=topk,dselect_k", *FAST, "logger=csv",
+    result = run(["train", "-m", "model=mmoe,cgc", "model/gate=topk,dselect_k", *FAST,
                   f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
@@ -178,7 +178,7 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path):
 
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "mtlexp", "train", "data.num_train=2048", "data.num_val=256", "data.num_test=256",
-               "trainer.max_epochs=1000", "trainer.enable_progress_bar=false", "logger=none", f"hydra.run.dir={run_dir}"]
+               "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:

@@ -17,7 +17,7 @@ pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
 TINY = [
     "data.num_train=256", "data.num_val=128", "data.num_test=128", "data.batch_size=64",
-    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none",
+    "trainer.max_epochs=1",
 ]
 
 

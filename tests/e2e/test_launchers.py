@@ -20,7 +20,7 @@ from mtlexp.config import register_configs
 
 TINY = [
     "data.num_train=512", "data.num_val=256", "data.num_test=256", "data.batch_size=64",
-    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none",
+    "trainer.max_epochs=1",
 ]
 # The processes a local Ray instance starts (GCS, raylet, agents, workers), by their command lines.
 RAY_PROCESS = re.compile(r"gcs_server|raylet|ray::|/ray/(dashboard|_private|autoscaler)/")

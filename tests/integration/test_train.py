@@ -91,7 +91,7 @@ def test_eval_reproduces_the_test_metrics_in_its_own_folder(make_cfg):
     cfg = make_cfg()
     metrics = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
-    eval_cfg = make_cfg(f"ckpt_path={ckpt}", "trainer.enable_progress_bar=false", config_name="eval")
+    eval_cfg = make_cfg(f"ckpt_path={ckpt}", config_name="eval")
     result = evaluate(eval_cfg)
     for task, values in metrics["test"].items():
         for name, value in values.items():
@@ -189,7 +189,7 @@ def test_the_progress_bar_shows_the_train_loss_and_the_monitored_metric(make_cfg
     from mtlexp.instantiate import build_all
     from mtlexp.train import build_components, build_trainer
 
-    cfg = make_cfg("trainer.max_epochs=1", "logger=none", "monitor=val/task1/mse")
+    cfg = make_cfg("trainer.max_epochs=1", "monitor=val/task1/mse")
     data, module = build_components(cfg)
     trainer = build_trainer(cfg, build_all(cfg.callbacks, "callbacks"))
     trainer.fit(module, datamodule=data)

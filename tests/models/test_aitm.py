@@ -77,7 +77,7 @@ def test_aitm_under_esmm_trains_on_the_simulator_through_the_cli(tmp_path: Path)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "mtlexp", "train", "data=selection_bias_sim", "model=esmm", "model@model.bottom=aitm",
                "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
-               "trainer.enable_progress_bar=false", "logger=csv", f"hydra.run.dir={run_dir}"]
+               f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -118,7 +118,7 @@ def test_every_objective_trains_on_the_simulator_through_the_cli(tmp_path: Path)
     objectives = model_configs(objectives=True)
     command = [sys.executable, "-m", "mtlexp", "train", "-m", "data=selection_bias_sim", f"model={','.join(objectives)}",
                "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
-               "trainer.enable_progress_bar=false", "logger=csv", f"hydra.sweep.dir={sweep}"]
+               f"hydra.sweep.dir={sweep}"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert result.returncode == 0, result.stderr[-3000:]

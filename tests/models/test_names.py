@@ -49,7 +49,7 @@ def test_checkpoints_of_the_previous_version_still_evaluate(make_cfg, tmp_path, 
     shutil.copy(LEGACY / model / "best.ckpt", ckpt)
     expected = json.loads((LEGACY / model / "metrics.json").read_text())
     for split in ("test", "val"):
-        cfg = make_cfg(f"ckpt_path={ckpt}", f"split={split}", "trainer.enable_progress_bar=false", "logger=none",
+        cfg = make_cfg(f"ckpt_path={ckpt}", f"split={split}",
                        config_name="eval")
         result = evaluate(cfg)
         assert result["model"] == model

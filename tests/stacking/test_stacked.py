@@ -60,7 +60,7 @@ def test_every_replica_is_the_single_run_with_its_seed(make_cfg):
         assert epoch_values(replica_csv, "step") [:2] == epoch_values(single_csv, "step")[:2]
         assert any((replica_dir / "tensorboard").glob("events.out.tfevents.*"))
         # The replica's best checkpoint is an ordinary one: mtlexp eval reads it and finds the same test metrics.
-        eval_cfg = make_cfg(f"ckpt_path={replica_dir / 'checkpoints' / 'best.ckpt'}", "trainer.enable_progress_bar=false",
+        eval_cfg = make_cfg(f"ckpt_path={replica_dir / 'checkpoints' / 'best.ckpt'}",
                             config_name="eval")
         evaluated = evaluate(eval_cfg)
         assert evaluated["seed"] == seed

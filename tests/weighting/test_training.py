@@ -13,7 +13,7 @@ from mtlexp.train import train
 
 @pytest.mark.parametrize("method", ["dwa", "gradvac", "uncertainty"])
 def test_a_resumed_stateful_method_continues_where_it_stopped(make_cfg, method):
-    common = [f"weighting={method}", "model=mmoe", "logger=csv", "data.chunk_steps=2"]
+    common = [f"weighting={method}", "model=mmoe", "data.chunk_steps=2"]
     whole = train(make_cfg(*common, "trainer.max_epochs=4"))
     first = make_cfg(*common, "trainer.max_epochs=2")
     train(first)
@@ -26,7 +26,7 @@ def test_a_resumed_stateful_method_continues_where_it_stopped(make_cfg, method):
 
 
 def test_the_epoch_weights_and_gradient_cosines_reach_the_csv_log_and_metrics_json(make_cfg):
-    cfg = make_cfg("weighting=uncertainty", "logger=csv", "module.grad_cosine_every_n_steps=3")
+    cfg = make_cfg("weighting=uncertainty", "module.grad_cosine_every_n_steps=3")
     metrics = train(cfg)
     rows = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -59,7 +59,7 @@ def test_a_large_loss_scale_gap_between_tasks_warns_at_the_start(make_cfg, tmp_p
               "tasks": {"clicked": {"kind": "binary", "positive": "yes"}, "score": {"kind": "regression"}}}
     (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
     cfg = make_cfg("data=tabular", f"data.path={tmp_path / 'table.csv'}", f"data.schema={tmp_path / 'schema.yaml'}",
-                   "data.batch_size=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", fast=False)
+                   "data.batch_size=64", "trainer.max_epochs=1", fast=False)
     with pytest.warns(UserWarning, match=r"task losses differ in scale by \d+x at the first step \(clicked .*score"):
         train(cfg)
 
@@ -87,7 +87,7 @@ def test_a_standardised_regression_label_trains_in_sd_units_and_reports_in_its_o
                         "score": {"kind": "regression", "standardize": True}}}
     (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
     cfg = make_cfg("data=tabular", f"data.path={tmp_path / 'table.csv'}", f"data.schema={tmp_path / 'schema.yaml'}",
-                   "data.batch_size=64", "trainer.max_epochs=3", "trainer.enable_progress_bar=false", fast=False)
+                   "data.batch_size=64", "trainer.max_epochs=3", fast=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # in sd units, the loss scales no longer differ 100x
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")

@@ -15,7 +15,7 @@ import pytest
 CONF = Path(__file__).resolve().parents[2] / "conf"
 METHODS = sorted(p.stem for p in (CONF / "weighting").glob("*.yaml"))
 TINY = ["data.num_train=256", "data.num_val=128", "data.num_test=128", "data.batch_size=64", "data.chunk_steps=2",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+        "trainer.log_every_n_steps=1"]
 
 
 def mtlexp(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
     # layer), which tests/models checks for every architecture; test_methods.py checks each method's property.
     sweep = tmp_path / "sweep"
     result = mtlexp(["train", "-m", "model=mmoe", f"weighting={','.join(METHODS)}", *TINY,
-                     "trainer.max_epochs=1", "module.grad_cosine_every_n_steps=2", "logger=csv",
+                     "trainer.max_epochs=1", "module.grad_cosine_every_n_steps=2",
                      f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [(path.parent, json.loads(path.read_text())) for path in sweep.glob("*/metrics.json")]
@@ -71,7 +71,7 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, method):
     run_dir = tmp_path / "run"
     result = mtlexp(["train", f"weighting={method}", "trainer=ddp", "trainer.accelerator=cpu", *TINY,
-                     "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={run_dir}"], tmp_path)
+                     "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run dir:") == 1  # only rank 0 reports
     job = json.loads((run_dir / "metrics.json").read_text())
