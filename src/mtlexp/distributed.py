@@ -94,11 +94,9 @@ def ended_on_signal(trainer: pl.Trainer, on_stuck: Callable[[int], None], grace_
     if not is_distributed(trainer) or threading.current_thread() is not threading.main_thread():
         yield
         return
-    # The wakeup fd only receives signals that have a Python-level handler; Lightning installs its SIGTERM
-    # handler only inside fit, so make sure both have one from the start.
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    if handlers[signal.SIGTERM] in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_system_exit)
+    # The wakeup fd receives only signals that have a Python-level handler: SIGINT always, SIGTERM while Lightning
+    # runs a stage (fit, validate, test), the only time a rank waits in a collective. Outside a stage SIGTERM keeps
+    # its default action and ends the process at once.
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
@@ -131,12 +129,6 @@ def ended_on_signal(trainer: pl.Trainer, on_stuck: Callable[[int], None], grace_
         writer.close()  # wakes the thread: recv returns b""
         thread.join(timeout=1)
         reader.close()
-        if signal.getsignal(signal.SIGTERM) is _raise_system_exit:
-            signal.signal(signal.SIGTERM, handlers[signal.SIGTERM])
-
-
-def _raise_system_exit(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _stop_workers(trainer: pl.Trainer) -> None:

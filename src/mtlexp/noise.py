@@ -14,6 +14,8 @@ _WARNINGS = (
     (r"The dirpath has changed from", "a resumed run writes to a folder of its own on purpose"),
     (r"Be aware that when using `ckpt_path`, callbacks used to create",
      "mtlexp eval restores the model and data, never the training callbacks"),
+    (r"torch.distributed.nn.functional.all_gather is deprecated",
+     "Lightning's all_gather on torch >= 2.13; mtlexp calls it through LightningModule.all_gather"),
     (r"It is recommended to use `self.log\(.*sync_dist=True\)`",
      "MTLModule reduces every value across DDP ranks itself before it logs it (module._log_split)"),
 )

@@ -24,7 +24,7 @@ from mtlexp.redact import redact
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.report.records import run_overrides, swept_only
 from mtlexp.report.table import format_table
-from mtlexp.run_folder import claim, earlier_run
+from mtlexp.run_folder import claim, ddp_worker, earlier_run
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path | None) -> bool:
     """Run ``task(cfg)``; return whether it succeeded."""
     silence()
+    if ddp_worker():  # rank 0 holds and writes the run folder; a worker's errors still reach the console
+        output_dir = None
     try:
         task(cfg)
         _end_tracking("FINISHED")
@@ -60,7 +62,9 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
 
 
 def record_interrupted(output_dir: Path | None) -> None:
-    """Record the run as interrupted and say how to resume it."""
+    """Record the run as interrupted and say how to resume it (rank 0's to do, under DDP)."""
+    if output_dir is None:
+        return
     _mark(output_dir, "interrupted", "interrupted")
     _end_tracking("KILLED")
     print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
