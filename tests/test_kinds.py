@@ -77,7 +77,7 @@ def test_metrics_of_a_partially_observed_task_use_the_observed_rows() -> None:
     labels["conversion"] = labels["click"] * (torch.rand(400) < 0.4).float()
     derive_labels(tasks, labels)
     logits = torch.randn(400)
-    module._update_metrics("val", tasks[1], logits, labels)
+    module._update_task_metrics("val", tasks[1], logits, labels)
     clicked = labels["click"] > 0
     expected = binary_auroc(torch.sigmoid(logits[clicked]), labels["conversion"][clicked].long())
     torch.testing.assert_close(module.metrics["val_split"]["conversion"].compute()["auroc"], expected)

@@ -23,11 +23,12 @@ from torch import Tensor, nn
 
 from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
-from mtlexp.errors import MtlexpError, require
+from mtlexp.errors import require
 from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
-from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
-from mtlexp.models.base import MTLModel, MTLOutput, add_aux
+from mtlexp.kinds import kind_of, observed_rows, task_metrics
+from mtlexp.models.base import MTLModel, MTLOutput
+from mtlexp.objective import batch_objective, divergence, plain_step_possible
 from mtlexp.redact import redact_values
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
@@ -112,11 +113,7 @@ class MTLModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         precision = str(self.trainer.precision)
         # manual_backward is what lets DDP sync gradients: the plain path is for one process only.
-        self._plain_step = (
-            precision in ("32-true", "32", "64-true", "64")
-            and self.grad_clip_norm is None
-            and self.trainer.world_size == 1
-        )
+        self._plain_step = plain_step_possible(precision, self.grad_clip_norm, self.trainer.world_size)
         self._shared = self.model.shared_parameters()
 
     def on_train_epoch_start(self) -> None:
@@ -126,17 +123,12 @@ class MTLModule(pl.LightningModule):
         self._epoch_sums, self._epoch_steps, self._cosines = None, 0, []
 
     def forward(self, batch: Batch) -> MTLOutput:
-        out = self.model(batch["numeric"], batch["categorical"])
-        for task in self.tasks:  # derived tasks have no tower: their prediction is a product of others'
-            if task.derived:
-                out.logits[task.name] = product_logit([out.logits[name] for name in task.product])
-        return out
+        return self.objective(batch, (), training=False)[0]
 
-    def task_losses(self, out: MTLOutput, batch: Batch, tasks: Sequence[TaskSpec] | None = None) -> dict[str, Tensor]:
-        """The loss of each of ``tasks`` (default: the trained tasks) on a batch."""
-        weight, labels = batch.get("weight"), batch["labels"]
-        return {t.name: task_loss(t, out.logits[t.name], labels[t.name], weight, observed_rows(t, labels))
-                for t in (self.trained if tasks is None else tasks)}
+    def objective(self, batch: Batch, scored: Sequence[TaskSpec], training: bool) -> tuple[MTLOutput, Tensor]:
+        """The forward pass and the losses of the ``scored`` tasks on a batch (``batch_objective``)."""
+        return batch_objective(self.model, self.model, self.tasks, scored, batch["numeric"], batch["categorical"],
+                               batch["labels"], batch.get("weight"), training)
 
     def training_step(self, chunk: list[Batch], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -147,9 +139,7 @@ class MTLModule(pl.LightningModule):
         step_values: list[Tensor] = []  # (loss, task losses, weights[, aux]) of every step, summed once per chunk
         outputs: list[MTLOutput] = []
         for offset, batch in enumerate(chunk):
-            out = self(batch)
-            losses = torch.stack(list(self.task_losses(out, batch).values()))
-            out.aux_loss = add_aux(out.aux_loss, self.model.extra_loss(out, batch["labels"], self.tasks))
+            out, losses = self.objective(batch, self.trained, training=True)
             step = first_step + offset
             if step == 0:
                 warning = loss_scale_warning(losses, [t.name for t in self.trained])
@@ -187,10 +177,8 @@ class MTLModule(pl.LightningModule):
         # logging gave, for a fraction of the calls.
         if should_update_logs(self.trainer):
             self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False, prog_bar=True)
-        labels = {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks}
-        for task in self.tasks:
-            logits = torch.cat([o.logits[task.name].detach() for o in outputs])
-            self._update_metrics("train", task, logits, labels)
+        self.update_metrics("train", {t.name: torch.cat([o.logits[t.name].detach() for o in outputs]) for t in self.tasks},
+                            {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks})
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
@@ -218,11 +206,7 @@ class MTLModule(pl.LightningModule):
             return
         loss = self._epoch_sums[0]
         if not bool(torch.isfinite(loss)):
-            lr = self.optimizers().param_groups[0]["lr"]
-            raise MtlexpError(
-                f"training diverged: the train loss is {float(loss)} in epoch {self.current_epoch}; "
-                f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm"
-            )
+            raise divergence(float(loss), self.current_epoch, self.optimizers().param_groups[0]["lr"])
         means = self._epoch_sums / self._epoch_steps
         # Logged once per epoch from a training step: batch_size=1 only stops Lightning guessing one.
         if self.trainer.world_size > 1:  # the weighting's epoch hook must see the same losses on every rank
@@ -263,8 +247,17 @@ class MTLModule(pl.LightningModule):
                                    "max_param_diff_across_ranks": float((gathered - gathered[0]).abs().max())}
 
     # --- evaluation --------------------------------------------------------------------------------
-    def _update_metrics(self, split: str, task: TaskSpec, logits: Tensor, labels: dict[str, Tensor],
-                        truth: dict[str, dict[str, Tensor]] | None = None) -> None:
+    def update_metrics(self, split: str, logits: dict[str, Tensor], labels: dict[str, Tensor],
+                       truth: dict[str, dict[str, Tensor]] | None = None, gates: dict[str, Tensor] | None = None) -> None:
+        """Update every task's metrics of ``split`` with a batch's (or a chunk's) logits, and the gate statistics
+        with its gate weights. A stacked run calls this for each replica's module with that replica's slice."""
+        for task in self.tasks:
+            self._update_task_metrics(split, task, logits[task.name], labels, truth)
+        if gates is not None:
+            self._gates.update(gates, logits[self.tasks[0].name].shape[0])
+
+    def _update_task_metrics(self, split: str, task: TaskSpec, logits: Tensor, labels: dict[str, Tensor],
+                             truth: dict[str, dict[str, Tensor]] | None = None) -> None:
         """Update a task's metrics with the rows whose label is observed (all rows but under ``observed_if``),
         and its truth-based metrics with every row."""
         kind, target = kind_of(task), labels[task.name]
@@ -280,16 +273,13 @@ class MTLModule(pl.LightningModule):
         self.metrics[f"{split}_split"][task.name].update(preds, kind.metric_target(task, target))
 
     def _eval_step(self, batch: Batch, split: str) -> None:
-        out = self(batch)
-        losses = self.task_losses(out, batch, self.tasks)
+        out, losses = self.objective(batch, self.tasks, training=False)
         rows = batch["numeric"].shape[0]
-        trained = sum(losses[t.name] for t in self.trained)
-        sums = torch.stack([trained, *losses.values()]).detach().float() * rows
+        trained = losses[[i for i, t in enumerate(self.tasks) if t in self.trained]].sum()
+        sums = torch.cat([trained.view(1), losses]).detach().float() * rows
         self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
         self._eval_rows += rows
-        for task in self.tasks:
-            self._update_metrics(split, task, out.logits[task.name], batch["labels"], batch.get("truth"))
-        self._gates.update(out.gates, rows)
+        self.update_metrics(split, out.logits, batch["labels"], batch.get("truth"), out.gates)
 
     def _eval_losses(self, split: str) -> dict[str, Tensor]:
         """The evaluation's row-weighted mean losses, by logged name, over every rank (then reset)."""

@@ -141,3 +141,44 @@ def test_a_model_that_draws_random_numbers_is_named_in_a_warning(make_cfg, caplo
     assert record["status"] == "ok"
     warned = "draws random numbers in training" in caplog.text
     assert warned == (dropout > 0), caplog.text[-2000:]
+
+
+def test_replicas_stop_by_the_early_stopping_callback_whatever_its_config_name(make_cfg):
+    # The callback under another key, with its own patience: each replica stops where its single run stops.
+    renamed = ["~callbacks.early_stopping", "+callbacks.stop_early._target_=pytorch_lightning.callbacks.EarlyStopping",
+               "+callbacks.stop_early.monitor=val/norm_loss", "+callbacks.stop_early.patience=1",
+               "trainer.max_epochs=6", "optimizer.lr=0.03"]
+    stacked = make_cfg("stack=2", "seed=4", *renamed)
+    train(stacked)
+    for seed in (4, 5):
+        single = train(make_cfg(f"seed={seed}", *renamed))
+        replica = json.loads((Path(stacked.paths.output_dir) / "replicas" / f"seed_{seed}" / "metrics.json").read_text())
+        assert (replica["epochs_trained"], replica["best_epoch"]) == (single["epochs_trained"], single["best_epoch"])
+        assert single["epochs_trained"] < 6, "the single run did not stop early: the test exercises nothing"
+
+
+def test_a_weighting_stacks_when_it_declares_fixed_weights(make_cfg):
+    from mtlexp.stacking.module import StackedModule
+    from mtlexp.train import build_components
+    from mtlexp.weighting.base import LossWeighting
+
+    class Halves(LossWeighting):  # written tomorrow: stacks without a line in mtlexp.stacking
+        def weights(self, inputs):
+            return torch.full((self.num_tasks,), 0.5)
+
+        def fixed_weights(self):
+            return torch.full((self.num_tasks,), 0.5)
+
+    class Drawn(Halves):
+        def fixed_weights(self):
+            return None
+
+    modules = [build_components(make_cfg(f"seed={seed}"))[1] for seed in (0, 1)]
+    data = build_components(make_cfg("seed=0"))[0]
+    for module in modules:
+        module.weighting = Halves(module.tasks)
+    stacked = StackedModule(modules, data.features, monitor="val/norm_loss", mode="min")
+    assert stacked.task_weights.tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    modules[1].weighting = Drawn(modules[1].tasks)
+    with pytest.raises(MtlexpError, match="cannot be stacked"):
+        StackedModule(modules, data.features, monitor="val/norm_loss", mode="min")

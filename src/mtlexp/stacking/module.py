@@ -7,12 +7,13 @@ statistics, task specs and checkpoint format. Every step runs all replicas' forw
 backward pass at once (``StackedModel.vectorised``); then each replica's metrics, model selection and early
 stopping are its own, as the ``ModelCheckpoint`` and ``EarlyStopping`` callbacks would have done them.
 
-What a stacked run does not do: weightings that keep state or look at gradients (only ``equal`` and
-``static``), task-gradient cosines, and several devices.
+What a stacked run does not do: weightings whose weights change (state, gradients, draws: only those with
+``fixed_weights``), task-gradient cosines, and several devices.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.trainer.states import TrainerFn
 import torch
 from torch import Tensor
@@ -27,25 +29,22 @@ from torch import Tensor
 from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import observed_rows, product_logit, task_loss
-from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, logging_step
-from mtlexp.models.base import MTLOutput, add_aux
+from mtlexp.lightning_compat import count_optimizer_steps, early_stopping_says_stop, is_last_batch, logging_step
 from mtlexp.module import MTLModule
+from mtlexp.objective import batch_objective, divergence, plain_step_possible
 from mtlexp.redact import redact_values
 from mtlexp.stacking.model import StackedModel
-from mtlexp.weighting.equal import EqualWeighting
-from mtlexp.weighting.static import StaticWeighting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ReplicaState:
-    """Model selection and early stopping of one replica (what its callbacks would hold)."""
+    """Model selection of one replica (what its checkpoint callback would hold) and how it ended; its early
+    stopping state is its own copy of the run's ``EarlyStopping`` callback."""
 
     best_score: float | None = None
     best_epoch: int | None = None
-    wait: int = 0
     stopped_epoch: int | None = None  # the last epoch it trained, once early stopping stopped it
     failed: str | None = None  # why it failed (it diverged)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -60,31 +59,33 @@ class StackedModule(pl.LightningModule):
 
     :param replicas: the replicas' modules, built as their single runs build them.
     :param features: the data's feature spec (for a first vectorised pass that checks the architecture).
-    :param monitor: the validation value that selects each replica's best epoch (``val/norm_loss``).
-    :param mode: ``min`` or ``max``.
-    :param patience: epochs without improvement before a replica stops (``None``: no early stopping).
-    :param min_delta: the improvement that resets the patience.
+    :param monitor: the validation value that selects each replica's best epoch (the checkpoint callback's).
+    :param mode: ``min`` or ``max`` (the checkpoint callback's).
+    :param early_stopping: the run's ``EarlyStopping`` callback (None: none); each replica stops by the rule and
+        settings of its own copy of it, as its single run would.
     :param on_best: called with (replica index, epoch) when a replica's monitor improves: saves its checkpoint.
     :param on_epoch: called with (replica index, logged values, step) once per epoch and active replica.
     """
 
     def __init__(self, replicas: Sequence[MTLModule], features: FeatureSpec, monitor: str, mode: str,
-                 patience: int | None, min_delta: float = 0.0, on_best: Any = None, on_epoch: Any = None) -> None:
+                 early_stopping: EarlyStopping | None = None, on_best: Any = None, on_epoch: Any = None) -> None:
         super().__init__()
         first = replicas[0]
-        for replica in replicas:
-            if not isinstance(replica.weighting, (EqualWeighting, StaticWeighting)):
-                raise MtlexpError(
-                    f"stack: weighting {type(replica.weighting).__name__} cannot be stacked (it keeps state or reads "
-                    "gradients); use weighting=equal or weighting=static, or sweep the seeds (seed=0,1,2)")
+        weights = [replica.weighting.fixed_weights() for replica in replicas]
+        if any(w is None for w in weights):
+            raise MtlexpError(
+                f"stack: weighting {type(first.weighting).__name__} cannot be stacked (its weights change: it keeps "
+                "state, reads gradients or draws them); use a weighting with fixed weights (weighting=equal or "
+                "weighting=static), or sweep the seeds (seed=0,1,2)")
         self.automatic_optimization = False
         self.replicas = list(replicas)  # plain list: their models' parameters are not the ones trained
         self.model = StackedModel([r.model for r in replicas])
         self.tasks, self.trained = first.tasks, first.trained
-        self.register_buffer("task_weights", torch.stack([r.weighting.weights(None) for r in replicas]).float())
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
+        self.register_buffer("task_weights", torch.stack(weights).float())
+        self.monitor, self.mode = monitor, mode
         self.on_best, self.on_epoch = on_best, on_epoch
         self.states = [ReplicaState() for _ in replicas]
+        self.stoppers = [copy.deepcopy(early_stopping) for _ in replicas] if early_stopping is not None else []
         self._plain_step = True
         self._epoch_sums: Tensor | None = None
         self._epoch_steps = 0
@@ -129,8 +130,8 @@ class StackedModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
             raise MtlexpError("stack: a stacked run trains on one device; use stack=1 with DDP")
-        precision = str(self.trainer.precision)
-        self._plain_step = precision in ("32-true", "32", "64-true", "64")
+        # Clipping is this module's own, per replica (_clip_per_replica), so it never needs Lightning's path.
+        self._plain_step = plain_step_possible(self.trainer.precision)
         for replica in self.replicas:  # their metrics live on the training device too
             replica.to(self.device)
 
@@ -141,15 +142,11 @@ class StackedModule(pl.LightningModule):
 
     def _losses(self, call: Any, numeric: Tensor, categorical: Tensor, labels: dict[str, Tensor],
                 weight: Tensor | None, tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """One replica's forward pass and losses (under vmap): (task losses (T,), aux (), logits, gates)."""
+        """One replica's ``batch_objective`` (under vmap), as tensors: (task losses (T,), aux (), logits, gates)."""
         template = self.model.template
-        out: MTLOutput = call(numeric, categorical)
-        for task in self.tasks:
-            if task.derived:
-                out.logits[task.name] = product_logit([out.logits[name] for name in task.product])
-        losses = torch.stack([task_loss(t, out.logits[t.name], labels[t.name], weight, observed_rows(t, labels))
-                              for t in tasks])
-        aux = add_aux(out.aux_loss, template.extra_loss(out, labels, self.tasks) if template.training else None)
+        out, losses = batch_objective(call, template, self.tasks, tasks, numeric, categorical, labels, weight,
+                                      template.training)
+        aux = out.aux_loss
         return losses, losses.new_zeros(()) if aux is None else aux, out.logits, out.gates
 
     def _run(self, batches: Sequence[Batch], tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -198,10 +195,8 @@ class StackedModule(pl.LightningModule):
         for k, replica in enumerate(self.replicas):
             if not self.states[k].active:
                 continue
-            labels = {t.name: torch.cat([b["labels"][t.name] for b in chunks[k]]) for t in self.tasks}
-            for task in self.tasks:
-                logits = torch.cat([step[task.name][k] for step in logits_per_step])
-                replica._update_metrics("train", task, logits, labels)
+            replica.update_metrics("train", {t.name: torch.cat([step[t.name][k] for step in logits_per_step]) for t in self.tasks},
+                                   {t.name: torch.cat([b["labels"][t.name] for b in chunks[k]]) for t in self.tasks})
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
@@ -221,9 +216,7 @@ class StackedModule(pl.LightningModule):
                 continue
             loss = float(means[k, 0])
             if not math.isfinite(loss):
-                lr = self.optimizers().param_groups[0]["lr"]
-                state.failed = (f"training diverged: the train loss is {loss} in epoch {self.current_epoch}; "
-                                f"lower optimizer.lr (now {lr}) or set module.grad_clip_norm")
+                state.failed = str(divergence(loss, self.current_epoch, self.optimizers().param_groups[0]["lr"]))
                 continue
             values = {"train/loss_epoch": loss}
             for i, task in enumerate(self.trained):
@@ -261,9 +254,8 @@ class StackedModule(pl.LightningModule):
         self._eval_sums["rows"] = self._eval_sums.get("rows", 0) + rows
         for k, replica in enumerate(self.replicas):
             batch = batches[k]
-            for task in self.tasks:
-                replica._update_metrics(split, task, logits[task.name][k], batch["labels"], batch.get("truth"))
-            replica._gates.update({name: g[k] for name, g in gates.items()}, rows)
+            replica.update_metrics(split, {name: value[k] for name, value in logits.items()}, batch["labels"],
+                                   batch.get("truth"), {name: g[k] for name, g in gates.items()})
 
     def _split_results(self, split: str) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
         """Every replica's (logged values, metrics.json record) of the split, as its own module gives them."""
@@ -315,24 +307,17 @@ class StackedModule(pl.LightningModule):
                 self.model.load_replica(k, {n: torch.zeros_like(v) for n, v in self.model.replica_state_dict(k).items()})
 
     def _select(self, k: int, state: ReplicaState, score: float, epoch: int) -> None:
-        """ModelCheckpoint's rule (strictly better saves) and EarlyStopping's (better by min_delta resets the
-        patience; a score that is not finite stops), for one replica."""
+        """ModelCheckpoint's rule (a strictly better score saves the best checkpoint), then the replica's own copy
+        of the EarlyStopping callback decides whether it stops."""
         sign = 1.0 if self.mode == "min" else -1.0
         if math.isfinite(score) and (state.best_score is None or sign * score < sign * state.best_score):
-            improved_enough = state.best_score is None or sign * (score - state.best_score) < -self.min_delta
             state.best_score, state.best_epoch = score, epoch
             if self.on_best is not None:
                 self.on_best(k, epoch)
-            if improved_enough:
-                state.wait = 0
-                return
-        if not math.isfinite(score):
+        if self.stoppers and early_stopping_says_stop(self.stoppers[k], score):
             state.stopped_epoch = epoch
-            return
-        if self.patience is not None:
-            state.wait += 1
-            if state.wait >= self.patience:
-                state.stopped_epoch = epoch
+        elif not self.stoppers and not math.isfinite(score):
+            state.stopped_epoch = epoch  # nothing to select any more: no later epoch can be compared to this one
 
     def _emit(self, k: int, logged: dict[str, Tensor], extra: list[dict[str, float]] = ()) -> None:
         """Replica k's values of this epoch to its loggers (``extra``: the epoch's train losses, which travel
@@ -346,13 +331,16 @@ class StackedModule(pl.LightningModule):
     # --- resume ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlexp_stack"] = {"states": [vars(s).copy() for s in self.states],
+                                      "stoppers": [stopper.state_dict() for stopper in self.stoppers],
                                       "configs": [redact_values(r.run_config) for r in self.replicas]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("mtlexp_stack", {}).get("states")
         if saved is None or len(saved) != self.num_replicas:
             raise MtlexpError("ckpt_path: not a checkpoint of a stacked run with this many replicas (stack)")
-        self.states = [ReplicaState(**state) for state in saved]
+        self.states = [ReplicaState(**{k: v for k, v in state.items() if k != "wait"}) for state in saved]
+        for stopper, stopper_state in zip(self.stoppers, checkpoint["mtlexp_stack"].get("stoppers", [])):
+            stopper.load_state_dict(stopper_state)
 
 
 def _stack_batches(batches: Sequence[Batch]) -> dict[str, Any]:

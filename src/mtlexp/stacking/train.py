@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import CombinedLoader
 
 from mtlexp.checkpoint_io import AtomicCheckpointIO
@@ -111,11 +111,11 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
             logger.log_metrics(values, step)
             logger.save()
 
-    stopping = (cfg.get("callbacks") or {}).get("early_stopping")
+    selecting, stopping = _selection_callbacks(cfg)
     stacked = StackedModule(
-        modules, datas[0].features, monitor=str(cfg.monitor), mode=str(cfg.monitor_mode),
-        patience=int(stopping.patience) if stopping else None,
-        min_delta=float(stopping.get("min_delta", 0.0)) if stopping else 0.0, on_best=save_best, on_epoch=log_epoch)
+        modules, datas[0].features, monitor=str(selecting.monitor) if selecting else str(cfg.monitor),
+        mode=str(selecting.mode) if selecting else str(cfg.monitor_mode), early_stopping=stopping,
+        on_best=save_best, on_epoch=log_epoch)
     _check_replicas_agree(datas)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
                            enable_version_counter=False)
@@ -159,6 +159,15 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     if failures:
         raise MtlexpError(record["error"])
     return record
+
+
+def _selection_callbacks(cfg: DictConfig) -> tuple[ModelCheckpoint | None, EarlyStopping | None]:
+    """The run's built checkpoint callback that selects the best epoch (one with a monitor) and its early-stopping
+    callback, whatever their config names: a stacked run applies their settings to each replica."""
+    callbacks = build_all(cfg.get("callbacks"), "callbacks")
+    selecting = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    stopping = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+    return selecting, stopping
 
 
 def _best_state(folder: Path, module: Any) -> dict[str, torch.Tensor] | None:

@@ -98,6 +98,12 @@ class Weighting(nn.Module):
         """Back-propagate one step's losses; ``.grad`` is empty when this is called."""
         raise NotImplementedError
 
+    def fixed_weights(self) -> Tensor | None:
+        """The ``(T,)`` weights of every step, for a weighting whose weights never change (no state, no gradients,
+        no draws); None otherwise. A stacked run (``stack=K``) trains only such weightings: it applies these
+        weights to every replica's losses in one vectorised step."""
+        return None
+
     def on_train_epoch_end(self, mean_losses: Tensor) -> None:
         """Called once per epoch, before validation and checkpointing, with the epoch's ``(T,)`` mean task
         losses (averaged over DDP ranks)."""

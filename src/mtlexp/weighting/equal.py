@@ -21,6 +21,9 @@ class EqualWeighting(LossWeighting):
     def weights(self, inputs: StepInputs) -> Tensor:
         return self.ones
 
+    def fixed_weights(self) -> Tensor:
+        return self.ones
+
     def step(self, inputs: StepInputs) -> StepResult:
         # The sum itself rather than ones * losses: the same values bit for bit, one kernel fewer per step.
         loss = inputs.objective(inputs.losses.sum())

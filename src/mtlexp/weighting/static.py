@@ -47,3 +47,6 @@ class StaticWeighting(LossWeighting):
 
     def weights(self, inputs: StepInputs) -> Tensor:
         return self.fixed
+
+    def fixed_weights(self) -> Tensor:
+        return self.fixed
