@@ -25,11 +25,11 @@ from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
-from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
+from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.models.base import MTLModel, MTLOutput, add_aux
 from mtlexp.redact import redact_values
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
 from mtlexp.weighting.conflict import cosine_pairs, loss_scale_warning, task_gradient_cosines
 

@@ -24,7 +24,6 @@ from pytorch_lightning.trainer.states import TrainerFn
 import torch
 from torch import Tensor
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import observed_rows, product_logit, task_loss
@@ -32,6 +31,7 @@ from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, loggin
 from mtlexp.models.base import MTLOutput, add_aux
 from mtlexp.module import MTLModule
 from mtlexp.redact import redact_values
+from mtlexp.specs import FeatureSpec
 from mtlexp.stacking.model import StackedModel
 from mtlexp.weighting.equal import EqualWeighting
 from mtlexp.weighting.static import StaticWeighting
