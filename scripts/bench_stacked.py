@@ -83,7 +83,7 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
     model at a time for every seed, ``stack``'s vmap route, and blocks with their own replica dimension."""
     import torch
 
-    from mtlexp.data.features import FeatureSpec
+    from mtlexp.specs import FeatureSpec
     from mtlexp.models import MMoE
     from mtlexp.stacking.model import StackedModel
     from mtlexp.tasks import TaskSpec

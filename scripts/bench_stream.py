@@ -86,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
 
     from mtlexp.config import register_configs
     from mtlexp.noise import silence
-    from mtlexp.train import build_components, build_trainer
+    from mtlexp.components import build_components, build_trainer
 
     silence()
     register_configs()

@@ -5,7 +5,7 @@ The workload is the MMoE paper's synthetic setting: d=100 numeric inputs, MMoE w
 and towers of 8, two regression tasks, ``torch.optim.Adam(fused=True)`` at lr 1e-3 on both sides.
 
 * mtlexp side: the real config (Hydra compose API on ``mtlexp.conf``, ``logger=csv``), the real components
-  (``mtlexp.train.build_components`` / ``build_trainer``), checkpointing and validation on, per-step logging
+  (``mtlexp.components.build_components`` / ``build_trainer``), checkpointing and validation on, per-step logging
   and train-split metrics as the module does them, ``data.chunk_steps`` from the config. A callback
   (:class:`EpochTimer`) stamps every training epoch and times the validation loop and every checkpoint
   write apart.
@@ -69,7 +69,8 @@ from mtlexp.data.base import MTLDataModule
 from mtlexp.instantiate import build_all
 from mtlexp.models import MMoE
 from mtlexp.models.names import model_configs
-from mtlexp.train import _flat_config, build_components, build_trainer, count_parameters
+from mtlexp.components import build_components, build_trainer, count_parameters
+from mtlexp.record import flat_config
 
 # The model: MMoE, 8 experts x 16, towers 8 (the repository's conf/model/mmoe.yaml).
 MODEL = {"num_experts": 8, "expert_hidden": [16], "tower_hidden": [8]}
@@ -230,7 +231,7 @@ def run_mtlexp(
     timer = EpochTimer(between=lean.epoch if lean else None, between_first=lean_first)
     trainer = build_trainer(cfg, [*build_all(cfg.get("callbacks"), "callbacks"), timer])
     for logger in trainer.loggers:
-        logger.log_hyperparams({"num_params": count_parameters(module.model), **_flat_config(cfg)})
+        logger.log_hyperparams({"num_params": count_parameters(module.model), **flat_config(cfg)})
     threads = torch.get_num_threads()
     trainer.fit(module, datamodule=data)
     assert torch.get_num_threads() == threads, "the fit changed torch's thread count"

@@ -14,12 +14,13 @@ import pytest
 import torch
 from matplotlib.colors import to_rgba
 
+from mtlexp import artefacts
+from mtlexp.artefacts import gate_heatmap_figure, plot_gates, save_figure
 from mtlexp.gate_stats import HIST_BINS, GateStatistics
 from mtlexp.report import figures
 from mtlexp.report.figures import (
     final_distribution_figure,
     gate_distribution_figure,
-    gate_heatmap_figure,
     headline_metric,
     higher_is_better,
     loss_curves,
@@ -28,9 +29,7 @@ from mtlexp.report.figures import (
     pareto_figure,
     pareto_front,
     pareto_table,
-    plot_gates,
     read_loss_curves,
-    save_figure,
     study_figures,
     styles,
     training_curves_figure,
@@ -370,7 +369,7 @@ def make_study(tmp_path: Path, models=("cgc",), correlations=(0.5, 0.9), seeds=r
 @pytest.fixture
 def png_only(monkeypatch):
     """PNG only: the formats are checked figure by figure above, and a study draws many figures."""
-    monkeypatch.setattr(figures, "FORMATS", ("png",))
+    monkeypatch.setattr(artefacts, "FORMATS", ("png",))
 
 
 def test_study_figures_draw_what_the_design_calls_for(tmp_path, png_only):

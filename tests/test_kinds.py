@@ -10,7 +10,8 @@ from torchmetrics.functional.classification import binary_auroc
 from mtlexp.data.base import check_labels
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import KINDS, derive_labels, kind_of, product_logit, task_loss, task_metrics
-from mtlexp.tasks import TaskSpec, tasks_from_config
+from mtlexp.specs import TaskSpec
+from mtlexp.tasks import output_dim, tasks_from_config
 
 CLICK_CONVERSION = {
     "click": {"kind": "binary"},
@@ -25,7 +26,7 @@ def test_every_kind_is_one_registry_entry_that_the_config_accepts() -> None:
         tasks_from_config({"t": {"kind": "ordinal"}})
     for name, kind in KINDS.items():
         task = TaskSpec("t", name, num_classes=3 if name == "multiclass" else 1)
-        assert kind_of(task) is kind and task.output_dim == kind.output_dim(task)
+        assert kind_of(task) is kind and output_dim(task) == kind.output_dim(task)
         assert "norm_loss" in kind.metrics(task)
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from mtlexp.kinds import task_loss, task_metrics
 from mtlexp.metrics import CrossEntropyScore
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 
 def test_log_loss_matches_bce_and_normalises_by_prior_entropy():

@@ -225,7 +225,7 @@ def test_nothing_swept_but_the_seed_is_one_group(tmp_path):
 
 
 def test_the_report_command_reads_run_folders_without_importing_torch(sweep, tmp_path):
-    # Reports read run folders only (docs/design.md): starting one must not pay for torch and Lightning.
+    # Reports read run folders only (docs/architecture.md): starting one must not pay for torch and Lightning.
     code = ("import sys; from mtlexp.cli import main\n"
             f"try: main(['report', {str(sweep)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
             "except SystemExit as done: assert done.code == 0, done.code\n"

@@ -111,9 +111,9 @@ def _evaluate(cfg: DictConfig) -> None:
 def _inspect(overrides: list[str]) -> int:
     from hydra import compose, initialize_config_module
 
+    from mtlexp.components import build_data
     from mtlexp.data.inspect import inspect_report
     from mtlexp.errors import MtlexpError
-    from mtlexp.train import build_data
 
     try:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtlexp.artefacts import summary_table
+from mtlexp.components import build_components, build_trainer, count_parameters
 from mtlexp.errors import MtlexpError
 from mtlexp.io import write_json
 from mtlexp.models.names import model_name, upgrade_model_config
-from mtlexp.report.table import summary_table
-from mtlexp.train import build_components, build_trainer, count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from mtlexp.errors import MtlexpError
 from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, original_units
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 
 class TaskKind:

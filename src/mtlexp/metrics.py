@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 _EPS = 1e-7
 

@@ -25,12 +25,12 @@ from mtlexp.data.base import SPLITS
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import require
 from mtlexp.gate_stats import GateStatistics
-from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.kinds import kind_of, observed_rows, task_metrics
+from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.objective import batch_objective, divergence, plain_step_possible
 from mtlexp.redact import redact_values
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
 from mtlexp.weighting.conflict import cosine_pairs, loss_scale_warning, task_gradient_cosines
 

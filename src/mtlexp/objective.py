@@ -16,7 +16,7 @@ import torch
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import observed_rows, product_logit, task_loss
 from mtlexp.models.base import MTLModel, MTLOutput, add_aux
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 FULL_PRECISION = ("32-true", "32", "64-true", "64")
 

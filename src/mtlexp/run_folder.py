@@ -3,6 +3,9 @@
 A run holds an exclusive ``flock`` on ``.mtlexp.lock`` in its folder for as long as its process lives; the OS
 drops it when the process ends, crash and ``kill -9`` included, so a lock is never left behind. The lock
 file records the holder's pid and host for the message a second run gets.
+
+Also what a run folder says about how it was started (``run_overrides``), which the resume hint, the sweep
+summary and ``mtlexp report`` all read.
 """
 
 from __future__ import annotations
@@ -106,3 +109,17 @@ def _check_earlier_run(folder: Path, key: str, overwrite: bool, artefacts: list[
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def run_overrides(run: Path) -> list[str]:
+    """The command-line overrides a run was started with, one ``key=value`` string each."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+
+
+def swept_only(overrides: list[list[str]]) -> list[list[str]]:
+    """Each run's overrides minus those every run shares: what the sweep varied."""
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    return [[o for o in run if o not in common] for run in overrides]

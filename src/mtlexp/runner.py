@@ -18,13 +18,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mtlexp.artefacts import format_table
 from mtlexp.errors import MtlexpError
+from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.noise import silence
 from mtlexp.redact import redact
-from mtlexp.io import read_json, write_atomic, write_json
-from mtlexp.report.records import run_overrides, swept_only
-from mtlexp.report.table import format_table
-from mtlexp.run_folder import claim, ddp_worker, earlier_run
+from mtlexp.run_folder import claim, ddp_worker, earlier_run, run_overrides, swept_only
 
 log = logging.getLogger(__name__)
 

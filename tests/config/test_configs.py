@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.instantiate import build, build_all, check_node
+from mtlexp.specs import CategoricalFeature, FeatureSpec
 from mtlexp.tasks import tasks_from_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

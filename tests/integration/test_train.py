@@ -187,7 +187,7 @@ def test_resumed_run_keeps_the_earlier_best_checkpoint_when_it_is_better(tmp_pat
 
 def test_the_progress_bar_shows_the_train_loss_and_the_monitored_metric(make_cfg):
     from mtlexp.instantiate import build_all
-    from mtlexp.train import build_components, build_trainer
+    from mtlexp.components import build_components, build_trainer
 
     cfg = make_cfg("trainer.max_epochs=1", "monitor=val/task1/mse")
     data, module = build_components(cfg)

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.models import AITM
 from mtlexp.models.aitm import AdaptiveTransfer
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 FEATURES = FeatureSpec(numeric=("a", "b", "c", "d"))
 FUNNEL = [TaskSpec("click", "binary"), TaskSpec("purchase", "binary")]

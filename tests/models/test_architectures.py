@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.models import PLE, CrossStitch, L2Distance, MMoE, SharedBottom, SingleTask, TensorFactorization, TraceNorm
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
 
 FEATURES = FeatureSpec(numeric=tuple(f"x{i}" for i in range(5)), categorical=(CategoricalFeature("c", 4, 2),))
 TASKS3 = [TaskSpec("a", "regression"), TaskSpec("b", "binary"), TaskSpec("c", "multiclass", num_classes=3)]

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.errors import ConfigValueError
 from mtlexp.models.blocks import MLP, ExpertBank, InputBlock, TaskTowers
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
 
 
 @pytest.mark.parametrize("batch", [1, 7])

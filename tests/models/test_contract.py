@@ -16,10 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import Tensor
 
 from mtlexp.config import register_configs
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.instantiate import build
 from mtlexp.models import AUX_ONLY, SHARED, MTLModel, TaskSlices
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 GATES = sorted(p.stem for p in (CONF / "gate").glob("*.yaml"))

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import MtlexpError
 from mtlexp.models import AUX_ONLY, CrossStitch, EntireSpace, MMoE, MTLOutput
 from mtlexp.models.names import model_configs
+from mtlexp.specs import FeatureSpec
 from mtlexp.tasks import tasks_from_config
 from tests.conftest import cli_in_fork
 

@@ -159,7 +159,7 @@ def test_replicas_stop_by_the_early_stopping_callback_whatever_its_config_name(m
 
 def test_a_weighting_stacks_when_it_declares_fixed_weights(make_cfg):
     from mtlexp.stacking.module import StackedModule
-    from mtlexp.train import build_components
+    from mtlexp.components import build_components
     from mtlexp.weighting.base import LossWeighting
 
     class Halves(LossWeighting):  # written tomorrow: stacks without a line in mtlexp.stacking

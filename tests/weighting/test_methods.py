@@ -9,11 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.errors import MtlexpError
 from mtlexp.models import MMoE, SharedBottom
 from mtlexp.models.base import MTLOutput
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
 from mtlexp.weighting import (
     DynamicWeightAverage,
     EqualWeighting,

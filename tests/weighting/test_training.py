@@ -100,8 +100,8 @@ def test_a_standardised_regression_label_trains_in_sd_units_and_reports_in_its_o
 
 def test_standardize_is_for_regression_tasks_only():
     from mtlexp.errors import MtlexpError
-    from mtlexp.tasks import TaskSpec
+    from mtlexp.tasks import task_from_config
 
     with pytest.raises(MtlexpError, match="tasks.c.standardize: expected true or false, and true only for a "
                                           "regression task, got True for a binary task"):
-        TaskSpec.from_config("c", {"kind": "binary", "standardize": True})
+        task_from_config("c", {"kind": "binary", "standardize": True})

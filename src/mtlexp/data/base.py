@@ -12,11 +12,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import ChunkedShuffleLoader, SequentialLoader, TensorTable
 from mtlexp.errors import MtlexpError, require
 from mtlexp.kinds import derive_labels, kind_of, observed_rows
-from mtlexp.tasks import TaskSpec, tasks_from_config
+from mtlexp.specs import FeatureSpec, TaskSpec
+from mtlexp.tasks import tasks_from_config
 
 SPLITS = ("train", "val", "test")
 

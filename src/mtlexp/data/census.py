@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.data.readers import sha256_stream
 from mtlexp.data.tabular import TabularDataModule
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
 from mtlexp.io import atomic_path
+from mtlexp.specs import FeatureSpec
 
 SCHEMA = Path(__file__).parent / "schemas" / "census_income.yaml"
 UCI_URL_BASE = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld"

@@ -6,7 +6,7 @@ import torch
 
 from mtlexp.data.base import SPLITS, MTLDataModule
 from mtlexp.kinds import kind_of, observed_rows
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 
 def _observed(task: TaskSpec, labels: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 from mtlexp.data.readers import ParsedTable
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import kind_of
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 
 class LeakWarning(UserWarning):

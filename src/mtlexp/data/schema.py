@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from mtlexp.errors import MtlexpError
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
+from mtlexp.tasks import task_from_config
 
 
 def auto_embedding_dim(num_values: int) -> int:
@@ -210,7 +211,7 @@ def load_schema(schema: str | Path | Mapping[str, Any]) -> TableSchema:
 def task_spec(name: str, node: Any, source: str | None = None) -> TaskSpec:
     """A task spec from a schema's ``tasks`` entry; errors name the schema file ``source``."""
     try:
-        return TaskSpec.from_config(name, node)
+        return task_from_config(name, node)
     except MtlexpError as exc:
         raise MtlexpError(f"{source}: {exc}" if source else str(exc)) from None
 

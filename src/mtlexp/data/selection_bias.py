@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from mtlexp.data.base import SPLITS, MTLDataModule
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
+from mtlexp.specs import CategoricalFeature, FeatureSpec
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

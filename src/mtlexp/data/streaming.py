@@ -49,7 +49,7 @@ from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import check_finite_labels, count_nonfinite, derive_labels, kind_of, no_positive_value
 from mtlexp.processes import this_host
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 SPLIT_NAMES = ("train", "val", "test")
 EVAL_ROW_GROUP = 1 << 17  # rows per row group of the carved validation and test files

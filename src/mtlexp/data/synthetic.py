@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from mtlexp.data.base import MTLDataModule
-from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import require
+from mtlexp.specs import FeatureSpec
 
 
 class SyntheticDataModule(MTLDataModule):

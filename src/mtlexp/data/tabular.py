@@ -20,7 +20,8 @@ import torch
 
 from mtlexp.data.base import SPLITS, MTLDataModule
 from mtlexp.data.cache import CorruptEntry, entry_key, is_complete, read_cache_entry, write_cache_entry
-from mtlexp.data.features import CategoricalFeature, FeatureSpec
+from mtlexp.specs import CategoricalFeature, FeatureSpec, INFER_CLASSES, TaskSpec
+from mtlexp.tasks import check_relations
 from mtlexp.data.preprocessing import (
     LeakWarning,
     TableTransform,
@@ -51,7 +52,6 @@ from mtlexp.data.streaming import (
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import MtlexpError, require
 from mtlexp.kinds import kind_of
-from mtlexp.tasks import INFER_CLASSES, TaskSpec, check_relations
 
 log = logging.getLogger(__name__)
 

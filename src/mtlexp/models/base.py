@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.models.blocks import InputBlock, TaskTowers
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 @dataclass

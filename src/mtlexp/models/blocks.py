@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import require
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
+from mtlexp.tasks import output_dim
 
 
 def _check_sizes(field: str, sizes: Sequence[int]) -> list[int]:
@@ -144,7 +144,7 @@ class TaskTowers(nn.Module):
         self.towers = nn.ModuleDict()
         for task in tasks:
             body = MLP(input_dim, hidden, dropout)
-            self.towers[task.name] = nn.Sequential(body, nn.Linear(body.output_dim, task.output_dim))
+            self.towers[task.name] = nn.Sequential(body, nn.Linear(body.output_dim, output_dim(task)))
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """``inputs[task]`` is (B, D); returns ``{task: (B,)}`` (or (B, C) for multiclass)."""

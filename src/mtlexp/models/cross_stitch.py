@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import require
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
 from mtlexp.models.blocks import ExpertBank, TaskInputs
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class CrossStitch(MTLModel):

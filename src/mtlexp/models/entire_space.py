@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import MtlexpError, require
 from mtlexp.models.base import AUX_ONLY, MTLModel, MTLOutput, Owner
 from mtlexp.models.blocks import MLP, InputBlock
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 OBJECTIVES = ("esmm", "naive", "escm2_ips", "escm2_dr")
 IMPUTED = "imputed_conversion"  # MTLOutput.extras key: the imputation tower's logits, (B,)

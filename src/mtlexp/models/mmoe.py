@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
 from mtlexp.models.blocks import ExpertBank, mix_experts
 from mtlexp.models.gates import Gate, SoftmaxGate
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class MMoE(MTLModel):

@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import require
 from mtlexp.models.base import MTLModel, MTLOutput, Owner, add_aux
 from mtlexp.models.blocks import ExpertBank
 from mtlexp.models.gates import Gate, SoftmaxGate
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class ExtractionLevel(nn.Module):

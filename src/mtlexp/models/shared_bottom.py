@@ -6,11 +6,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.errors import require
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.models.blocks import MLP
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class SharedBottom(MTLModel):

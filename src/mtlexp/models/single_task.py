@@ -15,11 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
 from mtlexp.models.blocks import ExpertBank, TaskInputs
 from mtlexp.models.penalties import Penalty
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class SingleTask(MTLModel):

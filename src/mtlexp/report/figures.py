@@ -1,21 +1,21 @@
 """Figures drawn from run folders and from a study's tables (no training code).
 
-Two kinds of input: one run's ``metrics.json`` (``plot_gates``, drawn at the end of training), and the tidy
-frames ``mtlexp report`` builds from a study's run folders: ``runs`` (one row per run: ``run``, ``group``,
-``seed``, ``status``, ..., one column per swept key) and ``values`` (one row per run, split, task and metric:
-``run``, ``group``, ``seed``, the swept-key columns, ``split``, ``task``, ``metric``, ``value``; task ``*``
-holds the split's norm_loss). ``study_figures`` picks the figures a study's design calls for.
+The input: the tidy frames ``mtlexp report`` builds from a study's run folders: ``runs`` (one row per run:
+``run``, ``group``, ``seed``, ``status``, ..., one column per swept key) and ``values`` (one row per run,
+split, task and metric: ``run``, ``group``, ``seed``, the swept-key columns, ``split``, ``task``, ``metric``,
+``value``; task ``*`` holds the split's norm_loss). ``study_figures`` picks the figures a study's design calls
+for.
 
 Each ``*_figure`` function builds and returns a matplotlib ``Figure`` (no pyplot state to leak between
-figures); ``save_figure`` writes one as PNG and PDF through a temporary file and a rename. ``out`` arguments
-are paths without a suffix: a dotted swept key such as ``data.correlation`` in a file name must not be taken
-for one. Every figure styles its groups (or lines, or experts) through ``styles``, so a name keeps its colour
-and marker across the figures of a study, and places a long legend right of its axes through ``_legend``.
+figures); ``save_figure`` (``mtlexp.artefacts``, shared with the gate figure a run draws) writes one as PNG
+and PDF through a temporary file and a rename. ``out`` arguments are paths without a suffix: a dotted swept
+key such as ``data.correlation`` in a file name must not be taken for one. Every figure styles its groups (or
+lines, or experts) through ``styles``, so a name keeps its colour and marker across the figures of a study,
+and places a long legend right of its axes through ``_legend``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -24,22 +24,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mtlexp.io import read_json, write_atomic
+from mtlexp.artefacts import (
+    expert_columns,
+    expert_names,
+    gate_heatmap_figure,
+    new_figure,
+    save_figure,
+    short_expert,
+)
+from mtlexp.io import read_json
+from mtlexp.report.records import ALL_TASKS
 from mtlexp.report.stats import HIGHER_IS_BETTER, LOWER_IS_BETTER, summarize
 
-if TYPE_CHECKING:  # pandas is imported where it is used: train.py imports this module for plot_gates
+if TYPE_CHECKING:  # pandas and matplotlib are imported where they are used
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-ALL_TASKS = "*"  # the task of the rows in ``values`` that hold a split's norm_loss (records.ALL_TASKS; that
-# module imports pandas, which train.py, importing this one for plot_gates, does without)
 RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "value"})  # others: swept keys
 LEVEL = 0.95  # confidence level of every band and error bar
 MIN_SEEDS_FOR_DISTRIBUTION = 5
-FORMATS = ("png", "pdf")  # every figure is written in each
 # Markers cycle with a period prime to 10, so names that share a hue family in tab20 (i and i + 10) differ in
 # marker too.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -130,33 +136,6 @@ def _selected(values: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
 # --- drawing and writing -----------------------------------------------------------------------------------
 
 
-def _figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.8, **kwargs: Any
-            ) -> tuple[Figure, np.ndarray]:
-    """A figure with a grid of axes (always a 2-D array), sized per panel."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
-    return fig, axes
-
-
-def save_figure(fig: Figure, out: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
-    """Write ``fig`` as ``<out>.<format>`` for each format (default ``FORMATS``), each through a temporary file
-    and a rename."""
-    out = Path(out)
-    paths = []
-    for fmt in FORMATS if formats is None else formats:
-        buffer = io.BytesIO()
-        # Without a creation date the PDF is the same bytes for the same figure. bbox_inches="tight" grows the
-        # saved area to whatever was drawn outside the canvas (a legend taller than the figure), not clipping it.
-        fig.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight",
-                    metadata={"CreationDate": None} if fmt == "pdf" else None)
-        path = out.parent / f"{out.name}.{fmt}"
-        write_atomic(path, buffer.getvalue())
-        paths.append(path)
-    return paths
-
-
 def distinct_colours(n: int) -> list[Any]:
     """``n`` colours, no two alike: tab10 up to 10, tab20 up to 20 (its ten darker shades first, which are
     tab10's), else evenly spaced along turbo."""
@@ -227,7 +206,7 @@ def metric_against_figure(values: pd.DataFrame, key: str, metric: str, split: st
     rows = rows.assign(x=x, line=line_labels(rows, by))
     tasks = list(dict.fromkeys(rows["task"]))
     lines = styles(rows["line"])
-    fig, axes = _figure(len(tasks), sharex=True)
+    fig, axes = new_figure(len(tasks), sharex=True)
     for ax, task in zip(axes[0], tasks):
         table = mean_ci(rows[rows["task"] == task], ["line", "x"])
         for line, part in table.groupby("line", sort=False):
@@ -304,7 +283,7 @@ def training_curves_figure(runs: pd.DataFrame, panel_key: str | None = None) -> 
 
     table = loss_curves(runs)
     panels = [None] if panel_key is None else list(dict.fromkeys(runs[panel_key]))
-    fig, axes = _figure(ncols=len(panels), width=5.0, height=4.5, sharey=True)
+    fig, axes = new_figure(ncols=len(panels), width=5.0, height=4.5, sharey=True)
     labels = {group: group_name(group) for group in table["group"].unique()}
     if panel_key is not None:  # the panel says the key's value: the legend names the rest
         member = dict(zip(runs["group"], runs[panel_key]))
@@ -352,7 +331,7 @@ def final_distribution_figure(values: pd.DataFrame, metric: str, split: str) -> 
     tasks = list(dict.fromkeys(rows["task"]))
     groups = list(dict.fromkeys(rows["group"]))
     named = styles(groups)
-    fig, axes = _figure(len(tasks), width=max(4.0, 1.0 + 0.8 * len(groups)), height=4.5, sharey=True)
+    fig, axes = new_figure(len(tasks), width=max(4.0, 1.0 + 0.8 * len(groups)), height=4.5, sharey=True)
     jitter = np.random.default_rng(0)  # fixed, so the same study draws the same figure
     for ax, task in zip(axes[0], tasks):
         samples = [rows.loc[(rows["task"] == task) & (rows["group"] == g), "value"].to_numpy() for g in groups]
@@ -372,59 +351,7 @@ def final_distribution_figure(values: pd.DataFrame, metric: str, split: str) -> 
 # --- gates -------------------------------------------------------------------------------------------------
 
 
-def _expert_names(gates: dict[str, Any], experts: dict[str, list[str]] | None) -> dict[str, list[str]]:
-    """The experts behind each gate's weights (``MTLModel.gate_experts``); expert indices without names."""
-    return {g: (experts or {}).get(g) or [f"expert_{e}" for e in range(len(w))] for g, w in gates.items()}
-
-
-def _expert_columns(names: dict[str, list[str]]) -> list[str]:
-    """Every expert once, in the order of the widest gate first: a PLE shared gate lists its level in order."""
-    widest_first = sorted(names, key=lambda g: -len(names[g]))
-    return list(dict.fromkeys(e for g in widest_first for e in names[g]))
-
-
 MEAN_MARKER = {"marker": "o", "color": "white", "markeredgecolor": "black", "markersize": 4}
-
-
-def _short(expert: str) -> str:
-    return expert.replace("expert_", "")
-
-
-def gate_heatmap_figure(gates: dict[str, list[float]], experts: dict[str, list[str]] | None,
-                        title: str = "") -> Figure:
-    """The mean weight each gate (row, a task) gives each expert (column). ``experts`` names the experts behind
-    each gate's weights (``MTLModel.gate_experts``); gates are aligned on those names, so CGC/PLE's gates of
-    different widths share the columns of the experts they share, and an expert a gate cannot reach is left
-    blank. Without names, columns are expert indices."""
-    names = _expert_names(gates, experts)
-    columns = _expert_columns(names)
-    grid = np.full((len(gates), len(columns)), np.nan)
-    for row, (gate, weights) in enumerate(gates.items()):
-        for name, weight in zip(names[gate], weights):
-            grid[row, columns.index(name)] = weight
-    fig, axes = _figure(width=max(4.0, 0.55 * len(columns) + 2.5), height=0.45 * len(gates) + 1.8)
-    ax = axes[0, 0]
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, aspect="auto")
-    for (row, col), value in np.ndenumerate(grid):
-        if not np.isnan(value):
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < 0.6 * np.nanmax(grid) else "black")
-    ax.set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(gates)), list(gates), fontsize=8)
-    ax.set_xlabel("expert")
-    ax.set_ylabel("gate (task)")
-    ax.set_title(title or "mean gate weight per expert (val)", fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.04, label="mean weight")
-    return fig
-
-
-def plot_gates(
-    gates: dict[str, list[float]], path: str | Path, title: str = "", experts: dict[str, list[str]] | None = None
-) -> Path:
-    """``gate_heatmap_figure`` as one PNG at ``path``: the figure train.py leaves in a run folder."""
-    path = Path(path)
-    (written,) = save_figure(gate_heatmap_figure(gates, experts, title), path.parent / path.stem, formats=("png",))
-    return written
 
 
 def gate_distribution_figure(gate_hist: dict[str, list[list[float]]], gate_experts: dict[str, list[str]] | None,
@@ -436,10 +363,10 @@ def gate_distribution_figure(gate_hist: dict[str, list[list[float]]], gate_exper
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    names = _expert_names(gate_hist, gate_experts)
-    columns = _expert_columns(names)
+    names = expert_names(gate_hist, gate_experts)
+    columns = expert_columns(names)
     colours = distinct_colours(len(columns))
-    fig, axes = _figure(nrows=len(gate_hist), width=max(4.0, 0.6 * len(columns) + 2.0), height=1.9, sharex=True)
+    fig, axes = new_figure(nrows=len(gate_hist), width=max(4.0, 0.6 * len(columns) + 2.0), height=1.9, sharex=True)
     for ax, (gate, counts) in zip(axes[:, 0], gate_hist.items()):
         counts = np.asarray(counts, dtype=float)  # (E, bins)
         edges = np.linspace(0.0, 1.0, counts.shape[1] + 1)
@@ -455,7 +382,7 @@ def gate_distribution_figure(gate_hist: dict[str, list[list[float]]], gate_exper
         ax.set_ylim(0.0, 1.0)
         ax.set_ylabel(f"{gate}\nweight", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1, 0].set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=45, ha="right", fontsize=8)
+    axes[-1, 0].set_xticks(range(len(columns)), [short_expert(c) for c in columns], rotation=45, ha="right", fontsize=8)
     axes[-1, 0].set_xlim(-0.6, len(columns) - 0.4)
     axes[-1, 0].set_xlabel("expert")
     # The study's titles name the group instead of explaining the marks: the legend explains them in every one.
@@ -515,7 +442,7 @@ def pareto_figure(values: pd.DataFrame, task_a: str, task_b: str, metric: str, s
              for panel, group in zip(table["panel"], table["group"])]
     table = table.assign(name=names)
     named = styles(names)
-    fig, axes = _figure(len(panels), width=6.0, height=4.8)
+    fig, axes = new_figure(len(panels), width=6.0, height=4.8)
     joined = False
     for ax, (panel, part) in zip(axes[0], panels):
         for row in table.loc[part.index].to_dict("records"):

@@ -20,6 +20,7 @@ import yaml
 from mtlexp.io import read_json
 from mtlexp.models.names import model_name
 from mtlexp.processes import is_gone
+from mtlexp.run_folder import run_overrides, swept_only
 
 if TYPE_CHECKING:  # pandas is imported where tables are built: the training path reads overrides from here
     import pandas as pd
@@ -130,20 +131,6 @@ def config_name(run: Path) -> str | None:
         return None
     job = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("job", {})
     return job.get("config_name")
-
-
-def run_overrides(run: Path) -> list[str]:
-    """The command-line overrides a run was started with, one ``key=value`` string each."""
-    path = run / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
-
-
-def swept_only(overrides: list[list[str]]) -> list[list[str]]:
-    """Each run's overrides minus those every run shares: what the sweep varied."""
-    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
-    return [[o for o in run if o not in common] for run in overrides]
 
 
 def run_state(metrics: dict[str, Any]) -> str:

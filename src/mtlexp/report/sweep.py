@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mtlexp.artefacts import format_table
 from mtlexp.errors import MtlexpError
 from mtlexp.io import write_atomic
 from mtlexp.report.records import (
@@ -43,7 +44,6 @@ from mtlexp.report.stats import (
     relative_change,
     summarize,
 )
-from mtlexp.report.table import format_table
 
 # With the run-folder readers from records.py, which runner.py and older callers import from here.
 __all__ = ["Report", "build_report", "config_name", "default_metric", "delta_m", "find_runs", "main",

@@ -26,13 +26,13 @@ from pytorch_lightning.trainer.states import TrainerFn
 import torch
 from torch import Tensor
 
-from mtlexp.data.features import FeatureSpec
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError
 from mtlexp.lightning_compat import count_optimizer_steps, early_stopping_says_stop, is_last_batch, logging_step
 from mtlexp.module import MTLModule
 from mtlexp.objective import batch_objective, divergence, plain_step_possible
 from mtlexp.redact import redact_values
+from mtlexp.specs import FeatureSpec
 from mtlexp.stacking.model import StackedModel
 
 log = logging.getLogger(__name__)

@@ -23,16 +23,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import CombinedLoader
 
+from mtlexp.artefacts import format_table
 from mtlexp.checkpoint_io import AtomicCheckpointIO
+from mtlexp.components import build_components
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import read_json, write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
+from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.redact import redact
-from mtlexp.report.table import format_table
 from mtlexp.stacking.module import StackedModule
-from mtlexp.train import build_components, log_hyperparams, record_run, start_run_folder
 
 log = logging.getLogger(__name__)
 REPLICAS = "replicas"

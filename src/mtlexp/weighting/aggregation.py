@@ -25,7 +25,7 @@ from torchjd.aggregation import WeightedAggregator
 from torchjd.autojac import backward, jac_to_grad
 
 from mtlexp.errors import MtlexpError
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import StepInputs, StepResult, Weighting
 
 # Nash-MTL's convex program is not DPP, so cvxpy warns on every solve that re-solving is not faster; nothing a

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from mtlexp.errors import MtlexpError
 from mtlexp.models.base import MTLModel, MTLOutput
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mtlexp.errors import MtlexpError
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import LossWeighting, StepInputs
 
 
