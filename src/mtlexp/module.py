@@ -27,6 +27,7 @@ from mtlexp.errors import MtlexpError, require
 from mtlexp.gate_stats import GateStatistics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.kinds import kind_of, observed_rows, product_logit, task_loss, task_metrics
+from mtlexp.metrics import direction
 from mtlexp.models.base import MTLModel, MTLOutput, add_aux
 from mtlexp.redact import redact_values
 from mtlexp.tasks import TaskSpec
@@ -325,6 +326,14 @@ class MTLModule(pl.LightningModule):
         if monitor in logged:  # shown in the progress bar after every validation
             self.log(monitor, logged[monitor], prog_bar=True)
         self.results[split] = result
+
+    def metric_directions(self) -> dict[str, dict[str, str]]:
+        """Which way each metric ``split_results`` reports improves, by task and metric name, as the metric
+        objects declare it (metrics.json's ``directions``)."""
+        truth = self.truth_metrics["val_split"]
+        return {task: {name: direction(metric)
+                       for name, metric in [*collection.items(), *(truth[task].items() if task in truth else [])]}
+                for task, collection in self.metrics["val_split"].items()}
 
     def split_results(self, split: str, gather: Callable[[Tensor], Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """The split's metrics since the last call (then reset): the values to log, by logged name, and the
