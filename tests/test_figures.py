@@ -22,7 +22,6 @@ from mtlexp.report.figures import (
     final_distribution_figure,
     gate_distribution_figure,
     headline_metric,
-    higher_is_better,
     loss_curves,
     mean_ci,
     metric_against_figure,
@@ -34,6 +33,8 @@ from mtlexp.report.figures import (
     styles,
     training_curves_figure,
 )
+from mtlexp.report.stats import metric_direction
+from mtlexp.specs import MAX, MIN, ZERO
 
 # CGC's gates: each task gate sees its own experts and the shared ones, so the widths differ from the experts'.
 CGC_EXPERTS = {"ctr": ["ctr_0", "shared_0", "shared_1"], "cvr": ["cvr_0", "cvr_1", "shared_0", "shared_1"]}
@@ -62,8 +63,9 @@ def make_values(models=("mmoe", "shared_bottom"), correlations=(0.5, 0.9), seeds
                 for task in tasks:
                     for metric in metrics:
                         value = 0.7 + 0.1 * rho * (model == "mmoe") + 0.01 * rng.standard_normal()
-                        rows.append({**base, "task": task, "metric": metric, "value": value})
-                rows.append({**base, "task": "*", "metric": "norm_loss", "value": 1 - 0.1 * rho})
+                        rows.append({**base, "task": task, "metric": metric, "direction": metric_direction(metric),
+                                     "value": value})
+                rows.append({**base, "task": "*", "metric": "norm_loss", "direction": MIN, "value": 1 - 0.1 * rho})
     return pd.DataFrame(rows)
 
 
@@ -102,18 +104,17 @@ def test_confidence_interval_is_student_t_and_empty_for_a_single_sample():
 def test_pareto_front_respects_the_metric_direction():
     points = [(1, 5), (2, 2), (5, 1), (3, 3), (2, 2), (6, 6)]
     # Lower is better: (3, 3) is beaten by (2, 2), (6, 6) by everything; the tied (2, 2)s are both on the front.
-    assert pareto_front(points, higher_is_better=False).tolist() == [True, True, True, False, True, False]
+    assert pareto_front(points, [MIN, MIN]).tolist() == [True, True, True, False, True, False]
     # Higher is better: (6, 6) beats every other point.
-    assert pareto_front(points, higher_is_better=True).tolist() == [False, False, False, False, False, True]
-    assert pareto_front([(1, 5), (5, 1), (3, 3), (2, 2)], higher_is_better=True).tolist() == [True, True, True, False]
-    assert pareto_front([(0.7, 0.8)], higher_is_better=True).tolist() == [True]
+    assert pareto_front(points, [MAX, MAX]).tolist() == [False, False, False, False, False, True]
+    assert pareto_front([(1, 5), (5, 1), (3, 3), (2, 2)], [MAX, MAX]).tolist() == [True, True, True, False]
+    assert pareto_front([(0.7, 0.8)], [MAX, MAX]).tolist() == [True]
+    # Nearer 0 is better: (-0.01, 0.02) beats (0.03, -0.02) on both; a larger value is no better.
+    biases = [(-0.01, 0.02), (0.03, -0.02), (0.02, 0.01)]
+    assert pareto_front(biases, [ZERO, ZERO]).tolist() == [True, False, True]
 
 
-def test_metric_directions_and_headline_metrics():
-    assert higher_is_better("auroc") and higher_is_better("r2") and higher_is_better("accuracy")
-    assert not higher_is_better("mse") and not higher_is_better("logloss") and not higher_is_better("norm_loss")
-    with pytest.raises(ValueError, match="pcvr_bias"):
-        higher_is_better("pcvr_bias")
+def test_headline_metrics():
     assert headline_metric(["logloss", "auroc", "norm_loss"]) == "auroc"
     assert headline_metric(["mae", "mse", "r2"]) == "mse"
     assert headline_metric(["accuracy", "logloss"]) == "accuracy"
@@ -230,7 +231,10 @@ def test_pareto_scatter_over_groups(tmp_path):
     assert_figures(save_figure(pareto_figure(values, "ctr", "cvr", "auroc", "test", panel_by=["data.correlation"]),
                                stem), stem)
     with pytest.raises(ValueError, match="no known direction"):
-        pareto_figure(values.assign(metric="pcvr_bias"), "ctr", "cvr", "pcvr_bias", "test")
+        pareto_figure(values.assign(metric="made_up", direction=None), "ctr", "cvr", "made_up", "test")
+    biased = values[values["metric"] == "auroc"].assign(metric="pcvr_bias", direction=ZERO,
+                                                        value=lambda v: v["value"] - 0.75)
+    assert "nearer 0 is better" in pareto_figure(biased, "ctr", "cvr", "pcvr_bias", "test").get_suptitle()
     with pytest.raises(ValueError, match="both ctr and ctcvr"):
         pareto_figure(values, "ctr", "ctcvr", "auroc", "test")
 
@@ -314,7 +318,8 @@ def test_styles_give_every_name_its_own_colour_whatever_the_order(n):
 def pareto_values(points: dict[str, tuple[float, float]]) -> pd.DataFrame:
     """One run per group, with its (ctr, cvr) auroc."""
     return pd.DataFrame([{"run": g, "group": g, "seed": 0, "split": "test", "task": task, "metric": "auroc",
-                          "value": value} for g, pair in points.items() for task, value in zip(("ctr", "cvr"), pair)])
+                          "direction": MAX, "value": value}
+                         for g, pair in points.items() for task, value in zip(("ctr", "cvr"), pair)])
 
 
 def test_pareto_legend_names_the_front_line_only_where_one_is_drawn():
@@ -396,7 +401,7 @@ def test_study_figures_without_a_numeric_key_many_seeds_gates_or_two_tasks(tmp_p
 
 
 def test_a_figure_the_data_cannot_give_is_skipped_with_a_warning(tmp_path, caplog, png_only):
-    values = make_values(correlations=(0.5,), seeds=range(2), metrics=("pcvr_bias",))  # no direction: no Pareto front
+    values = make_values(correlations=(0.5,), seeds=range(2), metrics=("made_up",))  # no direction: no Pareto front
     values["group"] = "model=" + values["model"]
     runs = values.drop_duplicates("run")[["run", "group", "seed", "model"]].assign(status="ok")
     runs["run"] = [str(write_run(tmp_path / r, losses=None)) for r in runs["run"]]
@@ -404,5 +409,5 @@ def test_a_figure_the_data_cannot_give_is_skipped_with_a_warning(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="mtlexp.report.figures"):
         written = study_figures(runs, values, ["model", "seed"], tmp_path / "figures")
     assert written == []
-    assert "figure pareto skipped" in caplog.text and "pcvr_bias" in caplog.text
+    assert "figure pareto skipped" in caplog.text and "made_up has no known direction" in caplog.text
     assert "figure gates of model=mmoe skipped" in caplog.text

@@ -10,7 +10,9 @@ from torchmetrics.functional.classification import binary_auroc
 from mtlexp.data.base import check_labels
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import KINDS, derive_labels, kind_of, product_logit, task_loss, task_metrics
-from mtlexp.specs import TaskSpec
+from mtlexp.metrics import direction
+from mtlexp.report.stats import UNRECORDED_DIRECTIONS
+from mtlexp.specs import DIRECTIONS, MIN, ZERO, TaskSpec
 from mtlexp.tasks import output_dim, tasks_from_config
 
 CLICK_CONVERSION = {
@@ -28,6 +30,19 @@ def test_every_kind_is_one_registry_entry_that_the_config_accepts() -> None:
         task = TaskSpec("t", name, num_classes=3 if name == "multiclass" else 1)
         assert kind_of(task) is kind and output_dim(task) == kind.output_dim(task)
         assert "norm_loss" in kind.metrics(task)
+
+
+def test_every_metric_of_every_kind_declares_its_direction() -> None:
+    declared = {}
+    for name, kind in KINDS.items():
+        task = TaskSpec("t", name, num_classes=3 if name == "multiclass" else 1, truth=True)
+        metrics = {**kind.metrics(task), **{m: metric for m, (metric, _) in kind.truth_metrics(task).items()}}
+        for metric_name, metric in metrics.items():
+            assert direction(metric) in DIRECTIONS, (name, metric_name)
+            declared.setdefault(metric_name, set()).add(direction(metric))
+    assert declared["pcvr_bias"] == {ZERO} and declared["norm_loss"] == {MIN}
+    # The names old run folders are read by (they recorded no directions) say what the objects declare.
+    assert declared == {metric: {d} for metric, d in UNRECORDED_DIRECTIONS.items()}
 
 
 def test_product_logit_is_the_product_of_probabilities_and_its_loss_is_bce_on_it() -> None:

@@ -20,8 +20,9 @@ import yaml
 from scipy import stats as scipy_stats
 
 from mtlexp.report.records import RECORD_SCHEMA, find_runs, load_runs
-from mtlexp.report.stats import delta_m, paired_delta_m_test, paired_test, relative_change, summarize
+from mtlexp.report.stats import delta_m, metric_direction, paired_delta_m_test, paired_test, relative_change, summarize
 from mtlexp.report.sweep import main
+from mtlexp.specs import MAX, MIN, ZERO
 from tests.conftest import cli_in_fork
 
 T_975_2DOF = 4.302652729749462  # Student t, 97.5% quantile, 2 degrees of freedom (tables: 4.303)
@@ -101,17 +102,27 @@ def test_one_value_has_no_spread_or_interval_and_none_has_no_mean():
 
 
 def test_delta_m_counts_a_gain_as_positive_whatever_the_metric_direction():
-    metrics = {"income": "auroc", "age": "mse"}
+    directions = {"income": MAX, "age": MIN}
     # AUC up 1% (a gain), MSE up 10% (a loss): mean of +1% and -10%.
-    assert delta_m({"income": 0.909, "age": 1.1}, {"income": 0.9, "age": 1.0}, metrics) == pytest.approx(-4.5)
-    assert delta_m({"income": 0.9, "age": 1.0}, {"income": 0.9, "age": 1.0}, metrics) == 0.0
+    assert delta_m({"income": 0.909, "age": 1.1}, {"income": 0.9, "age": 1.0}, directions) == pytest.approx(-4.5)
+    assert delta_m({"income": 0.9, "age": 1.0}, {"income": 0.9, "age": 1.0}, directions) == 0.0
 
 
 def test_relative_change_is_signed_by_direction_and_relative_to_the_size_of_the_baseline():
-    assert relative_change(0.88, 0.80, "auroc") == pytest.approx(10.0)
-    assert relative_change(0.9, 1.0, "mse") == pytest.approx(10.0)  # a lower error is a gain
-    assert relative_change(-0.4, -0.5, "r2") == pytest.approx(20.0)  # r2 up from -0.5 to -0.4 is a gain
-    assert math.isnan(relative_change(1.0, 0.0, "mse"))
+    assert relative_change(0.88, 0.80, MAX) == pytest.approx(10.0)
+    assert relative_change(0.9, 1.0, MIN) == pytest.approx(10.0)  # a lower error is a gain
+    assert relative_change(-0.4, -0.5, MAX) == pytest.approx(20.0)  # r2 up from -0.5 to -0.4 is a gain
+    assert math.isnan(relative_change(1.0, 0.0, MIN))
+    # A bias is better nearer 0, on either side: the gain is the shrinking of |bias|.
+    assert relative_change(-0.01, 0.02, ZERO) == pytest.approx(50.0)
+    assert relative_change(0.03, -0.02, ZERO) == pytest.approx(-50.0)
+
+
+def test_a_recorded_direction_wins_and_old_records_fall_back_to_the_metric_names():
+    assert metric_direction("pcvr_bias") == ZERO and metric_direction("logloss") == MIN
+    assert metric_direction("calibration_gap", recorded=ZERO) == ZERO
+    assert metric_direction("calibration_gap") is None  # unknown: never a guess
+    assert metric_direction("auroc", recorded="sideways") is None
 
 
 def test_paired_test_pairs_by_seed_and_matches_a_hand_computed_t_test():
@@ -135,7 +146,7 @@ def test_paired_test_edge_cases_identical_differences_and_too_few_pairs():
 
 
 def test_delta_m_gets_a_paired_test_of_its_per_seed_values_against_zero():
-    metrics = {"click": "auroc", "age": "mse"}
+    metrics = {"click": MAX, "age": MIN}
     values = {s: {"click": AUROC["esmm(mmoe)", s], "age": MSE["esmm(mmoe)", s]} for s in (0, 1, 2)}
     base = {s: {"click": AUROC["mmoe", s], "age": MSE["mmoe", s]} for s in (0, 1, 2)}
     per_seed = [(10.0 - 10.0) / 2, (10.0 + 10.0) / 2, (10.0 - 10.0) / 2]  # age: -10%, +10%, -10%
@@ -178,13 +189,18 @@ def test_values_are_one_row_per_run_split_task_metric_plus_the_normalised_loss(s
     study = load_runs(find_runs([sweep]))
     values = study.values
     assert list(values.columns) == ["run", "group", "seed", "model", "data.correlation", "split", "task", "metric",
-                                    "value"]
+                                    "direction", "value"]
     assert len(values) == 12 * 2 * (4 + 1)  # 12 ok runs x 2 splits x (2 tasks x 2 metrics + norm_loss)
     row = values[(values["run"] == str(sweep / "3")) & (values["split"] == "test") & (values["task"] == "age")
                  & (values["metric"] == "mse")]
     assert row["value"].tolist() == [MSE["mmoe", 0]]
     norm = values[(values["task"] == "*") & (values["split"] == "val")]
     assert set(norm["metric"]) == {"norm_loss"} and len(norm) == 12
+    # These runs predate recorded directions: mtlexp's own metric names give them, an unknown name gives none.
+    directions = values.drop_duplicates(["task", "metric"]).set_index(["task", "metric"])["direction"]
+    assert directions.dropna().to_dict() == {("click", "auroc"): MAX, ("age", "mse"): MIN, ("age", "mae"): MIN,
+                                             ("*", "norm_loss"): MIN}
+    assert pd.isna(directions["click", "log_loss"])
 
 
 def test_a_leaf_that_varies_within_one_model_is_a_key_of_its_own_and_runs_of_other_sweeps_join(tmp_path):
@@ -221,6 +237,46 @@ def test_nothing_swept_but_the_seed_is_one_group(tmp_path):
     assert study.swept == [] and set(study.runs["group"]) == {"(all)"}
 
 
+def bias_study(root: Path, recorded: dict[str, Any] | None, metric: str = "pcvr_bias") -> Path:
+    """naive_cvr against esmm (the baseline), one seed each: esmm's conversion bias is +0.02, naive_cvr's -0.01,
+    half as far from 0. ``recorded``: metrics.json's ``directions`` (None: a run from before they were recorded)."""
+    for job, (model, bias) in enumerate((("esmm", 0.02), ("naive_cvr", -0.01))):
+        folder = root / str(job)
+        split = {"conversion": {"auroc": 0.7, metric: bias}}
+        record = {"status": "ok", "seed": 0, "model": model, "val": split, "test": split, "val_norm_loss": 0.9,
+                  "test_norm_loss": 0.9, **({"directions": recorded} if recorded is not None else {})}
+        cfg = {"model": {"_name_": model, "_target_": f"mtlexp.models.{model}"}, "seed": 0}
+        write_run(folder, cfg, record, [f"model={model}"])
+    return root
+
+
+@pytest.mark.parametrize("recorded", [None, {"conversion": {"auroc": "max", "pcvr_bias": "zero", "norm_loss": "min"}}],
+                         ids=["old-run-folders", "recorded-directions"])
+def test_a_bias_nearer_zero_is_a_gain_in_the_relative_change_and_delta_m(tmp_path, recorded):
+    out = tmp_path / "out"
+    study = bias_study(tmp_path / "runs", recorded)
+    args = ["--metric", "pcvr_bias", "--baseline", "model=esmm", "--out", str(out), "--no-figures"]
+    assert main([str(study), *args]) == 0
+    csv = pd.read_csv(out / "report.csv").set_index(["group", "metric"])
+    # |bias| from 0.02 to 0.01: a 50% gain, not a 150% loss (as if a larger bias were better).
+    assert csv.loc[("model=naive_cvr", "pcvr_bias"), "direction"] == "zero"
+    assert csv.loc[("model=naive_cvr", "pcvr_bias"), "rel_change_pct"] == pytest.approx(50.0)
+    assert csv.loc[("model=naive_cvr", "delta_m"), "rel_change_pct"] == pytest.approx(50.0)
+
+
+def test_the_report_reads_a_metrics_direction_from_the_record_and_never_guesses_one(tmp_path, capsys):
+    recorded = bias_study(tmp_path / "recorded", {"conversion": {"calibration_gap": "zero"}}, metric="calibration_gap")
+    assert main([str(recorded), "--metric", "calibration_gap", "--baseline", "model=esmm", "--no-figures"]) == 0
+    csv = pd.read_csv(recorded / "report.csv").set_index(["group", "metric"])
+    assert csv.loc[("model=naive_cvr", "calibration_gap"), "rel_change_pct"] == pytest.approx(50.0)
+
+    unknown = bias_study(tmp_path / "unknown", None, metric="calibration_gap")
+    assert main([str(unknown), "--metric", "calibration_gap", "--baseline", "model=esmm", "--no-figures"]) == 1
+    assert "which way conversion calibration_gap improves is not recorded" in capsys.readouterr().err
+    # Without a baseline nothing is compared, and no direction is needed.
+    assert main([str(unknown), "--metric", "calibration_gap", "--no-figures"]) == 0
+
+
 # -- the CLI -------------------------------------------------------------------------------------------------------
 
 
@@ -245,8 +301,9 @@ def test_report_end_to_end_with_a_baseline(sweep, tmp_path, capsys):
     assert not (sweep / "report.md").exists()
 
     csv = pd.read_csv(out / "report.csv")
-    assert list(csv.columns) == ["schema", "split", "group", "model", "data.correlation", "task", "metric", "n", "mean",
-                                 "sd", "ci_low", "ci_high", "rel_change_pct", "n_pairs", "p_value", "significant"]
+    assert list(csv.columns) == ["schema", "split", "group", "model", "data.correlation", "task", "metric",
+                                 "direction", "n", "mean", "sd", "ci_low", "ci_high", "rel_change_pct", "n_pairs",
+                                 "p_value", "significant"]
     assert set(csv["schema"]) == {RECORD_SCHEMA} and set(csv["split"]) == {"test"}
     # 4 groups with a config x (2 tasks + norm_loss + delta_m), and the group of the run without a config.
     assert len(csv) == 5 * 4

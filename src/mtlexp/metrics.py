@@ -1,5 +1,5 @@
-"""The metrics torchmetrics lacks, and the units metrics are reported in; which metric a task gets is its
-kind's (``mtlexp.kinds``).
+"""The metrics torchmetrics lacks, the units metrics are reported in, and which way a metric improves
+(``direction``); which metric a task gets is its kind's (``mtlexp.kinds``).
 
 Every task also gets ``norm_loss``: its loss divided by the loss of the best constant prediction on the
 same split (regression: MSE / label variance = 1 - R^2; binary and multiclass: cross-entropy / entropy of
@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mtlexp.specs import TaskSpec
+from mtlexp.errors import MtlexpError
+from mtlexp.specs import MAX, MIN, ZERO, TaskSpec
 
 _EPS = 1e-7
 
@@ -62,6 +63,9 @@ class OneMinus(Metric):
 
     def __init__(self, metric: Metric) -> None:
         super().__init__()
+        if metric.higher_is_better is not True:  # else the declared direction above would be wrong
+            raise ValueError(f"OneMinus: expected a higher-is-better metric, got {type(metric).__name__} "
+                             f"(higher_is_better={metric.higher_is_better})")
         self.metric = metric
 
     def update(self, *args: Tensor) -> None:
@@ -85,7 +89,8 @@ def original_units(task: TaskSpec, values: Tensor) -> Tensor:
 class MeanError(Metric):
     """The mean of ``preds - target``: the bias of predicted probabilities against true propensities."""
 
-    higher_is_better = None
+    higher_is_better = None  # torchmetrics' "neither": a bias is best at 0, on either side
+    best_at_zero = True
     full_state_update = False
 
     def __init__(self) -> None:
@@ -99,3 +104,14 @@ class MeanError(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.count
+
+
+def direction(metric: Metric) -> str:
+    """Which way ``metric`` improves (``MAX``, ``MIN`` or ``ZERO``), as the object declares it: torchmetrics'
+    ``higher_is_better``, or ``best_at_zero`` for a metric best at 0, which torchmetrics has no word for."""
+    if getattr(metric, "best_at_zero", False):
+        return ZERO
+    if metric.higher_is_better is None:
+        raise MtlexpError(f"metric {type(metric).__name__} declares no direction: set its higher_is_better, or "
+                          "best_at_zero = True for one best at 0")
+    return MAX if metric.higher_is_better else MIN

@@ -29,6 +29,7 @@ from mtlexp.kinds import kind_of, observed_rows, task_metrics
 from mtlexp.lightning_compat import count_optimizer_steps, is_last_batch, should_update_logs
 from mtlexp.models.base import MTLModel, MTLOutput
 from mtlexp.objective import batch_objective, divergence, plain_step_possible
+from mtlexp.metrics import direction
 from mtlexp.redact import redact_values
 from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import StepInputs, Weighting
@@ -315,6 +316,14 @@ class MTLModule(pl.LightningModule):
         if monitor in logged:  # shown in the progress bar after every validation
             self.log(monitor, logged[monitor], prog_bar=True)
         self.results[split] = result
+
+    def metric_directions(self) -> dict[str, dict[str, str]]:
+        """Which way each metric ``split_results`` reports improves, by task and metric name, as the metric
+        objects declare it (metrics.json's ``directions``)."""
+        truth = self.truth_metrics["val_split"]
+        return {task: {name: direction(metric)
+                       for name, metric in [*collection.items(), *(truth[task].items() if task in truth else [])]}
+                for task, collection in self.metrics["val_split"].items()}
 
     def split_results(self, split: str, gather: Callable[[Tensor], Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """The split's metrics since the last call (then reset): the values to log, by logged name, and the

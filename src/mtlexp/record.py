@@ -52,6 +52,7 @@ def record_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, loggers:
         "status": "ok",
         "val": results["val"]["tasks"],
         "test": results.get("test", {}).get("tasks", {}),
+        "directions": module.metric_directions(),
         "val_norm_loss": results["val"]["norm_loss"],
         "test_norm_loss": results.get("test", {}).get("norm_loss"),
         "best_epoch": best_epoch,

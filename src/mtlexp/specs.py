@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 # num_classes of a multiclass task whose config leaves it out: the data module counts the classes.
 INFER_CLASSES = 0
 
+# Which way a metric improves, as metrics.json records it per task and metric: a larger value is better, a
+# smaller one, or one nearer 0 (a bias). Declared by the metric objects (``mtlexp.metrics.direction``), read by
+# the report; here because both sides share it and the report must not import torch.
+MAX, MIN, ZERO = "max", "min", "zero"
+DIRECTIONS = (MAX, MIN, ZERO)
+
 
 @dataclass(frozen=True)
 class CategoricalFeature:

@@ -15,6 +15,7 @@ from mtlexp.kinds import KINDS, kind_of
 from mtlexp.specs import INFER_CLASSES, TaskSpec
 
 
+
 def output_dim(task: TaskSpec) -> int:
     """Number of logits the model emits for the task."""
     if task.num_classes == INFER_CLASSES:

@@ -37,6 +37,8 @@ def test_console_script_trains_and_eval_reevaluates(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok"
+    assert metrics["directions"] == {task: {"mse": "min", "mae": "min", "r2": "max", "norm_loss": "min"}
+                                     for task in ("task1", "task2")}
     # Atomic writes keep the permissions a plain write gets (the log is written plainly), not mkstemp's 0600.
     plain = (run_dir / "mtlexp.log").stat().st_mode & 0o777
     for name in ("metrics.json", "provenance.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):

@@ -48,6 +48,15 @@ def test_every_model_trains_and_writes_the_run_folder(make_cfg, model):
         assert "val/model/stitch_0/1" in header
 
 
+def test_metrics_json_records_which_way_every_metric_improves(make_cfg):
+    cfg = make_cfg("data=selection_bias_sim", "model=esmm")
+    train(cfg)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert {task: set(d) for task, d in saved["directions"].items()} == {t: set(v) for t, v in saved["test"].items()}
+    assert saved["directions"]["conversion"] == {"auroc": "max", "logloss": "min", "norm_loss": "min",
+                                                 "accuracy": "max", "auroc_entire": "max", "pcvr_bias": "zero"}
+
+
 def test_metric_names_in_the_csv_log(make_cfg):
     cfg = make_cfg()
     train(cfg)

@@ -77,6 +77,8 @@ def test_replica_folders_read_like_sequential_runs(make_cfg):
     # The stacked run's own record: the means over its replicas, which a sweeper optimises (hparams_search).
     assert record["val_norm_loss"] == pytest.approx(sum(r["val_norm_loss"] for r in replicas) / 2)
     assert record["val"]["task1"]["mse"] == pytest.approx(sum(r["val"]["task1"]["mse"] for r in replicas) / 2)
+    assert record["directions"] == replicas[0]["directions"] == replicas[1]["directions"]
+    assert replicas[0]["directions"]["task1"] == {"mse": "min", "mae": "min", "r2": "max", "norm_loss": "min"}
     runs = find_runs([root])
     assert runs == [root / "replicas" / "seed_1", root / "replicas" / "seed_2"]  # the stacked run itself is not one
     for seed, run in zip((1, 2), runs):

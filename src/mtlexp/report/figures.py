@@ -33,8 +33,9 @@ from mtlexp.artefacts import (
     short_expert,
 )
 from mtlexp.io import read_json
-from mtlexp.report.records import ALL_TASKS
-from mtlexp.report.stats import HIGHER_IS_BETTER, LOWER_IS_BETTER, summarize
+from mtlexp.report.records import ALL_TASKS, recorded_direction
+from mtlexp.report.stats import oriented, summarize
+from mtlexp.specs import MAX, MIN, ZERO
 
 if TYPE_CHECKING:  # pandas and matplotlib are imported where they are used
     import pandas as pd
@@ -43,7 +44,8 @@ if TYPE_CHECKING:  # pandas and matplotlib are imported where they are used
 
 log = logging.getLogger(__name__)
 
-RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "value"})  # others: swept keys
+# The columns of a ``values`` frame that every run has; the others are swept keys.
+RECORD_COLUMNS = frozenset({"run", "group", "seed", "split", "task", "metric", "direction", "value"})
 LEVEL = 0.95  # confidence level of every band and error bar
 MIN_SEEDS_FOR_DISTRIBUTION = 5
 # Markers cycle with a period prime to 10, so names that share a hue family in tab20 (i and i + 10) differ in
@@ -55,15 +57,6 @@ DATA_NODES = ("data", "tasks")  # config nodes whose values change what the runs
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------
-
-
-def higher_is_better(metric: str) -> bool:
-    """The direction of a metric by name; a name of unknown direction is an error, not a guess."""
-    if metric in HIGHER_IS_BETTER:
-        return True
-    if metric in LOWER_IS_BETTER:
-        return False
-    raise ValueError(f"metric {metric!r} has no known direction (known: {sorted({*HIGHER_IS_BETTER, *LOWER_IS_BETTER})})")
 
 
 def headline_metric(metrics: Iterable[str]) -> str:
@@ -84,11 +77,11 @@ def mean_ci(frame: pd.DataFrame, by: list[str], column: str = "value") -> pd.Dat
     return pd.DataFrame(rows, columns=[*by, "mean", "half", "n"])
 
 
-def pareto_front(points: Any, higher_is_better: bool) -> np.ndarray:
+def pareto_front(points: Any, directions: Sequence[str]) -> np.ndarray:
     """Which of the (N, 2) ``points`` no other point dominates (at least as good on both axes and better on
-    one); ties are all on the front."""
+    one, each axis judged in its ``directions``); ties are all on the front."""
     points = np.asarray(points, dtype=float).reshape(-1, 2)
-    better = points if higher_is_better else -points  # compare as "higher is better" either way
+    better = np.stack([oriented(points[:, axis], d) for axis, d in enumerate(directions)], axis=1)
     at_least = (better[:, None, :] >= better[None, :, :]).all(-1)  # [j, i]: j at least as good as i everywhere
     strictly = (better[:, None, :] > better[None, :, :]).any(-1)
     dominated = (at_least & strictly).any(0)
@@ -397,6 +390,16 @@ def gate_distribution_figure(gate_hist: dict[str, list[list[float]]], gate_exper
 # --- trade-off between two tasks ---------------------------------------------------------------------------
 
 
+def _directions(values: pd.DataFrame, tasks: Sequence[str], metric: str) -> list[str]:
+    """Which way ``metric`` improves on each of ``tasks``, as the runs record it; unknown is an error, not a
+    guess."""
+    found = [recorded_direction(values, task, metric) for task in tasks]
+    if None in found:
+        unknown = [task for task, d in zip(tasks, found) if d is None]
+        raise ValueError(f"{metric} has no known direction on {', '.join(unknown)}")
+    return found
+
+
 def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str,
                  panel_by: Sequence[str] = ()) -> pd.DataFrame:
     """Per group: ``panel`` (its values of ``panel_by``, as ``key=value`` text), the mean and 95% CI half-width
@@ -405,7 +408,6 @@ def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, sp
 
     ``panel_by``: swept keys that change the data (``data.correlation``): groups trained on other data do not
     compete."""
-    higher = higher_is_better(metric)
     rows = _selected(values, metric, split)
     rows = rows[rows["task"].isin([task_a, task_b])]
     missing = ValueError(f"no group has {split} {metric} for both {task_a} and {task_b}")
@@ -419,13 +421,15 @@ def pareto_table(values: pd.DataFrame, task_a: str, task_b: str, metric: str, sp
     mean = mean[[task_a, task_b]].dropna()
     half = table.pivot(index=["panel", "group"], columns="task", values="half").loc[mean.index, [task_a, task_b]]
     frame = mean.join(half.add_suffix("_half")).reset_index()
+    directions = _directions(rows, [task_a, task_b], metric)
     frame["front"] = False
     for _, part in frame.groupby("panel", sort=False):
-        frame.loc[part.index, "front"] = pareto_front(part[[task_a, task_b]].to_numpy(), higher)
+        frame.loc[part.index, "front"] = pareto_front(part[[task_a, task_b]].to_numpy(), directions)
     return frame
 
 
 FRONT_MARKER = {"markersize": 8, "markeredgecolor": "black", "markeredgewidth": 1.5}
+BETTER = {MAX: "higher is better", MIN: "lower is better", ZERO: "nearer 0 is better"}  # in a figure's title
 
 
 def pareto_figure(values: pd.DataFrame, task_a: str, task_b: str, metric: str, split: str,
@@ -462,8 +466,8 @@ def pareto_figure(values: pd.DataFrame, task_a: str, task_b: str, metric: str, s
     if joined:
         keys.append(Line2D([], [], linestyle="--", color="grey", linewidth=1, label="Pareto front"))
     _legend(axes[0, -1], [*_style_handles(named, markersize=5), *keys])
-    fig.suptitle(f"{task_a} vs {task_b}: {split} {metric} per group "
-                 f"({'higher' if higher_is_better(metric) else 'lower'} is better; mean, {LEVEL:.0%} CI)", fontsize=10)
+    better = "; ".join(dict.fromkeys(BETTER[d] for d in _directions(values, [task_a, task_b], metric)))
+    fig.suptitle(f"{task_a} vs {task_b}: {split} {metric} per group ({better}; mean, {LEVEL:.0%} CI)", fontsize=10)
     return fig
 
 

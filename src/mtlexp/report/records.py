@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mtlexp.errors import MtlexpError
 from mtlexp.io import read_json
 from mtlexp.models.names import model_name
 from mtlexp.processes import is_gone
 from mtlexp.run_folder import run_overrides, swept_only
+from mtlexp.report.stats import metric_direction
 
 if TYPE_CHECKING:  # pandas is imported where tables are built: the training path reads overrides from here
     import pandas as pd
 
-RECORD_SCHEMA = 1  # the layout of Study.runs and Study.values (and of report.csv); bump it when a column changes
+RECORD_SCHEMA = 2  # the layout of Study.runs and Study.values (and of report.csv); bump it when a column changes
 
 # Leaves that never tell configurations apart: the seed repeats one, ``stack`` packs seeds into one process,
 # ``ckpt_path`` is where a run resumed from, and paths and Hydra's settings are where it ran.
@@ -38,7 +40,7 @@ ALL_GROUP = "(all)"  # the group of every run when nothing varies
 UNKNOWN_GROUP = "(unknown)"  # runs whose config cannot be read: what they were is not known
 
 RUN_COLUMNS = ["run", "group", "seed", "status", "error", "best_epoch", "epochs_trained", "duration_s"]
-VALUE_COLUMNS = ["split", "task", "metric", "value"]
+VALUE_COLUMNS = ["split", "task", "metric", "direction", "value"]
 SPLITS = ("val", "test")
 ALL_TASKS = "*"  # the task of values that span all tasks (the normalised loss)
 
@@ -51,7 +53,8 @@ class Study:
     ``key=value``, ``(all)`` when nothing varies), ``seed``, ``status`` (ok, failed, interrupted, running,
     stale), ``error``, ``best_epoch``, ``epochs_trained``, ``duration_s``, then one column per swept key.
     ``values``: one row per (run, split, task, metric) of the ok runs: ``run``, ``group``, ``seed``, the swept
-    keys, ``split``, ``task`` (``*`` for the normalised loss over all tasks), ``metric``, ``value``.
+    keys, ``split``, ``task`` (``*`` for the normalised loss over all tasks), ``metric``, ``direction`` (which
+    way it improves, ``stats.metric_direction``; missing when unknown), ``value``.
     ``swept``: the swept keys, as dotted config keys (``model``, ``data.correlation``), in the order the
     overrides name them, then in config order. A value is as the config has it (a list as a tuple); a key a
     run's config lacks is None. A run whose config cannot be read is in group ``(unknown)``, failed.
@@ -250,15 +253,27 @@ def _seed(folder: _Folder) -> int | None:
 
 def _measured(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The values in a run's metrics.json, one dict per (split, task, metric)."""
+    recorded = metrics.get("directions") or {}
+    # The normalised loss over all tasks is the mean of the tasks' own, so it improves the way theirs do.
+    overall = next((d["norm_loss"] for d in recorded.values() if "norm_loss" in d), None)
     rows = []
     for split in SPLITS:
         for task, values in (metrics.get(split) or {}).items():
-            rows += [{"split": split, "task": task, "metric": metric, "value": value}
+            rows += [{"split": split, "task": task, "metric": metric,
+                      "direction": metric_direction(metric, recorded.get(task, {}).get(metric)), "value": value}
                      for metric, value in values.items() if _is_number(value)]
         if _is_number(metrics.get(f"{split}_norm_loss")):
             rows.append({"split": split, "task": ALL_TASKS, "metric": "norm_loss",
-                         "value": metrics[f"{split}_norm_loss"]})
+                         "direction": metric_direction("norm_loss", overall), "value": metrics[f"{split}_norm_loss"]})
     return rows
+
+
+def recorded_direction(values: pd.DataFrame, task: str, metric: str) -> str | None:
+    """Which way a task's metric improves, as the runs in ``values`` record it; None when none says."""
+    found = set(values.loc[(values["task"] == task) & (values["metric"] == metric), "direction"].dropna())
+    if len(found) > 1:
+        raise MtlexpError(f"the runs disagree on which way {task} {metric} improves: {', '.join(sorted(found))}")
+    return next(iter(found), None)
 
 
 def _is_number(value: Any) -> bool:

@@ -11,13 +11,17 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
-# Metrics where a smaller value is better; every other metric (auroc, r2, accuracy, ...) is higher-is-better.
-LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "norm_loss", "logloss", "log_loss")
-HIGHER_IS_BETTER = ("auroc", "auroc_entire", "accuracy", "r2")
+from mtlexp.specs import DIRECTIONS, MAX, MIN, ZERO
+
+# The directions of the metrics mtlexp recorded before metrics.json recorded directions (record schema 1); a
+# run folder's own record, when it has one, always wins.
+UNRECORDED_DIRECTIONS = {"auroc": MAX, "auroc_entire": MAX, "accuracy": MAX, "r2": MAX, "mse": MIN, "mae": MIN,
+                         "logloss": MIN, "norm_loss": MIN, "pcvr_bias": ZERO}
 
 
 @dataclass(frozen=True)
@@ -57,27 +61,40 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
     return Summary(len(x), mean, sd, mean - half, mean + half)
 
 
-def gain_sign(metric: str) -> int:
-    """+1 when a larger ``metric`` is better, -1 when a smaller one is."""
-    return -1 if metric in LOWER_IS_BETTER else 1
+def metric_direction(metric: str, recorded: str | None = None) -> str | None:
+    """The direction of ``metric``: the one its run recorded, else the one mtlexp's metric of that name has
+    (``UNRECORDED_DIRECTIONS``); None when neither says (or the record is not a direction), never a guess."""
+    if recorded is not None:
+        return recorded if recorded in DIRECTIONS else None
+    return UNRECORDED_DIRECTIONS.get(metric)
 
 
-def relative_change(value: float, base: float, metric: str) -> float:
+def oriented(value: Any, direction: str) -> Any:
+    """``value`` (a number or an array) turned so that larger is better: as it is, negated, or ``-|value|``."""
+    if direction == ZERO:
+        return -abs(value)
+    return value if direction == MAX else -value
+
+
+def relative_change(value: float, base: float, direction: str) -> float:
     """The change (%) of ``value`` against ``base``, signed so that a gain is positive whatever the metric's
-    direction. Relative to ``|base|``, so a metric that can be negative (r2) keeps its sign right.
+    ``direction``; for a metric best at 0 the gain is the shrinking of ``|value|``. Relative to ``|base|``, so
+    a metric that can be negative (r2, a bias) keeps its sign right.
 
-    >>> round(relative_change(0.909, 0.9, "auroc"), 6), round(relative_change(1.1, 1.0, "mse"), 6)
+    >>> round(relative_change(0.909, 0.9, "max"), 6), round(relative_change(1.1, 1.0, "min"), 6)
     (1.0, -10.0)
+    >>> round(relative_change(0.01, -0.02, "zero"), 6)
+    50.0
     """
     if base == 0 or math.isnan(base):
         return math.nan
-    return 100.0 * gain_sign(metric) * (value - base) / abs(base) + 0.0  # + 0.0: a tie is 0, never -0
+    return 100.0 * (oriented(value, direction) - oriented(base, direction)) / abs(base) + 0.0  # a tie is 0, never -0
 
 
-def delta_m(means: Mapping[str, float], base: Mapping[str, float], metrics: Mapping[str, str]) -> float:
+def delta_m(means: Mapping[str, float], base: Mapping[str, float], directions: Mapping[str, str]) -> float:
     """Delta-m (%): the mean over tasks of the relative change against the baseline, signed so that a gain is
-    positive whatever the metric's direction (as LibMTL reports it). ``metrics`` names each task's metric."""
-    return statistics.fmean(relative_change(means[t], base[t], metrics[t]) for t in means)
+    positive whatever the metric's direction (as LibMTL reports it). ``directions``: each task's metric's."""
+    return statistics.fmean(relative_change(means[t], base[t], directions[t]) for t in means)
 
 
 def paired_test(values: Mapping[int, float], base: Mapping[int, float]) -> PairedTest:
@@ -87,11 +104,11 @@ def paired_test(values: Mapping[int, float], base: Mapping[int, float]) -> Paire
 
 
 def paired_delta_m_test(values: Mapping[int, Mapping[str, float]], base: Mapping[int, Mapping[str, float]],
-                        metrics: Mapping[str, str]) -> PairedTest:
+                        directions: Mapping[str, str]) -> PairedTest:
     """Whether Delta-m differs from 0: Delta-m of each seed against the baseline's run of that seed, t-tested
     against 0. ``values`` and ``base``: per seed, each task's value; seeds lacking a task are left out."""
-    seeds = sorted(s for s in set(values) & set(base) if all(t in values[s] and t in base[s] for t in metrics))
-    per_seed = [delta_m({t: values[s][t] for t in metrics}, base[s], metrics) for s in seeds]
+    seeds = sorted(s for s in set(values) & set(base) if all(t in values[s] and t in base[s] for t in directions))
+    per_seed = [delta_m({t: values[s][t] for t in directions}, base[s], directions) for s in seeds]
     return PairedTest(_p_value(per_seed), len(seeds))
 
 

@@ -31,6 +31,7 @@ from mtlexp.report.records import (
     find_runs,
     format_value,
     load_runs,
+    recorded_direction,
     run_overrides,
     run_state,
     swept_only,
@@ -44,6 +45,7 @@ from mtlexp.report.stats import (
     relative_change,
     summarize,
 )
+from mtlexp.specs import MAX
 
 # With the run-folder readers from records.py, which runner.py and older callers import from here.
 __all__ = ["Report", "build_report", "config_name", "default_metric", "delta_m", "find_runs", "main",
@@ -79,6 +81,12 @@ def build_report(study: Study, split: str = "test", metric: str | None = None, b
     values = study.values[study.values["split"] == split]
     tasks = [t for t in pd.unique(values["task"]) if t != ALL_TASKS]
     metrics = _headline_metrics(values, tasks, metric)
+    judged = [*metrics.items(), (ALL_TASKS, "norm_loss")]
+    directions = {task: recorded_direction(values, task, name) for task, name in judged}
+    unknown = [f"{task} {name}" for task, name in judged if directions[task] is None]
+    if baseline is not None and unknown:
+        raise MtlexpError(f"--baseline: which way {', '.join(unknown)} improves is not recorded in metrics.json "
+                          "nor known by name; compare on another --metric")
     settings = _group_settings(study)
     groups = sorted(settings, key=lambda g: (g == UNKNOWN_GROUP, [_order(settings[g][k]) for k in study.swept]))
     bases = _baseline_groups(settings, study.swept, baseline) if baseline is not None else {}
@@ -89,21 +97,21 @@ def build_report(study: Study, split: str = "test", metric: str | None = None, b
         identity = {"schema": RECORD_SCHEMA, "split": split, "group": group, **settings[group]}
         row: list[Any] = [group, _runs_cell(runs)]
         gains = []
-        for task, name in [*metrics.items(), (ALL_TASKS, "norm_loss")]:
+        for task, name in judged:
             s = measured.summary(group, task, name)
-            record = {**identity, "task": task, "metric": name, "n": s.n, "mean": s.mean, "sd": s.sd,
-                      "ci_low": s.ci_low, "ci_high": s.ci_high}
+            record = {**identity, "task": task, "metric": name, "direction": directions[task], "n": s.n,
+                      "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high}
             row.append(_estimate(s))
             if baseline is not None:
-                change, test = _against(measured, group, bases.get(group), task, name)
+                change, test = _against(measured, group, bases.get(group), task, name, directions[task])
                 record.update(_comparison(change, test, alpha))
                 if task != ALL_TASKS:  # the normalised loss's change is in report.csv only
                     gains.append(_gain_cell(change, test, alpha))
             records.append(record)
         if baseline is not None:
-            change, test = _delta_m_against(measured, group, bases.get(group), metrics)
-            records.append({**identity, "task": ALL_TASKS, "metric": DELTA_M, "n": int((runs["status"] == "ok").sum()),
-                            **_comparison(change, test, alpha)})
+            change, test = _delta_m_against(measured, group, bases.get(group), metrics, directions)
+            records.append({**identity, "task": ALL_TASKS, "metric": DELTA_M, "direction": MAX,
+                            "n": int((runs["status"] == "ok").sum()), **_comparison(change, test, alpha)})
             row += [*gains, _gain_cell(change, test, alpha)]
         rows.append(row)
     header = ["group", "runs", *(f"{t} {split} {m}" for t, m in metrics.items()), f"{split} norm_loss"]
@@ -241,23 +249,24 @@ class _Measured:
         return self._by_seed.get((group, task, metric), {})
 
 
-def _against(measured: _Measured, group: str, base: str | None, task: str,
-             metric: str) -> tuple[float, PairedTest | None]:
+def _against(measured: _Measured, group: str, base: str | None, task: str, metric: str,
+             direction: str) -> tuple[float, PairedTest | None]:
     """A task's relative change (%) against the baseline group, and the paired test over seeds (none for the
     baseline itself)."""
     if base is None:
         return math.nan, None
     change = relative_change(measured.summary(group, task, metric).mean, measured.summary(base, task, metric).mean,
-                             metric)
+                             direction)
     if base == group:
         return change, None
     return change, paired_test(measured.by_seed(group, task, metric), measured.by_seed(base, task, metric))
 
 
-def _delta_m_against(measured: _Measured, group: str, base: str | None,
-                     metrics: dict[str, str]) -> tuple[float, PairedTest | None]:
+def _delta_m_against(measured: _Measured, group: str, base: str | None, metrics: dict[str, str],
+                     directions: dict[str, str]) -> tuple[float, PairedTest | None]:
     """Delta-m (%) against the baseline group, from the means over seeds, and its paired test (the per-seed
-    Delta-m against 0). Undefined unless both groups measured every task."""
+    Delta-m against 0). Undefined unless both groups measured every task. ``metrics``: each task's metric;
+    ``directions``: which way it improves."""
     if base is None or not metrics:
         return math.nan, None
     if any(measured.summary(g, t, m).n == 0 for g in (group, base) for t, m in metrics.items()):
@@ -273,8 +282,9 @@ def _delta_m_against(measured: _Measured, group: str, base: str | None,
                 seeds.setdefault(seed, {})[task] = value
         return seeds
 
-    change = delta_m(means(group), means(base), metrics)
-    return change, None if base == group else paired_delta_m_test(per_seed(group), per_seed(base), metrics)
+    judged = {task: directions[task] for task in metrics}
+    change = delta_m(means(group), means(base), judged)
+    return change, None if base == group else paired_delta_m_test(per_seed(group), per_seed(base), judged)
 
 
 def _comparison(change: float, test: PairedTest | None, alpha: float) -> dict[str, Any]:
@@ -284,7 +294,8 @@ def _comparison(change: float, test: PairedTest | None, alpha: float) -> dict[st
 
 
 def _summary_columns(swept: list[str], compared: bool) -> list[str]:
-    columns = ["schema", "split", "group", *swept, "task", "metric", "n", "mean", "sd", "ci_low", "ci_high"]
+    columns = ["schema", "split", "group", *swept, "task", "metric", "direction", "n", "mean", "sd", "ci_low",
+               "ci_high"]
     return columns + (["rel_change_pct", "n_pairs", "p_value", "significant"] if compared else [])
 
 
@@ -336,7 +347,8 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None) ->
     ]
     if report.baseline is not None:
         lines.append(f"Baseline {report.baseline}: every group against the one that differs from it only there. "
-                     "Δ%: relative change, positive = better whatever the metric's direction; Δm: its mean over "
+                     "Δ%: relative change, positive = better whatever the metric's direction (a bias: nearer 0); "
+                     "Δm: its mean over "
                      f"tasks; p: paired t-test over seeds; * p < {report.alpha}.")
     lines += ["", _markdown_table(report.header, report.rows), "", "## Failed runs", ""]
     failed = runs[runs["status"] != "ok"]

@@ -151,6 +151,7 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
               "replicas": [str(f.relative_to(output_dir)) for f in folders],
               # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
               "val": _mean_metrics([m["val"] for _, m in results]),
+              "directions": results[0][1]["directions"] if results else {},
               "val_norm_loss": _mean([m.get("val_norm_loss") for _, m in results]),
               "test_norm_loss": _mean([m.get("test_norm_loss") for _, m in results]),
               "duration_s": round(time.time() - started, 2)}
