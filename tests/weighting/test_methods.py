@@ -15,11 +15,14 @@ from mtlexp.models import MMoE, SharedBottom
 from mtlexp.models.base import MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting import (
+    FAMO,
     DynamicWeightAverage,
     EqualWeighting,
+    GeometricLossStrategy,
     GradientAggregation,
     GradNorm,
     RandomLossWeighting,
+    SmoothTchebycheff,
     StaticWeighting,
     StepInputs,
     UncertaintyWeighting,
@@ -53,9 +56,10 @@ class LinearTasks(nn.Module):
         ])
 
 
-def step_inputs(model, losses, aux=None, step=0) -> StepInputs:
+def step_inputs(model, losses, aux=None, step=0, recompute=None) -> StepInputs:
     return StepInputs(losses=losses, output=MTLOutput(logits={}, aux_loss=aux), model=model,
-                      shared=model.shared_parameters(), backward=torch.Tensor.backward, step=step, epoch=0)
+                      shared=model.shared_parameters(), backward=torch.Tensor.backward, step=step, epoch=0,
+                      recompute_losses=recompute)
 
 
 def grads(model) -> list[torch.Tensor]:
@@ -297,3 +301,59 @@ def test_under_a_loss_scale_the_aggregation_sees_unscaled_gradients_and_writes_s
     scaled_weights, scaled = run(1024.0)
     assert torch.allclose(scaled_weights, weights, atol=1e-5)  # Nash-MTL's weights are not scale-invariant
     assert all(torch.allclose(s, 1024.0 * p, rtol=1e-4) for s, p in zip(scaled, plain))
+
+
+# --- loss scalarizations -------------------------------------------------------------------------------
+def test_gls_follows_the_gradient_of_the_geometric_mean_of_the_losses():
+    torch.manual_seed(1)
+    model = MMoE(FEATURES, TASKS, num_experts=3)
+    _, losses = real_losses(model)
+    geometric = losses.prod() ** 0.5
+    geometric.backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    _, losses = real_losses(model)
+    result = GeometricLossStrategy(TASKS).step(step_inputs(model, losses))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(model), expected))
+    assert float(result.loss) == pytest.approx(float(geometric.detach()))
+    assert torch.allclose(result.weights, geometric.detach() / (2 * losses.detach()))  # inverse to the loss
+
+
+def test_stch_tends_to_the_worst_relative_loss_as_mu_shrinks_after_its_warm_up():
+    losses = torch.tensor([2.0, 3.0], requires_grad=True)
+    model = LinearTasks([[1.0], [1.0]])
+    sharp = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=0).step(step_inputs(model, losses))
+    assert torch.allclose(sharp.weights, torch.tensor([0.0, 2 / 3.0]), atol=1e-6)  # T d log(L_b) only
+    smooth = SmoothTchebycheff(TASKS, mu=1e3, warmup_epochs=0).step(step_inputs(model, losses))
+    assert torch.allclose(smooth.weights, torch.tensor([1 / 2.0, 1 / 3.0]), atol=1e-3)  # the mean log-loss's
+    weighting = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=1)
+    assert torch.allclose(weighting.step(step_inputs(model, losses)).weights, 1 / losses.detach())  # sum of logs
+    weighting.on_train_epoch_end(torch.tensor([4.0, 1.0]))  # the warm-up's mean losses become the reference
+    result = weighting.step(step_inputs(model, torch.tensor([2.0, 0.9], requires_grad=True)))
+    assert result.weights[0] == pytest.approx(0.0, abs=1e-6) and result.weights[1] > 1  # 0.9 / 1 is worse than 2 / 4
+    restored = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=1)
+    restored.load_state_dict(weighting.state_dict())
+    assert torch.equal(restored.reference, torch.tensor([4.0, 1.0]))
+
+
+def test_famo_moves_weight_towards_the_task_whose_loss_falls_slowest():
+    model = LinearTasks([[1.0], [1.0]])
+    weighting = FAMO(TASKS, lr=0.025, weight_decay=0.0)
+    losses = torch.tensor([1.0, 1.0], requires_grad=True)
+    first = weighting.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+    # z uniform: the objective sum_t z_t log L_t / c has weight z_t / (c L_t) on task t, here 1/2 each.
+    assert torch.allclose(first.weights, torch.tensor([0.5, 0.5]))
+    weighting.on_after_optimizer_step()  # task a's loss halved on the batch, task b's hardly moved
+    assert weighting.logits[1] > weighting.logits[0]
+    saved = {key: value.clone() for key, value in weighting.state_dict().items()}
+    for _ in range(3):
+        weighting.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+        weighting.on_after_optimizer_step()
+    later = weighting.step(step_inputs(model, losses, recompute=lambda: losses.detach()))
+    assert later.weights[1] > later.weights[0] and later.weights[1] / later.weights[0] > 1.05
+    restored = FAMO(TASKS, lr=0.025, weight_decay=0.0)
+    restored.load_state_dict(saved)
+    for _ in range(3):
+        restored.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+        restored.on_after_optimizer_step()
+    assert torch.equal(restored.logits, weighting.logits)

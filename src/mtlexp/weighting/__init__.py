@@ -8,21 +8,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlexp.weighting.base import LossWeighting, StepInputs, StepResult, Weighting
+from mtlexp.weighting.base import LossScalarization, LossWeighting, StepInputs, StepResult, Weighting
 from mtlexp.weighting.dwa import DynamicWeightAverage
 from mtlexp.weighting.equal import EqualWeighting
+from mtlexp.weighting.famo import FAMO
+from mtlexp.weighting.gls import GeometricLossStrategy
 from mtlexp.weighting.gradnorm import GradNorm
 from mtlexp.weighting.rlw import RandomLossWeighting
 from mtlexp.weighting.static import StaticWeighting
+from mtlexp.weighting.stch import SmoothTchebycheff
 from mtlexp.weighting.uncertainty import UncertaintyWeighting
 
 __all__ = [
+    "FAMO",
     "DynamicWeightAverage",
     "EqualWeighting",
+    "GeometricLossStrategy",
     "GradNorm",
     "GradientAggregation",
+    "LossScalarization",
     "LossWeighting",
     "RandomLossWeighting",
+    "SmoothTchebycheff",
     "StaticWeighting",
     "StepInputs",
     "StepResult",
