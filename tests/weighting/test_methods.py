@@ -21,6 +21,7 @@ from mtlexp.weighting import (
     GeometricLossStrategy,
     GradientAggregation,
     GradNorm,
+    RandomGradientWeighting,
     RandomLossWeighting,
     SmoothTchebycheff,
     StaticWeighting,
@@ -357,3 +358,14 @@ def test_famo_moves_weight_towards_the_task_whose_loss_falls_slowest():
         restored.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
         restored.on_after_optimizer_step()
     assert torch.equal(restored.logits, weighting.logits)
+
+
+# --- gradient weightings without torchjd ---------------------------------------------------------------
+def test_rgw_weighs_only_the_shared_gradients_at_random_and_keeps_each_head_its_task_gradient():
+    model = LinearTasks([[1.0, 0.0], [-1.0, 1.0]])
+    result = RandomGradientWeighting(TASKS, seed=3).step(step_inputs(model, model.losses(), step=5))
+    drawn = RandomLossWeighting(TASKS, seed=3).random_weights(5)  # the same draw as RLW's
+    assert torch.allclose(result.weights, drawn)
+    assert torch.allclose(model.shared.grad, drawn @ model.g)
+    assert model.head_params[0].grad == pytest.approx(2 * 1 * 1.0)  # unweighted, where RLW scales it
+    assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0)

@@ -13,7 +13,9 @@ from mtlexp.weighting.dwa import DynamicWeightAverage
 from mtlexp.weighting.equal import EqualWeighting
 from mtlexp.weighting.famo import FAMO
 from mtlexp.weighting.gls import GeometricLossStrategy
+from mtlexp.weighting.gradients import SharedGradientWeighting
 from mtlexp.weighting.gradnorm import GradNorm
+from mtlexp.weighting.rgw import RandomGradientWeighting
 from mtlexp.weighting.rlw import RandomLossWeighting
 from mtlexp.weighting.static import StaticWeighting
 from mtlexp.weighting.stch import SmoothTchebycheff
@@ -28,7 +30,9 @@ __all__ = [
     "GradientAggregation",
     "LossScalarization",
     "LossWeighting",
+    "RandomGradientWeighting",
     "RandomLossWeighting",
+    "SharedGradientWeighting",
     "SmoothTchebycheff",
     "StaticWeighting",
     "StepInputs",
