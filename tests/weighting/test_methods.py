@@ -18,6 +18,7 @@ from mtlexp.weighting import (
     FAMO,
     DynamicWeightAverage,
     EqualWeighting,
+    ExcessMTL,
     GeometricLossStrategy,
     GradientAggregation,
     GradNorm,
@@ -358,6 +359,19 @@ def test_famo_moves_weight_towards_the_task_whose_loss_falls_slowest():
         restored.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
         restored.on_after_optimizer_step()
     assert torch.equal(restored.logits, weighting.logits)
+
+
+def test_excess_mtl_weighs_up_the_task_whose_gradient_stays_large_relative_to_its_start():
+    weighting = ExcessMTL(TASKS, step_size=0.5)
+    first = weighting.step(step_inputs(model := LinearTasks([[1.0, 0.0], [0.0, 1.0]]), model.losses()))
+    assert first.weights.tolist() == [1.0, 1.0]  # the first step is the reference
+    for _ in range(4):  # task a keeps its gradient, task b's excess risk shrinks (its gradient falls 10x)
+        model = LinearTasks([[1.0, 0.0], [0.0, 0.1]])
+        result = weighting.step(step_inputs(model, model.losses()))
+    assert result.weights[0] > 1 > result.weights[1]
+    assert float(result.weights.sum()) == pytest.approx(2.0)
+    assert torch.allclose(model.shared.grad, result.weights @ model.g)  # a loss weighting: heads weighted too
+    assert model.head_params[1].grad == pytest.approx(result.weights[1] * 2 * 2 * 2.0)
 
 
 # --- gradient weightings without torchjd ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from mtlexp.weighting.base import LossScalarization, LossWeighting, StepInputs, StepResult, Weighting
 from mtlexp.weighting.dwa import DynamicWeightAverage
 from mtlexp.weighting.equal import EqualWeighting
+from mtlexp.weighting.excess_mtl import ExcessMTL
 from mtlexp.weighting.famo import FAMO
 from mtlexp.weighting.gls import GeometricLossStrategy
 from mtlexp.weighting.gradients import SharedGradientWeighting
@@ -25,6 +26,7 @@ __all__ = [
     "FAMO",
     "DynamicWeightAverage",
     "EqualWeighting",
+    "ExcessMTL",
     "GeometricLossStrategy",
     "GradNorm",
     "GradientAggregation",
