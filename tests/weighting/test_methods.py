@@ -16,6 +16,7 @@ from mtlexp.models.base import MTLOutput
 from mtlexp.tasks import TaskSpec
 from mtlexp.weighting import (
     FAMO,
+    DualBalancing,
     DynamicWeightAverage,
     EqualWeighting,
     ExcessMTL,
@@ -383,3 +384,32 @@ def test_rgw_weighs_only_the_shared_gradients_at_random_and_keeps_each_head_its_
     assert torch.allclose(model.shared.grad, drawn @ model.g)
     assert model.head_params[0].grad == pytest.approx(2 * 1 * 1.0)  # unweighted, where RLW scales it
     assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0)
+
+
+def test_db_mtl_rescales_every_log_loss_gradient_to_the_largest_and_ignores_loss_scale():
+    def run(scale_b):
+        model = LinearTasks([[3.0, 0.0], [0.0, 1.0]])
+        losses = model.losses() * torch.tensor([1.0, scale_b])
+        result = DualBalancing(TASKS, beta=0.0).step(step_inputs(model, losses))
+        return model, result
+
+    model, result = run(1.0)
+    losses = model.losses().detach()  # 1 and 8 at the start: log-loss gradients g_t / L_t, norms 3 and 1/8
+    log_grads = model.g / losses[:, None]
+    norms = log_grads.norm(dim=1)
+    assert torch.allclose(result.weights, norms.max() / norms)
+    assert torch.allclose((result.weights[:, None] * log_grads).norm(dim=1), norms.max().expand(2))
+    assert torch.allclose(model.shared.grad, result.weights @ log_grads)
+    assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0 / 8)  # the head follows its log-loss
+    scaled, _ = run(100.0)
+    assert all(torch.allclose(a.grad, b.grad) for a, b in zip(scaled.parameters(), model.parameters()))
+
+
+def test_db_mtl_averages_the_gradients_over_steps():
+    weighting = DualBalancing(TASKS, beta=0.5)
+    for g in ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]):
+        model = LinearTasks(g)
+        weighting.step(step_inputs(model, model.losses()))
+    # m = g2 + 0.5 (m1 - g2) with m1 = 0.5 g1: a memory of both steps.
+    logs = [torch.tensor(g) / torch.tensor([[1.0], [8.0]]) for g in ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])]
+    assert torch.allclose(weighting.memory, logs[1] + 0.5 * (0.5 * logs[0] - logs[1]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtlexp.weighting.base import LossScalarization, LossWeighting, StepInputs, StepResult, Weighting
+from mtlexp.weighting.db_mtl import DualBalancing
 from mtlexp.weighting.dwa import DynamicWeightAverage
 from mtlexp.weighting.equal import EqualWeighting
 from mtlexp.weighting.excess_mtl import ExcessMTL
@@ -24,6 +25,7 @@ from mtlexp.weighting.uncertainty import UncertaintyWeighting
 
 __all__ = [
     "FAMO",
+    "DualBalancing",
     "DynamicWeightAverage",
     "EqualWeighting",
     "ExcessMTL",
