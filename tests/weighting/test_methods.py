@@ -23,6 +23,7 @@ from mtlexp.weighting import (
     GeometricLossStrategy,
     GradientAggregation,
     GradNorm,
+    MoCo,
     RandomGradientWeighting,
     RandomLossWeighting,
     SmoothTchebycheff,
@@ -413,3 +414,29 @@ def test_db_mtl_averages_the_gradients_over_steps():
     # m = g2 + 0.5 (m1 - g2) with m1 = 0.5 g1: a memory of both steps.
     logs = [torch.tensor(g) / torch.tensor([[1.0], [8.0]]) for g in ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])]
     assert torch.allclose(weighting.memory, logs[1] + 0.5 * (0.5 * logs[0] - logs[1]))
+
+
+def test_moco_tracks_the_loss_scaled_gradients_and_weighs_them_towards_the_min_norm_point():
+    weighting = MoCo(TASKS)
+    for step in range(60):
+        model = LinearTasks([[3.0, 0.0], [0.0, 1.0]])  # losses 1 and 8: tracked rows -> [1, 0] and [0, 8]
+        result = weighting.step(step_inputs(model, model.losses(), step=step))
+    assert torch.allclose(weighting.tracked, torch.tensor([[1.0, 0.0], [0.0, 8.0]]), atol=1e-2)
+    # Towards MGDA's 64/65 on the smaller tracked gradient (the softmax steps approach it slowly).
+    assert result.weights[0] > 0.6 and float(result.weights.sum()) == pytest.approx(1.0)
+    assert torch.allclose(model.shared.grad, result.weights @ weighting.tracked)
+    assert model.head_params[0].grad == pytest.approx(2.0)  # heads keep their own gradient
+
+
+def test_with_nothing_shared_a_gradient_weighting_leaves_every_task_its_own_gradient():
+    from mtlexp.models import SingleTask
+
+    torch.manual_seed(0)
+    model = SingleTask(FEATURES, TASKS)
+    _, losses = real_losses(model)
+    result = MoCo(TASKS).step(step_inputs(model, losses))
+    assert result.weights.tolist() == [1.0, 1.0]
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+    real_losses(model)[1].sum().backward()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, grads(model)))

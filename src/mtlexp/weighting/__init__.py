@@ -17,6 +17,7 @@ from mtlexp.weighting.famo import FAMO
 from mtlexp.weighting.gls import GeometricLossStrategy
 from mtlexp.weighting.gradients import SharedGradientWeighting
 from mtlexp.weighting.gradnorm import GradNorm
+from mtlexp.weighting.moco import MoCo
 from mtlexp.weighting.rgw import RandomGradientWeighting
 from mtlexp.weighting.rlw import RandomLossWeighting
 from mtlexp.weighting.static import StaticWeighting
@@ -34,6 +35,7 @@ __all__ = [
     "GradientAggregation",
     "LossScalarization",
     "LossWeighting",
+    "MoCo",
     "RandomGradientWeighting",
     "RandomLossWeighting",
     "SharedGradientWeighting",
