@@ -24,8 +24,10 @@ from mtlexp.weighting import (
     GradientAggregation,
     GradNorm,
     MoCo,
+    MoDo,
     RandomGradientWeighting,
     RandomLossWeighting,
+    SDMGrad,
     SmoothTchebycheff,
     StaticWeighting,
     StepInputs,
@@ -428,6 +430,66 @@ def test_moco_tracks_the_loss_scaled_gradients_and_weighs_them_towards_the_min_n
     assert model.head_params[0].grad == pytest.approx(2.0)  # heads keep their own gradient
 
 
+def test_modo_learns_its_weights_from_two_independent_samples_and_applies_earlier_ones():
+    weighting = MoDo(TASKS, gamma=0.1, rho=0.1)
+    samples = [[[1.0, 0.0], [0.5, 1.0]], [[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]]]
+    applied = []
+    for step, g in enumerate(samples):
+        model = LinearTasks(g)
+        applied.append(weighting.step(step_inputs(model, model.losses(), step=step)).weights)
+        assert torch.allclose(model.shared.grad, applied[-1] @ model.g)
+    uniform = torch.tensor([0.5, 0.5])
+    assert torch.equal(applied[0], uniform) and torch.equal(applied[1], uniform)  # nothing learned before a pair
+    g0, g1 = torch.tensor(samples[0]), torch.tensor(samples[1])
+    expected = uniform - 0.1 * (g0 @ g1.T @ uniform + 0.1 * uniform)  # G_0 G_1^T: a product of two samples
+    expected = expected - (expected.sum() - 1) / 2  # its projection on the simplex (both stay positive here)
+    assert torch.allclose(applied[2], expected)
+
+
+def test_sdmgrad_descends_the_min_norm_objective_at_lam_0_and_tends_to_the_mean_gradient_as_lam_grows():
+    def run(lam):
+        weighting = SDMGrad(TASKS, lam=lam)
+        for step in range(6):
+            model = LinearTasks([[2.0, 0.0], [0.0, 1.0]])
+            result = weighting.step(step_inputs(model, model.losses(), step=step))
+        return model, result
+
+    model, result = run(0.0)
+    # The authors' inner solver (20 projected momentum-SGD steps of size 5) is coarse: it lowers MGDA's
+    # min-norm objective from the uniform weights' without reaching its minimum (weights 0.2, 0.8 here).
+    assert float(result.weights.sum()) == pytest.approx(1.0) and (result.weights >= 0).all()
+    assert (result.weights @ model.g).norm() < (torch.tensor([0.5, 0.5]) @ model.g).norm()
+    assert torch.allclose(model.shared.grad, result.weights @ model.g, atol=1e-6)
+    _, pulled = run(0.3)
+    assert float(pulled.weights.sum()) == pytest.approx(1.0) and pulled.weights[0] > 0.2
+    _, mean = run(1e6)
+    assert torch.allclose(mean.weights, torch.tensor([0.5, 0.5]), atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DualBalancing(TASKS), lambda: MoCo(TASKS), lambda: MoDo(TASKS, gamma=0.1), lambda: SDMGrad(TASKS),
+    lambda: ExcessMTL(TASKS, step_size=0.5),
+], ids=["db_mtl", "moco", "modo", "sdmgrad", "excess_mtl"])
+def test_gradient_memories_shaped_at_the_first_step_survive_a_checkpoint(make):
+    schedule = [[[1.0, 0.0], [0.5, 1.0]], [[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]], [[1.0, 0.2], [0.3, 1.0]]]
+
+    def run(weighting, step):
+        model = LinearTasks(schedule[step])
+        weighting.step(step_inputs(model, model.losses(), step=step))
+        return model.shared.grad
+
+    first = make()
+    for step in range(2):
+        run(first, step)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for step in (2, 3):
+        assert torch.allclose(run(restored, step), run(first, step))
+
+
 def test_with_nothing_shared_a_gradient_weighting_leaves_every_task_its_own_gradient():
     from mtlexp.models import SingleTask
 
@@ -440,3 +502,31 @@ def test_with_nothing_shared_a_gradient_weighting_leaves_every_task_its_own_grad
     model.zero_grad(set_to_none=True)
     real_losses(model)[1].sum().backward()
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, grads(model)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SmoothTchebycheff(TASKS, mu=0), "mu: expected a number > 0, got 0"),
+    (lambda: SmoothTchebycheff(TASKS, warmup_epochs=1.5), "warmup_epochs: expected an integer >= 0, got 1.5"),
+    (lambda: FAMO(TASKS, lr=-1), "lr: expected a number > 0, got -1"),
+    (lambda: FAMO(TASKS, weight_decay=-1), "weight_decay: expected a number >= 0, got -1"),
+    (lambda: ExcessMTL(TASKS, step_size=0), "step_size: expected a number > 0, got 0"),
+    (lambda: DualBalancing(TASKS, beta=1.0), r"beta: expected a number in \[0, 1\), got 1.0"),
+    (lambda: MoCo(TASKS, beta=0), r"beta: expected a number in \(0, 1\], got 0"),
+    (lambda: MoCo(TASKS, rho=-0.1), "rho: expected a number >= 0, got -0.1"),
+    (lambda: MoDo(TASKS, gamma=0), "gamma: expected a number > 0, got 0"),
+    (lambda: SDMGrad(TASKS, num_iters=0), "num_iters: expected an integer >= 1, got 0"),
+    (lambda: SDMGrad(TASKS, lam=-1), "lam: expected a number >= 0, got -1"),
+])
+def test_new_methods_reject_bad_hyperparameters_in_one_line(make, message):
+    with pytest.raises(MtlexpError, match=message):
+        make()
+
+
+def test_project_to_simplex_matches_the_closest_point_on_known_cases():
+    from mtlexp.weighting.gradients import project_to_simplex
+
+    assert torch.allclose(project_to_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))
+    assert torch.allclose(project_to_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(project_to_simplex(torch.tensor([0.5, 0.5, -3.0])), torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.allclose(project_to_simplex(torch.tensor([1.0, 1.0, 1.0])), torch.full((3,), 1 / 3))
+

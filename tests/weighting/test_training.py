@@ -12,7 +12,7 @@ from mtlexp.train import train
 
 
 @pytest.mark.parametrize("method", ["dwa", "gradvac", "uncertainty", "stch weighting.warmup_epochs=1", "famo",
-                                    "db_mtl", "moco", "excess_mtl"])
+                                    "db_mtl", "moco", "modo", "sdmgrad", "excess_mtl"])
 def test_a_resumed_stateful_method_continues_where_it_stopped(make_cfg, method):
     method, *extra = method.split()
     common = [f"weighting={method}", *extra, "model=mmoe", "data.chunk_steps=2"]

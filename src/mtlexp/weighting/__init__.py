@@ -18,8 +18,10 @@ from mtlexp.weighting.gls import GeometricLossStrategy
 from mtlexp.weighting.gradients import SharedGradientWeighting
 from mtlexp.weighting.gradnorm import GradNorm
 from mtlexp.weighting.moco import MoCo
+from mtlexp.weighting.modo import MoDo
 from mtlexp.weighting.rgw import RandomGradientWeighting
 from mtlexp.weighting.rlw import RandomLossWeighting
+from mtlexp.weighting.sdmgrad import SDMGrad
 from mtlexp.weighting.static import StaticWeighting
 from mtlexp.weighting.stch import SmoothTchebycheff
 from mtlexp.weighting.uncertainty import UncertaintyWeighting
@@ -36,8 +38,10 @@ __all__ = [
     "LossScalarization",
     "LossWeighting",
     "MoCo",
+    "MoDo",
     "RandomGradientWeighting",
     "RandomLossWeighting",
+    "SDMGrad",
     "SharedGradientWeighting",
     "SmoothTchebycheff",
     "StaticWeighting",

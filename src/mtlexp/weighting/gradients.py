@@ -2,7 +2,8 @@
 
 The shared helpers: the task Jacobian on the shared parameters (one vectorised backward pass), the Euclidean
 projection onto the simplex, and ``SharedGradientWeighting``, which writes a method's combined direction into
-the shared parameters' ``.grad`` while every other parameter receives what equal weighting gives it.
+the shared parameters' ``.grad`` while every other parameter receives what equal weighting gives it, and
+``DoubleSampling``, MoDo's and SDMGrad's weights from two independent samples.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlexp.tasks import TaskSpec
 from mtlexp.weighting.base import StepInputs, StepResult, Weighting, mean_across_ranks
 
 
@@ -82,3 +84,40 @@ class SharedGradientWeighting(Weighting):
                 continue
             param.grad.add_(part.to(param.grad.dtype))
         return StepResult(loss.detach(), weights.detach().float())
+
+
+class DoubleSampling(SharedGradientWeighting):
+    """Task weights learned from the product of two independent stochastic Jacobians, ``G_1 G_2^T``, an
+    unbiased estimate of the Gram matrix of the true task gradients (``G G^T`` from one batch is biased by
+    the gradients' noise), and applied to a third, independent one: MoDo's and SDMGrad's double sampling.
+
+    The published methods draw three batches per step. Here the two independent Jacobians are the previous
+    step's and this step's, and the weights applied to this step's Jacobian are the ones learned before
+    it was seen: the same independence at the cost of one forward and backward pass per step, with
+    gradients one step stale in the weights' update. The previous Jacobian is a buffer, so a resumed run
+    continues with it.
+    """
+
+    lazy_buffers = ("previous",)
+
+    def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
+        super().__init__(tasks, seed)
+        self.register_buffer("previous", torch.zeros(0))
+        self.register_buffer("task_weights", torch.full((self.num_tasks,), 1.0 / self.num_tasks))
+
+    def update_weights(self, gram: Tensor) -> Tensor:
+        """The new ``(T,)`` weights from the current ones and the two-sample ``(T, T)`` product ``gram``."""
+        raise NotImplementedError
+
+    def combine(self, jacobian: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """The update from this step's Jacobian and the learned weights, and the weights to record."""
+        return weights @ jacobian, weights
+
+    def direction(self, jacobian: Tensor, inputs: StepInputs) -> tuple[Tensor, Tensor]:
+        applied = self.task_weights.to(jacobian).clone()
+        if self.previous.shape == jacobian.shape:
+            self.task_weights.copy_(self.update_weights(self.previous @ jacobian.T))
+            self.previous.copy_(jacobian)
+        else:
+            self.previous = jacobian.clone()
+        return self.combine(jacobian, applied)
