@@ -152,6 +152,7 @@ class MTLModule(pl.LightningModule):
             result = self.weighting.step(StepInputs(
                 losses=losses, output=out, model=self.model, shared=self._shared, backward=backward, step=step,
                 epoch=self.current_epoch, grad_scale=float(scaler.get_scale()) if writes and scaler is not None else 1.0,
+                recompute_losses=lambda batch=batch: self._recomputed_losses(batch),
             ))
             if writes and self.trainer.world_size > 1:
                 self._average_gradients()
@@ -182,6 +183,10 @@ class MTLModule(pl.LightningModule):
                             {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks})
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
+
+    @torch.no_grad()
+    def _recomputed_losses(self, batch: Batch) -> Tensor:
+        return torch.stack(list(self.task_losses(self(batch), batch).values()))
 
     def _average_gradients(self) -> None:
         """Average the gradients a weighting wrote itself across DDP ranks: DDP's hooks never saw them.

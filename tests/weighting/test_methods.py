@@ -14,11 +14,20 @@ from mtlexp.models import MMoE, SharedBottom
 from mtlexp.models.base import MTLOutput
 from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
 from mtlexp.weighting import (
+    FAMO,
+    DualBalancing,
     DynamicWeightAverage,
     EqualWeighting,
+    ExcessMTL,
+    GeometricLossStrategy,
     GradientAggregation,
     GradNorm,
+    MoCo,
+    MoDo,
+    RandomGradientWeighting,
     RandomLossWeighting,
+    SDMGrad,
+    SmoothTchebycheff,
     StaticWeighting,
     StepInputs,
     UncertaintyWeighting,
@@ -52,9 +61,10 @@ class LinearTasks(nn.Module):
         ])
 
 
-def step_inputs(model, losses, aux=None, step=0) -> StepInputs:
+def step_inputs(model, losses, aux=None, step=0, recompute=None) -> StepInputs:
     return StepInputs(losses=losses, output=MTLOutput(logits={}, aux_loss=aux), model=model,
-                      shared=model.shared_parameters(), backward=torch.Tensor.backward, step=step, epoch=0)
+                      shared=model.shared_parameters(), backward=torch.Tensor.backward, step=step, epoch=0,
+                      recompute_losses=recompute)
 
 
 def grads(model) -> list[torch.Tensor]:
@@ -296,3 +306,226 @@ def test_under_a_loss_scale_the_aggregation_sees_unscaled_gradients_and_writes_s
     scaled_weights, scaled = run(1024.0)
     assert torch.allclose(scaled_weights, weights, atol=1e-5)  # Nash-MTL's weights are not scale-invariant
     assert all(torch.allclose(s, 1024.0 * p, rtol=1e-4) for s, p in zip(scaled, plain))
+
+
+# --- loss scalarizations -------------------------------------------------------------------------------
+def test_gls_follows_the_gradient_of_the_geometric_mean_of_the_losses():
+    torch.manual_seed(1)
+    model = MMoE(FEATURES, TASKS, num_experts=3)
+    _, losses = real_losses(model)
+    geometric = losses.prod() ** 0.5
+    geometric.backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    _, losses = real_losses(model)
+    result = GeometricLossStrategy(TASKS).step(step_inputs(model, losses))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads(model), expected))
+    assert float(result.loss) == pytest.approx(float(geometric.detach()))
+    assert torch.allclose(result.weights, geometric.detach() / (2 * losses.detach()))  # inverse to the loss
+
+
+def test_stch_tends_to_the_worst_relative_loss_as_mu_shrinks_after_its_warm_up():
+    losses = torch.tensor([2.0, 3.0], requires_grad=True)
+    model = LinearTasks([[1.0], [1.0]])
+    sharp = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=0).step(step_inputs(model, losses))
+    assert torch.allclose(sharp.weights, torch.tensor([0.0, 2 / 3.0]), atol=1e-6)  # T d log(L_b) only
+    smooth = SmoothTchebycheff(TASKS, mu=1e3, warmup_epochs=0).step(step_inputs(model, losses))
+    assert torch.allclose(smooth.weights, torch.tensor([1 / 2.0, 1 / 3.0]), atol=1e-3)  # the mean log-loss's
+    weighting = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=1)
+    assert torch.allclose(weighting.step(step_inputs(model, losses)).weights, 1 / losses.detach())  # sum of logs
+    weighting.on_train_epoch_end(torch.tensor([4.0, 1.0]))  # the warm-up's mean losses become the reference
+    result = weighting.step(step_inputs(model, torch.tensor([2.0, 0.9], requires_grad=True)))
+    assert result.weights[0] == pytest.approx(0.0, abs=1e-6) and result.weights[1] > 1  # 0.9 / 1 is worse than 2 / 4
+    restored = SmoothTchebycheff(TASKS, mu=1e-3, warmup_epochs=1)
+    restored.load_state_dict(weighting.state_dict())
+    assert torch.equal(restored.reference, torch.tensor([4.0, 1.0]))
+
+
+def test_famo_moves_weight_towards_the_task_whose_loss_falls_slowest():
+    model = LinearTasks([[1.0], [1.0]])
+    weighting = FAMO(TASKS, lr=0.025, weight_decay=0.0)
+    losses = torch.tensor([1.0, 1.0], requires_grad=True)
+    first = weighting.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+    # z uniform: the objective sum_t z_t log L_t / c has weight z_t / (c L_t) on task t, here 1/2 each.
+    assert torch.allclose(first.weights, torch.tensor([0.5, 0.5]))
+    weighting.on_after_optimizer_step()  # task a's loss halved on the batch, task b's hardly moved
+    assert weighting.logits[1] > weighting.logits[0]
+    saved = {key: value.clone() for key, value in weighting.state_dict().items()}
+    for _ in range(3):
+        weighting.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+        weighting.on_after_optimizer_step()
+    later = weighting.step(step_inputs(model, losses, recompute=lambda: losses.detach()))
+    assert later.weights[1] > later.weights[0] and later.weights[1] / later.weights[0] > 1.05
+    restored = FAMO(TASKS, lr=0.025, weight_decay=0.0)
+    restored.load_state_dict(saved)
+    for _ in range(3):
+        restored.step(step_inputs(model, losses, recompute=lambda: torch.tensor([0.5, 0.99])))
+        restored.on_after_optimizer_step()
+    assert torch.equal(restored.logits, weighting.logits)
+
+
+def test_excess_mtl_weighs_up_the_task_whose_gradient_stays_large_relative_to_its_start():
+    weighting = ExcessMTL(TASKS, step_size=0.5)
+    first = weighting.step(step_inputs(model := LinearTasks([[1.0, 0.0], [0.0, 1.0]]), model.losses()))
+    assert first.weights.tolist() == [1.0, 1.0]  # the first step is the reference
+    for _ in range(4):  # task a keeps its gradient, task b's excess risk shrinks (its gradient falls 10x)
+        model = LinearTasks([[1.0, 0.0], [0.0, 0.1]])
+        result = weighting.step(step_inputs(model, model.losses()))
+    assert result.weights[0] > 1 > result.weights[1]
+    assert float(result.weights.sum()) == pytest.approx(2.0)
+    assert torch.allclose(model.shared.grad, result.weights @ model.g)  # a loss weighting: heads weighted too
+    assert model.head_params[1].grad == pytest.approx(result.weights[1] * 2 * 2 * 2.0)
+
+
+# --- gradient weightings without torchjd ---------------------------------------------------------------
+def test_rgw_weighs_only_the_shared_gradients_at_random_and_keeps_each_head_its_task_gradient():
+    model = LinearTasks([[1.0, 0.0], [-1.0, 1.0]])
+    result = RandomGradientWeighting(TASKS, seed=3).step(step_inputs(model, model.losses(), step=5))
+    drawn = RandomLossWeighting(TASKS, seed=3).random_weights(5)  # the same draw as RLW's
+    assert torch.allclose(result.weights, drawn)
+    assert torch.allclose(model.shared.grad, drawn @ model.g)
+    assert model.head_params[0].grad == pytest.approx(2 * 1 * 1.0)  # unweighted, where RLW scales it
+    assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0)
+
+
+def test_db_mtl_rescales_every_log_loss_gradient_to_the_largest_and_ignores_loss_scale():
+    def run(scale_b):
+        model = LinearTasks([[3.0, 0.0], [0.0, 1.0]])
+        losses = model.losses() * torch.tensor([1.0, scale_b])
+        result = DualBalancing(TASKS, beta=0.0).step(step_inputs(model, losses))
+        return model, result
+
+    model, result = run(1.0)
+    losses = model.losses().detach()  # 1 and 8 at the start: log-loss gradients g_t / L_t, norms 3 and 1/8
+    log_grads = model.g / losses[:, None]
+    norms = log_grads.norm(dim=1)
+    assert torch.allclose(result.weights, norms.max() / norms)
+    assert torch.allclose((result.weights[:, None] * log_grads).norm(dim=1), norms.max().expand(2))
+    assert torch.allclose(model.shared.grad, result.weights @ log_grads)
+    assert model.head_params[1].grad == pytest.approx(2 * 2 * 2.0 / 8)  # the head follows its log-loss
+    scaled, _ = run(100.0)
+    assert all(torch.allclose(a.grad, b.grad) for a, b in zip(scaled.parameters(), model.parameters()))
+
+
+def test_db_mtl_averages_the_gradients_over_steps():
+    weighting = DualBalancing(TASKS, beta=0.5)
+    for g in ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]):
+        model = LinearTasks(g)
+        weighting.step(step_inputs(model, model.losses()))
+    # m = g2 + 0.5 (m1 - g2) with m1 = 0.5 g1: a memory of both steps.
+    logs = [torch.tensor(g) / torch.tensor([[1.0], [8.0]]) for g in ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])]
+    assert torch.allclose(weighting.memory, logs[1] + 0.5 * (0.5 * logs[0] - logs[1]))
+
+
+def test_moco_tracks_the_loss_scaled_gradients_and_weighs_them_towards_the_min_norm_point():
+    weighting = MoCo(TASKS)
+    for step in range(60):
+        model = LinearTasks([[3.0, 0.0], [0.0, 1.0]])  # losses 1 and 8: tracked rows -> [1, 0] and [0, 8]
+        result = weighting.step(step_inputs(model, model.losses(), step=step))
+    assert torch.allclose(weighting.tracked, torch.tensor([[1.0, 0.0], [0.0, 8.0]]), atol=1e-2)
+    # Towards MGDA's 64/65 on the smaller tracked gradient (the softmax steps approach it slowly).
+    assert result.weights[0] > 0.6 and float(result.weights.sum()) == pytest.approx(1.0)
+    assert torch.allclose(model.shared.grad, result.weights @ weighting.tracked)
+    assert model.head_params[0].grad == pytest.approx(2.0)  # heads keep their own gradient
+
+
+def test_modo_learns_its_weights_from_two_independent_samples_and_applies_earlier_ones():
+    weighting = MoDo(TASKS, gamma=0.1, rho=0.1)
+    samples = [[[1.0, 0.0], [0.5, 1.0]], [[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]]]
+    applied = []
+    for step, g in enumerate(samples):
+        model = LinearTasks(g)
+        applied.append(weighting.step(step_inputs(model, model.losses(), step=step)).weights)
+        assert torch.allclose(model.shared.grad, applied[-1] @ model.g)
+    uniform = torch.tensor([0.5, 0.5])
+    assert torch.equal(applied[0], uniform) and torch.equal(applied[1], uniform)  # nothing learned before a pair
+    g0, g1 = torch.tensor(samples[0]), torch.tensor(samples[1])
+    expected = uniform - 0.1 * (g0 @ g1.T @ uniform + 0.1 * uniform)  # G_0 G_1^T: a product of two samples
+    expected = expected - (expected.sum() - 1) / 2  # its projection on the simplex (both stay positive here)
+    assert torch.allclose(applied[2], expected)
+
+
+def test_sdmgrad_descends_the_min_norm_objective_at_lam_0_and_tends_to_the_mean_gradient_as_lam_grows():
+    def run(lam):
+        weighting = SDMGrad(TASKS, lam=lam)
+        for step in range(6):
+            model = LinearTasks([[2.0, 0.0], [0.0, 1.0]])
+            result = weighting.step(step_inputs(model, model.losses(), step=step))
+        return model, result
+
+    model, result = run(0.0)
+    # The authors' inner solver (20 projected momentum-SGD steps of size 5) is coarse: it lowers MGDA's
+    # min-norm objective from the uniform weights' without reaching its minimum (weights 0.2, 0.8 here).
+    assert float(result.weights.sum()) == pytest.approx(1.0) and (result.weights >= 0).all()
+    assert (result.weights @ model.g).norm() < (torch.tensor([0.5, 0.5]) @ model.g).norm()
+    assert torch.allclose(model.shared.grad, result.weights @ model.g, atol=1e-6)
+    _, pulled = run(0.3)
+    assert float(pulled.weights.sum()) == pytest.approx(1.0) and pulled.weights[0] > 0.2
+    _, mean = run(1e6)
+    assert torch.allclose(mean.weights, torch.tensor([0.5, 0.5]), atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DualBalancing(TASKS), lambda: MoCo(TASKS), lambda: MoDo(TASKS, gamma=0.1), lambda: SDMGrad(TASKS),
+    lambda: ExcessMTL(TASKS, step_size=0.5),
+], ids=["db_mtl", "moco", "modo", "sdmgrad", "excess_mtl"])
+def test_gradient_memories_shaped_at_the_first_step_survive_a_checkpoint(make):
+    schedule = [[[1.0, 0.0], [0.5, 1.0]], [[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]], [[1.0, 0.2], [0.3, 1.0]]]
+
+    def run(weighting, step):
+        model = LinearTasks(schedule[step])
+        weighting.step(step_inputs(model, model.losses(), step=step))
+        return model.shared.grad
+
+    first = make()
+    for step in range(2):
+        run(first, step)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for step in (2, 3):
+        assert torch.allclose(run(restored, step), run(first, step))
+
+
+def test_with_nothing_shared_a_gradient_weighting_leaves_every_task_its_own_gradient():
+    from mtlexp.models import SingleTask
+
+    torch.manual_seed(0)
+    model = SingleTask(FEATURES, TASKS)
+    _, losses = real_losses(model)
+    result = MoCo(TASKS).step(step_inputs(model, losses))
+    assert result.weights.tolist() == [1.0, 1.0]
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+    real_losses(model)[1].sum().backward()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, grads(model)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SmoothTchebycheff(TASKS, mu=0), "mu: expected a number > 0, got 0"),
+    (lambda: SmoothTchebycheff(TASKS, warmup_epochs=1.5), "warmup_epochs: expected an integer >= 0, got 1.5"),
+    (lambda: FAMO(TASKS, lr=-1), "lr: expected a number > 0, got -1"),
+    (lambda: FAMO(TASKS, weight_decay=-1), "weight_decay: expected a number >= 0, got -1"),
+    (lambda: ExcessMTL(TASKS, step_size=0), "step_size: expected a number > 0, got 0"),
+    (lambda: DualBalancing(TASKS, beta=1.0), r"beta: expected a number in \[0, 1\), got 1.0"),
+    (lambda: MoCo(TASKS, beta=0), r"beta: expected a number in \(0, 1\], got 0"),
+    (lambda: MoCo(TASKS, rho=-0.1), "rho: expected a number >= 0, got -0.1"),
+    (lambda: MoDo(TASKS, gamma=0), "gamma: expected a number > 0, got 0"),
+    (lambda: SDMGrad(TASKS, num_iters=0), "num_iters: expected an integer >= 1, got 0"),
+    (lambda: SDMGrad(TASKS, lam=-1), "lam: expected a number >= 0, got -1"),
+])
+def test_new_methods_reject_bad_hyperparameters_in_one_line(make, message):
+    with pytest.raises(MtlexpError, match=message):
+        make()
+
+
+def test_project_to_simplex_matches_the_closest_point_on_known_cases():
+    from mtlexp.weighting.gradients import project_to_simplex
+
+    assert torch.allclose(project_to_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))
+    assert torch.allclose(project_to_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(project_to_simplex(torch.tensor([0.5, 0.5, -3.0])), torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.allclose(project_to_simplex(torch.tensor([1.0, 1.0, 1.0])), torch.full((3,), 1 / 3))
+

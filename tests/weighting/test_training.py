@@ -11,9 +11,11 @@ import pytest
 from mtlexp.train import train
 
 
-@pytest.mark.parametrize("method", ["dwa", "gradvac", "uncertainty"])
+@pytest.mark.parametrize("method", ["dwa", "gradvac", "uncertainty", "stch weighting.warmup_epochs=1", "famo",
+                                    "db_mtl", "moco", "modo", "sdmgrad", "excess_mtl"])
 def test_a_resumed_stateful_method_continues_where_it_stopped(make_cfg, method):
-    common = [f"weighting={method}", "model=mmoe", "data.chunk_steps=2"]
+    method, *extra = method.split()
+    common = [f"weighting={method}", *extra, "model=mmoe", "data.chunk_steps=2"]
     whole = train(make_cfg(*common, "trainer.max_epochs=4"))
     first = make_cfg(*common, "trainer.max_epochs=2")
     train(first)

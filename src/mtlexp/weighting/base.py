@@ -10,9 +10,12 @@ Two families share the contract:
 
 * **loss weightings** (``LossWeighting``: equal, static, uncertainty, DWA, RLW, GradNorm) back-propagate a
   weighted sum through ``inputs.backward``, so mixed precision and DDP's gradient sync work unchanged;
-* **gradient aggregations** (``GradientAggregation``, on torchjd) compute every task's gradient on the
-  shared parameters and write an aggregated ``.grad`` themselves (``writes_gradients = True``): the module
-  then averages those gradients across DDP ranks, because DDP's hooks never saw them.
+* **loss scalarizations** (``LossScalarization``: GLS, STCH, FAMO) back-propagate a nonlinear function of
+  the losses, and record its derivative in each loss as the task's weight;
+* **gradient aggregations** (``GradientAggregation`` on torchjd, ``SharedGradientWeighting`` for the
+  methods torchjd lacks) compute every task's gradient on the shared parameters and write an aggregated
+  ``.grad`` themselves (``writes_gradients = True``): the module then averages those gradients across DDP
+  ranks, because DDP's hooks never saw them.
 
 State (learned weights, loss history, an aggregator's memory) lives in parameters and buffers, or in
 ``get_extra_state``, so it is in every checkpoint and a resumed run continues where it stopped. Randomness
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +52,9 @@ class StepInputs:
     :param epoch: the current epoch.
     :param grad_scale: the loss scale of fp16 mixed precision (1 otherwise); ``backward`` applies it, and a
         weighting that writes gradients itself must write them scaled by it.
+    :param recompute_losses: the ``(T,)`` losses of this step's batch under the current parameters, without
+        gradient: called after the optimizer step, it tells a method how much the step itself lowered each
+        loss (FAMO). It costs a forward pass, so only methods that need it call it.
     """
 
     losses: Tensor
@@ -58,6 +65,7 @@ class StepInputs:
     step: int
     epoch: int
     grad_scale: float = 1.0
+    recompute_losses: Callable[[], Tensor] | None = None
 
     def objective(self, weighted: Tensor) -> Tensor:
         """``weighted`` plus the model's auxiliary loss, if it has one."""
@@ -82,6 +90,9 @@ class Weighting(nn.Module):
     """
 
     writes_gradients = False
+    # Buffers whose shape is known only at the first step (a (T, P) gradient memory, P the number of shared
+    # values): registered empty, and given the saved shape when a checkpoint is loaded.
+    lazy_buffers: tuple[str, ...] = ()
 
     def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
         super().__init__()
@@ -118,6 +129,17 @@ class Weighting(nn.Module):
     def generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.step_seed(step))
 
+    def random_weights(self, step: int) -> Tensor:
+        """``(T,)`` weights on the simplex, the ``softmax`` of a standard normal draw (RLW's and RGW's)."""
+        return torch.softmax(torch.randn(self.num_tasks, generator=self.generator(step)), dim=0)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.lazy_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f"tasks={self.task_names}"
 
@@ -145,3 +167,37 @@ class LossWeighting(Weighting):
         loss = inputs.objective(loss)
         inputs.backward(loss)
         return StepResult(loss.detach(), weights.detach())
+
+
+class LossScalarization(Weighting):
+    """A nonlinear function of the task losses (``scalarize``), back-propagated through ``inputs.backward``.
+
+    The weight recorded for task t is the derivative of the objective in ``L_t``: the gradient of the
+    objective is exactly ``sum_t w_t grad L_t``, which is what is back-propagated (one small autograd call on
+    the ``(T,)`` losses, then a weighted sum, rather than the objective's graph through every loss).
+    """
+
+    def scalarize(self, losses: Tensor, inputs: StepInputs) -> Tensor:
+        """The objective, a scalar function of the ``(T,)`` losses (detached: its parameters are the method's
+        state, never learned through the model's backward pass)."""
+        raise NotImplementedError
+
+    def step(self, inputs: StepInputs) -> StepResult:
+        with torch.enable_grad():
+            leaf = inputs.losses.detach().float().requires_grad_()
+            value = self.scalarize(leaf, inputs)
+            (weights,) = torch.autograd.grad(value, leaf)
+        loss = inputs.objective((weights.to(inputs.losses) * inputs.losses).sum())
+        inputs.backward(loss)
+        reported = inputs.objective(value.detach().to(inputs.losses))
+        return StepResult(reported.detach(), weights)
+
+
+def mean_across_ranks(value: Tensor) -> Tensor:
+    """``value`` averaged over the DDP ranks (as it is on one process): state that a method updates from its
+    own rank's batch (FAMO's loss changes, a Jacobian) then stays the same on every rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return value

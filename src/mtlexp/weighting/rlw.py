@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mtlexp.weighting.base import LossWeighting, StepInputs
@@ -16,5 +15,4 @@ class RandomLossWeighting(LossWeighting):
     """
 
     def weights(self, inputs: StepInputs) -> Tensor:
-        draw = torch.randn(self.num_tasks, generator=self.generator(inputs.step))
-        return torch.softmax(draw, dim=0).to(inputs.losses)
+        return self.random_weights(inputs.step).to(inputs.losses)
