@@ -186,7 +186,7 @@ class MTLModule(pl.LightningModule):
 
     @torch.no_grad()
     def _recomputed_losses(self, batch: Batch) -> Tensor:
-        return torch.stack(list(self.task_losses(self(batch), batch).values()))
+        return self.objective(batch, self.trained, training=False)[1]
 
     def _average_gradients(self) -> None:
         """Average the gradients a weighting wrote itself across DDP ranks: DDP's hooks never saw them.

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlexp.errors import require
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import StepInputs
 from mtlexp.weighting.gradients import SharedGradientWeighting
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlexp.errors import MtlexpError, require
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.base import LossScalarization, StepInputs, mean_across_ranks
 
 _EPS = 1e-8  # keeps a loss at its floor finite in the log

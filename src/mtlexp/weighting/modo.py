@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from mtlexp.errors import require
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.gradients import DoubleSampling, project_to_simplex
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlexp.errors import require
-from mtlexp.tasks import TaskSpec
+from mtlexp.specs import TaskSpec
 from mtlexp.weighting.gradients import DoubleSampling, project_to_simplex
 
 # The inner solver of the authors' code: SGD with momentum on the simplex weights, warm-started every step.
