@@ -22,7 +22,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "foundation", ("mtlexp", "mtlexp.errors", "mtlexp.io", "mtlexp.processes", "mtlexp.noise", "mtlexp.redact",
                        "mtlexp.provenance", "mtlexp.config", "mtlexp.instantiate", "mtlexp.lightning_compat",
                        "mtlexp.checkpoint_io", "mtlexp.distributed", "mtlexp.gate_stats", "mtlexp.run_folder",
-                       "mtlexp.artefacts")),
+                       "mtlexp.run_record", "mtlexp.artefacts")),
     (1, "specs", ("mtlexp.specs",)),
     (2, "kinds", ("mtlexp.metrics", "mtlexp.kinds", "mtlexp.tasks")),
     (3, "data", ("mtlexp.data",)),
@@ -167,5 +167,14 @@ def test_a_training_run_does_not_import_the_report():
     assert not {m for m in reached if third_party_imports(paths[m]) & {"scipy", "pandas"}}
     code = ("import sys, mtlexp.train; "
             "print(sorted(m for m in sys.modules if m.startswith('mtlexp.report') or m.split('.')[0] == 'pandas'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_the_run_record_loads_neither_torch_nor_pandas():
+    """The report, the sweep summary and the HPO glue read runs through ``mtlexp.run_record``: reading a record
+    must not pay for a training stack."""
+    code = ("import sys, mtlexp.run_record; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'pandas') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

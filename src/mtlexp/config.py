@@ -8,6 +8,7 @@ Component nodes (data, model, ...) are ``_target_`` nodes whose constructor sign
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -70,3 +71,16 @@ def validate_run(cfg: DictConfig) -> RunConfig:
 def register_configs() -> None:
     """Make the schemas available to the defaults lists (``- run_schema`` in conf/config.yaml)."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def flat_config(node: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """A plain config's leaves by key path (``model.num_experts``), in config order: the one flattening of a
+    config, for the loggers' hyperparameter tables (a run's) and the report's swept keys (a run folder's). A
+    list is one leaf, and so is an empty mapping, which the config has as a key all the same."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            flat.update({f"{key}{sep}{inner}": leaf for inner, leaf in flat_config(value, sep).items()})
+        else:
+            flat[str(key)] = value
+    return flat

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtlexp.artefacts import summary_table
 from mtlexp.components import build_components, build_trainer, count_parameters
 from mtlexp.errors import MtlexpError
-from mtlexp.io import write_json
 from mtlexp.models.names import model_name, upgrade_model_config
+from mtlexp.run_record import RunRecord, Status, write_record
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(module, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     result = module.results[cfg.split]
-    metrics = {
-        "status": "ok",
-        cfg.split: result["tasks"],
-        f"{cfg.split}_norm_loss": result["norm_loss"],
-        "gates": result.get("gates", {}),
-        "ckpt_path": str(ckpt_path.resolve()),
-        "seed": run_cfg.seed,
-        "model": model_name(run_cfg.model),
-        "num_params": count_parameters(module.model),
-    }
-    write_json(output_dir / "metrics.json", metrics)
+    record = RunRecord(
+        status=Status.OK,
+        **{cfg.split: result["tasks"], f"{cfg.split}_norm_loss": result["norm_loss"]},
+        gates=result.get("gates", {}),
+        ckpt_path=str(ckpt_path.resolve()),
+        seed=run_cfg.seed,
+        model=model_name(run_cfg.model),
+        num_params=count_parameters(module.model),
+    )
+    write_record(output_dir, record)
+    metrics = record.to_json()
     log.info("\n%s", summary_table(metrics, data.tasks, splits=(cfg.split,)))
     log.info("run dir: %s", output_dir)
     return metrics

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from mtlexp.config import validate_run
 from mtlexp.errors import MtlexpError
 from mtlexp.redact import redact, redact_values
+from mtlexp.run_record import RunRecord, read_record
 
 
 class UnknownMetric(MtlexpError):
@@ -28,8 +29,9 @@ class UnknownMetric(MtlexpError):
 
 def _metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
     """The validation metrics of a run's result (``train()``'s, as in metrics.json) by their sweep names."""
-    names = {"val/norm_loss": metrics.get("val_norm_loss")}
-    for task, values in (metrics.get("val") or {}).items():
+    record = RunRecord.from_json(metrics)
+    names = {"val/norm_loss": record.val_norm_loss}
+    for task, values in (record.val or {}).items():
         for name, value in (values or {}).items():
             if not isinstance(value, dict):
                 names[f"val/{task}/{name}"] = value
@@ -201,14 +203,12 @@ def _completed_trials(study: Any) -> int:
 def _run_with_overrides(sweep_dir: Path, params: list[str]) -> Path | None:
     """The run folder of a trial with these parameters: in this sweep, else in a sibling sweep of the same
     study (an earlier command that the study resumed)."""
-    from mtlexp.io import read_json
-
     wanted = set(params)
     for pattern in ("[0-9]*/.hydra/overrides.yaml", "*/[0-9]*/.hydra/overrides.yaml"):
         root = sweep_dir if pattern.startswith("[") else sweep_dir.parent
         for path in sorted(root.glob(pattern)):
             run = path.parent.parent
-            if wanted <= {str(o) for o in OmegaConf.load(path)} and read_json(run / "metrics.json").get("status") == "ok":
+            if wanted <= {str(o) for o in OmegaConf.load(path)} and (read_record(run) or RunRecord()).ok:
                 return run
     return None
 

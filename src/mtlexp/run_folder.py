@@ -17,13 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mtlexp.errors import MtlexpError
-from mtlexp.io import read_json
 from mtlexp.processes import this_host
+from mtlexp.run_record import FILE, STATUS, read_record
 
 LOCK = ".mtlexp.lock"
 # What runs write into their folder (train, stack=K, eval); Hydra rewrites .hydra/ itself. Logger folders
 # are added from the config, since their names are settings.
-ARTEFACTS = ("metrics.json", "provenance.json", "error.log", "mtlexp.log", "checkpoints", "figures", "replicas",
+ARTEFACTS = (FILE, "provenance.json", "error.log", "mtlexp.log", "checkpoints", "figures", "replicas",
              "csv", "tensorboard")
 # Set by launchers for the processes of one distributed run: those of rank > 0 re-run the command line in
 # the folder that rank 0 already holds.
@@ -83,8 +83,12 @@ def release(folder: Path) -> None:
 def earlier_run(folder: Path) -> str | None:
     """What an earlier run left in ``folder`` (``status ok``, ``checkpoints``), or None: a new folder, or one
     Hydra has only just written its ``.hydra/`` into."""
-    if (folder / "metrics.json").is_file():
-        return f"status {read_json(folder / 'metrics.json').get('status', 'unknown')}"
+    try:
+        record = read_record(folder)
+    except ValueError:
+        return f"a {FILE} that is not a run record"
+    if record is not None:
+        return f"{STATUS} {record.status or 'unknown'}"
     checkpoints = folder / "checkpoints"
     return "checkpoints" if checkpoints.is_dir() and any(checkpoints.iterdir()) else None
 

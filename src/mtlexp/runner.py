@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlexp.artefacts import format_table
 from mtlexp.errors import MtlexpError
-from mtlexp.io import read_json, write_atomic, write_json
+from mtlexp.io import write_atomic
 from mtlexp.noise import silence
 from mtlexp.redact import redact
 from mtlexp.run_folder import claim, ddp_worker, earlier_run, run_overrides, swept_only
+from mtlexp.run_record import STATUS, RunRecord, Status, read_record, update_record
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
     message = redact(message)  # errors quote config values, and this line is kept in the run folder
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
     _log_to_file(f"mtlexp: error: {message}")
-    _mark(output_dir, "failed", message)
+    _mark(output_dir, Status.FAILED, message)
     _end_tracking("FAILED")
     return False
 
@@ -64,7 +65,7 @@ def record_interrupted(output_dir: Path | None) -> None:
     """Record the run as interrupted and say how to resume it (rank 0's to do, under DDP)."""
     if output_dir is None:
         return
-    _mark(output_dir, "interrupted", "interrupted")
+    _mark(output_dir, Status.INTERRUPTED, Status.INTERRUPTED.value)
     _end_tracking("KILLED")
     print(f"mtlexp: interrupted; {_resume_hint(output_dir)}", file=sys.stderr, flush=True)
 
@@ -95,13 +96,12 @@ def _resume_hint(output_dir: Path | None) -> str:
     return "resume with: mtlexp train " + " ".join([*overrides, f"ckpt_path={last}"])
 
 
-def _mark(output_dir: Path | None, status: str, message: str) -> None:
+def _mark(output_dir: Path | None, status: Status, message: str) -> None:
     """Record the outcome in metrics.json, keeping whatever the run wrote there."""
     if output_dir is None:
         return
     try:
-        metrics = read_json(output_dir / "metrics.json")
-        write_json(output_dir / "metrics.json", {**metrics, "status": status, "error": message})
+        update_record(output_dir, status=status, error=message)
     except OSError:
         pass
 
@@ -174,13 +174,12 @@ class SweepSummary(Callback):
         swept = dict(zip((job.name for job in jobs), swept_only([run_overrides(job) for job in jobs])))
         rows, failed = [], 0
         for job in jobs:
-            metrics = read_json(job / "metrics.json")
-            status = metrics.get("status", "missing")
-            failed += status != "ok"
-            error = metrics.get("error", "")
-            rows.append([job.name, " ".join(swept[job.name]), status, metrics.get("test_norm_loss"), error])
+            record = read_record(job) or RunRecord()
+            failed += not record.ok
+            rows.append([job.name, " ".join(swept[job.name]), record.status or "missing", record.test_norm_loss,
+                         record.error or ""])
         if rows:
-            print(format_table(["job", "overrides", "status", "test/norm_loss", "error"], rows))
+            print(format_table(["job", "overrides", STATUS, "test/norm_loss", "error"], rows))
         print(f"sweep dir: {sweep_dir}")
         if not rows and next(sweep_dir.rglob(".hydra"), None) is None:
             # Jobs that ran elsewhere wrote their folders elsewhere: on a running Ray cluster a relative

@@ -29,6 +29,7 @@ from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.provenance import provenance
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
+from mtlexp.run_record import RunRecord
 from mtlexp.runner import record_interrupted
 from mtlexp.stacking.train import train_stacked
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select the best checkpoint on validation, test it, and write the run folder."""
+    """Train, select the best checkpoint on validation, test it, and write the run folder; return its record as
+    metrics.json has it."""
     validate_run(cfg)
     if int(cfg.get("stack", 1)) > 1:  # several seeds as one vectorised run, one run folder each
         return train_stacked(cfg)
@@ -66,12 +68,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.ckpt_path and checkpoint is not None:
             best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
         best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
-        return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary, is_main)
+        return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary,
+                          is_main).to_json()
 
 
 def finish_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, trainer: pl.Trainer, best: str | None,
                best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
-               is_main: bool = True) -> dict[str, Any]:
+               is_main: bool = True) -> RunRecord:
     """Evaluate the best checkpoint on validation (and test), then ``record_run``."""
     # The val metrics recorded are the best checkpoint's, the one that is tested, not the last epoch's.
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)

@@ -32,9 +32,9 @@ from mtlexp.artefacts import (
     save_figure,
     short_expert,
 )
-from mtlexp.io import read_json
 from mtlexp.report.records import ALL_TASKS, recorded_direction
-from mtlexp.report.stats import oriented, summarize
+from mtlexp.report.stats import headline_metric, oriented, summarize
+from mtlexp.run_record import STATUS, Status, read_record
 from mtlexp.specs import MAX, MIN, ZERO
 
 if TYPE_CHECKING:  # pandas and matplotlib are imported where they are used
@@ -57,12 +57,6 @@ DATA_NODES = ("data", "tasks")  # config nodes whose values change what the runs
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------
-
-
-def headline_metric(metrics: Iterable[str]) -> str:
-    """The metric a task is judged by: auroc when it has one, else mse, else its first."""
-    metrics = list(metrics)
-    return "auroc" if "auroc" in metrics else "mse" if "mse" in metrics else metrics[0]
 
 
 def mean_ci(frame: pd.DataFrame, by: list[str], column: str = "value") -> pd.DataFrame:
@@ -484,18 +478,18 @@ def group_gates(run_dirs: Iterable[str | Path]) -> tuple[dict[str, list[float]],
     """Gates of a group's runs, from their ``metrics.json``: the mean weights over runs, the expert names, and
     the summed weight histograms (summing row counts pools the runs' rows). Runs whose gates name other
     experts than the first gated run's are left out of the mean."""
-    records = {r: m for r in run_dirs if (m := read_json(Path(r) / "metrics.json")).get("gates")}
+    records = {r: m for r in run_dirs if (m := read_record(r)) is not None and m.gates}
     if not records:
         return {}, {}, {}
     first = next(iter(records))
-    experts = records[first].get("gate_experts") or {}
-    same = [m for m in records.values() if (m.get("gate_experts") or {}) == experts
-            and m["gates"].keys() == records[first]["gates"].keys()]
+    experts = records[first].gate_experts or {}
+    same = [m for m in records.values() if (m.gate_experts or {}) == experts
+            and m.gates.keys() == records[first].gates.keys()]
     if len(same) < len(records):
         log.warning("gates: %d of %d runs have other gates or experts than %s; left out of the mean",
                     len(records) - len(same), len(records), first)
-    gates = {g: np.mean([m["gates"][g] for m in same], axis=0).round(6).tolist() for g in same[0]["gates"]}
-    with_hist = [m["gate_hist"] for m in same if m.get("gate_hist") and m["gate_hist"].keys() == gates.keys()]
+    gates = {g: np.mean([m.gates[g] for m in same], axis=0).round(6).tolist() for g in same[0].gates}
+    with_hist = [m.gate_hist for m in same if m.gate_hist and m.gate_hist.keys() == gates.keys()]
     hist = {g: np.sum([h[g] for h in with_hist], axis=0).tolist() for g in gates} if with_hist else {}
     return gates, experts, hist
 
@@ -533,7 +527,7 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
     out_dir = Path(out_dir)
     keys = [k for k in swept if k != "seed"]
     values = values[values["split"] == split]
-    ok_runs = runs[runs["status"] == "ok"]
+    ok_runs = runs[runs[STATUS] == Status.OK]
     tasks = [t for t in dict.fromkeys(values["task"]) if t != ALL_TASKS]
     headline = {t: headline_metric(dict.fromkeys(values.loc[values["task"] == t, "metric"])) for t in tasks}
     judged = [(m, [t for t in tasks if headline[t] == m]) for m in dict.fromkeys(headline.values())]

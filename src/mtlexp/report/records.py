@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mtlexp.config import flat_config
 from mtlexp.errors import MtlexpError
-from mtlexp.io import read_json
 from mtlexp.models.names import model_name
-from mtlexp.processes import is_gone
 from mtlexp.run_folder import run_overrides, swept_only
+from mtlexp.run_record import FILE, STATUS, RunRecord, Status, read_record
 from mtlexp.report.stats import metric_direction
 
 if TYPE_CHECKING:  # pandas is imported where tables are built: the training path reads overrides from here
@@ -39,7 +39,7 @@ NAMED_NODES = ("model", "weighting")
 ALL_GROUP = "(all)"  # the group of every run when nothing varies
 UNKNOWN_GROUP = "(unknown)"  # runs whose config cannot be read: what they were is not known
 
-RUN_COLUMNS = ["run", "group", "seed", "status", "error", "best_epoch", "epochs_trained", "duration_s"]
+RUN_COLUMNS = ["run", "group", "seed", STATUS, "error", "best_epoch", "epochs_trained", "duration_s"]
 VALUE_COLUMNS = ["split", "task", "metric", "direction", "value"]
 SPLITS = ("val", "test")
 ALL_TASKS = "*"  # the task of values that span all tasks (the normalised loss)
@@ -71,7 +71,7 @@ class _Folder:
     why); ``leaves`` is the config flattened to dotted keys."""
 
     run: Path
-    metrics: dict[str, Any]
+    record: RunRecord
     config: dict[str, Any] | None
     leaves: dict[str, Any] | None
     problem: str
@@ -86,16 +86,16 @@ def load_runs(run_dirs: Iterable[Path]) -> Study:
         setting = _setting(folder, swept)
         group = " ".join(f"{key}={format_value(value)}" for key, value in setting.items())
         rows.append({"run": str(folder.run), "group": UNKNOWN_GROUP if folder.config is None else group or ALL_GROUP,
-                     "seed": _seed(folder), "status": "failed" if folder.problem else run_state(folder.metrics),
-                     "error": folder.problem or str(folder.metrics.get("error") or ""),
-                     **{key: folder.metrics.get(key) for key in ("best_epoch", "epochs_trained", "duration_s")},
+                     "seed": _seed(folder), STATUS: (Status.FAILED if folder.problem else folder.record.state()).value,
+                     "error": folder.problem or str(folder.record.error or ""),
+                     **{key: getattr(folder.record, key) for key in ("best_epoch", "epochs_trained", "duration_s")},
                      **setting})
     import pandas as pd
 
     runs = _frame(rows, RUN_COLUMNS, swept)
     runs["seed"] = runs["seed"].astype("Int64")
-    measured = [{"run": str(folder.run), **value} for folder, row in zip(folders, rows) if row["status"] == "ok"
-                for value in _measured(folder.metrics)]
+    measured = [{"run": str(folder.run), **value} for folder, row in zip(folders, rows) if row[STATUS] == Status.OK
+                for value in _measured(folder.record)]
     values = runs[["run", "group", "seed", *swept]].merge(pd.DataFrame(measured, columns=["run", *VALUE_COLUMNS]),
                                                          on="run", how="inner")
     values["value"] = values["value"].astype(float)
@@ -114,17 +114,17 @@ def format_value(value: Any) -> str:
 def find_runs(roots: list[Path]) -> list[Path]:
     """Training run folders under ``roots``. ``mtlexp eval`` folders, which look alike, are left out, and so
     is the folder of a finished stacked run (``stack=K``): its replicas, in folders below it, are the runs."""
-    found = {p.parent for root in roots for p in root.rglob("metrics.json") if (p.parent / ".hydra").is_dir()}
+    found = {p.parent for root in roots for p in root.rglob(FILE) if (p.parent / ".hydra").is_dir()}
     return sorted(run for run in found if config_name(run) != "eval" and not _finished_stack(run))
 
 
 def _finished_stack(run: Path) -> bool:
     """Whether ``run`` is a stacked run that finished (one that did not keeps its error, and is listed)."""
     try:
-        metrics = read_json(run / "metrics.json")
+        record = read_record(run)
     except (OSError, ValueError):
         return False
-    return bool(metrics.get("replicas")) and metrics.get("status") == "ok"
+    return record is not None and bool(record.replicas) and record.ok
 
 
 def config_name(run: Path) -> str | None:
@@ -136,22 +136,19 @@ def config_name(run: Path) -> str | None:
     return job.get("config_name")
 
 
-def run_state(metrics: dict[str, Any]) -> str:
-    """``ok``, ``failed``, ``interrupted``, ``running``, or ``stale``: recorded as running, but its process is gone
-    (killed without a chance to record it; resume it from its ``last.ckpt``)."""
-    status = str(metrics.get("status", "failed"))
-    if status != "running":
-        return status
-    return "stale" if is_gone(metrics.get("pid"), metrics.get("host")) else "running"
+def run_state(metrics: Mapping[str, Any]) -> str:
+    """The state of a run with this metrics.json content (``RunRecord.state``), for callers that hold the JSON."""
+    return RunRecord.from_json(metrics).state().value
 
 
 def _read_folder(run: Path) -> _Folder:
     config, problem = _read_config(run)
     try:
-        metrics = read_json(run / "metrics.json")
-    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
-        metrics, problem = {}, f"metrics.json unreadable: {error}"
-    return _Folder(run, metrics, config, None if config is None else _flatten(config), problem)
+        record = read_record(run) or RunRecord()
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8, or not a record
+        record, problem = RunRecord(), f"{FILE} unreadable: {error}"
+    leaves = None if config is None else {key: _frozen(value) for key, value in flat_config(config).items()}
+    return _Folder(run, record, config, leaves, problem)
 
 
 def _read_config(run: Path) -> tuple[dict[str, Any] | None, str]:
@@ -167,19 +164,8 @@ def _read_config(run: Path) -> tuple[dict[str, Any] | None, str]:
     return node, ""
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Config leaves by dotted key, in config order; a list is one leaf, as a tuple (so values can be compared
-    and grouped on)."""
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _frozen(value)
-    return flat
-
-
 def _frozen(value: Any) -> Any:
+    """A config leaf as a value that can be compared and grouped on: a list as a tuple."""
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, Mapping):  # an empty one (the others are flattened)
@@ -228,8 +214,8 @@ def _typed_position(key: str, typed: list[str]) -> int:
 def _node_name(folder: _Folder, node: str) -> str | None:
     """A named node's stable name: the model's as metrics.json records it, else as the config names it."""
     config = (folder.config or {}).get(node)
-    if node == "model" and folder.metrics.get("model"):
-        return str(folder.metrics["model"])
+    if node == "model" and folder.record.model:
+        return str(folder.record.model)
     if not isinstance(config, Mapping):
         return None
     if node == "model":
@@ -244,27 +230,28 @@ def _setting(folder: _Folder, swept: list[str]) -> dict[str, Any]:
 
 
 def _seed(folder: _Folder) -> int | None:
-    seed = (folder.config or {}).get("seed", folder.metrics.get("seed"))
+    seed = (folder.config or {}).get("seed", folder.record.seed)
     try:
         return int(seed)
     except (TypeError, ValueError):
         return None
 
 
-def _measured(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def _measured(record: RunRecord) -> list[dict[str, Any]]:
     """The values in a run's metrics.json, one dict per (split, task, metric)."""
-    recorded = metrics.get("directions") or {}
+    recorded = record.directions or {}
     # The normalised loss over all tasks is the mean of the tasks' own, so it improves the way theirs do.
     overall = next((d["norm_loss"] for d in recorded.values() if "norm_loss" in d), None)
     rows = []
     for split in SPLITS:
-        for task, values in (metrics.get(split) or {}).items():
+        for task, values in (getattr(record, split) or {}).items():
             rows += [{"split": split, "task": task, "metric": metric,
                       "direction": metric_direction(metric, recorded.get(task, {}).get(metric)), "value": value}
                      for metric, value in values.items() if _is_number(value)]
-        if _is_number(metrics.get(f"{split}_norm_loss")):
+        norm_loss = getattr(record, f"{split}_norm_loss")
+        if _is_number(norm_loss):
             rows.append({"split": split, "task": ALL_TASKS, "metric": "norm_loss",
-                         "direction": metric_direction("norm_loss", overall), "value": metrics[f"{split}_norm_loss"]})
+                         "direction": metric_direction("norm_loss", overall), "value": norm_loss})
     return rows
 
 

@@ -24,6 +24,13 @@ UNRECORDED_DIRECTIONS = {"auroc": MAX, "auroc_entire": MAX, "accuracy": MAX, "r2
                          "logloss": MIN, "norm_loss": MIN, "pcvr_bias": ZERO}
 
 
+
+def headline_metric(metrics: Iterable[str]) -> str:
+    """The metric a task is judged by, of the ones it has: auroc, else mse, else its first."""
+    metrics = list(metrics)
+    return "auroc" if "auroc" in metrics else "mse" if "mse" in metrics else metrics[0]
+
+
 @dataclass(frozen=True)
 class Summary:
     """``n`` values summarised: mean, sample sd (n - 1), and the Student-t confidence interval of the mean."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,24 +39,20 @@ from mtlexp.report.stats import (
     PairedTest,
     Summary,
     delta_m,
+    headline_metric,
     paired_delta_m_test,
     paired_test,
     relative_change,
     summarize,
 )
+from mtlexp.run_record import STATUS, Status
 from mtlexp.specs import MAX
 
 # With the run-folder readers from records.py, which runner.py and older callers import from here.
-__all__ = ["Report", "build_report", "config_name", "default_metric", "delta_m", "find_runs", "main",
+__all__ = ["Report", "build_report", "config_name", "delta_m", "find_runs", "main",
            "run_overrides", "run_state", "swept_only", "write_report"]
 
 DELTA_M = "delta_m"  # the metric name of the Delta-m rows in report.csv (task "*")
-
-
-def default_metric(names: Iterable[str]) -> str:
-    """The headline metric of a task with metrics ``names``: auroc, else mse, else the first."""
-    names = list(names)
-    return "auroc" if "auroc" in names else "mse" if "mse" in names else names[0]
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ def build_report(study: Study, split: str = "test", metric: str | None = None, b
         if baseline is not None:
             change, test = _delta_m_against(measured, group, bases.get(group), metrics, directions)
             records.append({**identity, "task": ALL_TASKS, "metric": DELTA_M, "direction": MAX,
-                            "n": int((runs["status"] == "ok").sum()), **_comparison(change, test, alpha)})
+                            "n": int((runs[STATUS] == Status.OK).sum()), **_comparison(change, test, alpha)})
             row += [*gains, _gain_cell(change, test, alpha)]
         rows.append(row)
     header = ["group", "runs", *(f"{t} {split} {m}" for t, m in metrics.items()), f"{split} norm_loss"]
@@ -165,7 +160,7 @@ def main(argv: list[str]) -> int:
     except MtlexpError as error:
         return _fail(str(error))
     print(format_table(report.header, report.rows))
-    not_ok = int((study.runs["status"] != "ok").sum())
+    not_ok = int((study.runs[STATUS] != Status.OK).sum())
     if not_ok:
         print(f"{not_ok} run(s) not ok: listed under 'Failed runs' in {paths[0]}")
     print(f"report: {paths[0]}" + (f" (+ {len(paths) - 2} figure files in {paths[2].parent})" if len(paths) > 2 else ""))
@@ -181,7 +176,7 @@ def _headline_metrics(values: pd.DataFrame, tasks: list[str], metric: str | None
     chosen = {}
     for task in tasks:
         available = list(pd.unique(values.loc[values["task"] == task, "metric"]))
-        chosen[task] = metric or default_metric(available)
+        chosen[task] = metric or headline_metric(available)
         if chosen[task] not in available:
             raise MtlexpError(f"--metric: task {task!r} has no {chosen[task]!r}; it has {sorted(available)}")
     return chosen
@@ -301,9 +296,9 @@ def _summary_columns(swept: list[str], compared: bool) -> list[str]:
 
 def _runs_cell(runs: pd.DataFrame) -> str:
     """``2``, or ``2 (+1 failed)``: the ok runs, then the others by state."""
-    states = runs["status"].value_counts()
-    others = ", ".join(f"+{n} {state}" for state, n in sorted(states.items()) if state != "ok")
-    return f"{states.get('ok', 0)}" + (f" ({others})" if others else "")
+    states = runs[STATUS].value_counts()
+    others = ", ".join(f"+{n} {state}" for state, n in sorted(states.items()) if state != Status.OK)
+    return f"{states.get(Status.OK.value, 0)}" + (f" ({others})" if others else "")
 
 
 def _estimate(s: Summary) -> str:
@@ -341,7 +336,7 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None) ->
         "",
         f"Record schema {RECORD_SCHEMA}; split: {report.split}; metric per task: "
         + (", ".join(f"{t} {m}" for t, m in report.metrics.items()) or "none") + ".",
-        f"{len(runs)} runs ({int((runs['status'] == 'ok').sum())} ok) in {runs['group'].nunique()} groups; "
+        f"{len(runs)} runs ({int((runs[STATUS] == Status.OK).sum())} ok) in {runs['group'].nunique()} groups; "
         f"swept: {', '.join(study.swept) or 'nothing'}.",
         "Cells: mean ± sd [95% confidence interval of the mean] over seeds; the mean alone for one seed.",
     ]
@@ -351,13 +346,13 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None) ->
                      "Δm: its mean over "
                      f"tasks; p: paired t-test over seeds; * p < {report.alpha}.")
     lines += ["", _markdown_table(report.header, report.rows), "", "## Failed runs", ""]
-    failed = runs[runs["status"] != "ok"]
+    failed = runs[runs[STATUS] != Status.OK]
     if failed.empty:
         lines.append("None: every run is ok.")
     else:
         lines.append(_markdown_table(
-            ["run", "group", "seed", "status", "error"],
-            [[r["run"], r["group"], "-" if pd.isna(r["seed"]) else r["seed"], r["status"], r["error"] or "-"]
+            ["run", "group", "seed", STATUS, "error"],
+            [[r["run"], r["group"], "-" if pd.isna(r["seed"]) else r["seed"], r[STATUS], r["error"] or "-"]
              for _, r in failed.iterrows()]))
     if figures is not None:
         lines += ["", "## Figures"]

@@ -28,11 +28,12 @@ from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.components import build_components
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
-from mtlexp.io import read_json, write_atomic, write_json
+from mtlexp.io import write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.redact import redact
+from mtlexp.run_record import STATUS, RunRecord, Status, update_record, write_record
 from mtlexp.stacking.module import StackedModule
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(cfg.seed) + k for k in range(int(cfg.stack))]
     folders = [output_dir / REPLICAS / f"seed_{seed}" for seed in seeds]
-    write_json(output_dir / "metrics.json", {"status": "running", "stack": len(seeds),
-                                             "replicas": [str(f.relative_to(output_dir)) for f in folders]})
+    replicas = [str(f.relative_to(output_dir)) for f in folders]
+    write_record(output_dir, RunRecord(status=Status.RUNNING, stack=len(seeds), replicas=replicas))
     configs, datas, modules, loggers, summaries = [], [], [], [], []
     for seed, folder in zip(seeds, folders):
         replica_cfg = replica_config(cfg, seed, folder)
@@ -134,33 +135,31 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     for k, (state, folder) in enumerate(zip(stacked.states, folders)):
         if state.failed:
             failures.append(f"seed {seeds[k]}: {state.failed}")
-            write_json(folder / "metrics.json", {**read_json(folder / "metrics.json"), "status": "failed",
-                                                 "error": state.failed})
+            update_record(folder, status=Status.FAILED, error=state.failed)
             continue
         best = folder / "checkpoints" / "best.ckpt"
         epochs = state.stopped_epoch + 1 if state.stopped_epoch is not None else trainer.current_epoch
-        modules[k].results["stack"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
-        metrics = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
+        modules[k].results["replica"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
+        replica = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
                              state.best_epoch if state.best_epoch is not None else trainer.current_epoch, epochs,
                              started, summaries[k], announce=False)
         for logger in loggers[k]:
             logger.finalize("success")
-        results.append((seeds[k], metrics))
+        results.append((seeds[k], replica))
     _log_summary(results, failures, output_dir)
-    record = {"status": "failed" if failures else "ok", "stack": len(seeds), "model": name,
-              "replicas": [str(f.relative_to(output_dir)) for f in folders],
-              # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
-              "val": _mean_metrics([m["val"] for _, m in results]),
-              "directions": results[0][1]["directions"] if results else {},
-              "val_norm_loss": _mean([m.get("val_norm_loss") for _, m in results]),
-              "test_norm_loss": _mean([m.get("test_norm_loss") for _, m in results]),
-              "duration_s": round(time.time() - started, 2)}
-    if failures:
-        record["error"] = f"{len(failures)} of {len(seeds)} replicas failed; " + failures[0]
-    write_json(output_dir / "metrics.json", record)
-    if failures:
-        raise MtlexpError(record["error"])
-    return record
+    record = RunRecord(
+        status=Status.FAILED if failures else Status.OK, stack=len(seeds), model=name, replicas=replicas,
+        # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
+        val=_mean_metrics([m.val or {} for _, m in results]),
+        directions=results[0][1].directions if results else {},
+        val_norm_loss=_mean([m.val_norm_loss for _, m in results]),
+        test_norm_loss=_mean([m.test_norm_loss for _, m in results]),
+        duration_s=round(time.time() - started, 2),
+        error=f"{len(failures)} of {len(seeds)} replicas failed; " + failures[0] if failures else None)
+    write_record(output_dir, record)
+    if record.error:
+        raise MtlexpError(record.error)
+    return record.to_json()
 
 
 def _selection_callbacks(cfg: DictConfig) -> tuple[ModelCheckpoint | None, EarlyStopping | None]:
@@ -215,12 +214,12 @@ def _mean_metrics(records: list[dict[str, dict[str, float]]]) -> dict[str, dict[
             for task, values in records[0].items()}
 
 
-def _log_summary(results: list[tuple[int, dict[str, Any]]], failures: list[str], output_dir: Path) -> None:
+def _log_summary(results: list[tuple[int, RunRecord]], failures: list[str], output_dir: Path) -> None:
     rows = []
-    for seed, metrics in results:
-        headline = {task: next(iter(values.values())) for task, values in metrics.get("test", {}).items()}
-        rows.append([seed, "ok", metrics["best_epoch"], metrics["epochs_trained"], metrics.get("test_norm_loss"),
+    for seed, replica in results:
+        headline = {task: next(iter(values.values())) for task, values in (replica.test or {}).items()}
+        rows.append([seed, replica.status, replica.best_epoch, replica.epochs_trained, replica.test_norm_loss,
                      " ".join(f"{t}={v:.4f}" for t, v in headline.items())])
-    rows += [[f.split(":")[0].split()[-1], "failed", "-", "-", "-", f.split(": ", 1)[1]] for f in failures]
-    log.info("\n%s", format_table(["seed", "status", "best epoch", "epochs", "test/norm_loss", "test (first metric)"], rows))
+    rows += [[f.split(":")[0].split()[-1], Status.FAILED, "-", "-", "-", f.split(": ", 1)[1]] for f in failures]
+    log.info("\n%s", format_table(["seed", STATUS, "best epoch", "epochs", "test/norm_loss", "test (first metric)"], rows))
     log.info("run dir: %s (replicas in %s/)", output_dir, REPLICAS)
