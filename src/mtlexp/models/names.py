@@ -4,11 +4,14 @@ A model configuration's name is its config file's (``model=omoe``), stored in th
 travels with ``.hydra/config.yaml`` and every checkpoint. Its ``_target_`` is a public name from
 ``mtlexp.models`` (``mtlexp.models.MMoE``), never a module path. Configs written before this contract
 (checkpoints of mtlexp <= f684185) named module paths and had an ``OMoE`` class; ``upgrade_model_config``
-maps them onto today's names, so ``mtlexp eval`` keeps reading old checkpoints.
+maps them onto today's names, so ``mtlexp eval`` keeps reading old checkpoints. Click -> conversion
+objectives were names with their arguments beside them on the model (``objective: escm2_ips``,
+``counterfactual_weight: 0.1``; checkpoints of mtlexp <= 5e71ddd); they are now a node of their own.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,6 +26,10 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # Names of configurations written before ``_name_`` existed, by public class.
 LEGACY_NAMES = {"MMoE": "mmoe", "SharedBottom": "shared_bottom", "SingleTask": "single_task"}
+# Objectives written as names, by public class, and the model keys that were their arguments (a class keeps those
+# its constructor takes: the old model accepted all four and ignored what its objective did not read).
+LEGACY_OBJECTIVES = {"esmm": "ESMM", "naive": "NaiveCVR", "escm2_ips": "ESCM2IPS", "escm2_dr": "ESCM2DR"}
+LEGACY_OBJECTIVE_KEYS = ("counterfactual_weight", "min_propensity", "imputation_hidden", "imputation_weight")
 
 
 def model_name(node: DictConfig | dict[str, Any]) -> str:
@@ -49,10 +56,21 @@ def upgrade_model_config(node: DictConfig) -> DictConfig:
                 node._target_ = f"mtlexp.models.{cls}"
                 for key, value in fixed.items():
                     node[key] = value
+    objective = node.get("objective")
+    if isinstance(objective, str) and objective in LEGACY_OBJECTIVES:
+        node.objective = _objective_node(node, LEGACY_OBJECTIVES[objective])
     if NAME_KEY not in node:
         with open_dict(node):
             node[NAME_KEY] = model_name(node)
     return node
+
+
+def _objective_node(node: DictConfig, cls: str) -> DictConfig:
+    """The objective node of an old model node, taking the objective's arguments off the model node."""
+    accepted = inspect.signature(getattr(mtlexp.models, cls)).parameters
+    arguments = {key: node.pop(key) for key in LEGACY_OBJECTIVE_KEYS if key in node}
+    kept = {key: value for key, value in arguments.items() if key in accepted}
+    return OmegaConf.create({"_target_": f"mtlexp.models.{cls}", **kept})
 
 
 def model_configs(objectives: bool = False) -> list[str]:
