@@ -21,8 +21,8 @@ PACKAGE = Path(mtlexp.__file__).parent
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "foundation", ("mtlexp", "mtlexp.errors", "mtlexp.io", "mtlexp.processes", "mtlexp.noise", "mtlexp.redact",
                        "mtlexp.provenance", "mtlexp.config", "mtlexp.instantiate", "mtlexp.lightning_compat",
-                       "mtlexp.checkpoint_io", "mtlexp.distributed", "mtlexp.gate_stats", "mtlexp.run_folder",
-                       "mtlexp.run_record", "mtlexp.artefacts")),
+                       "mtlexp.torchjd_compat", "mtlexp.checkpoint_io", "mtlexp.distributed", "mtlexp.gate_stats",
+                       "mtlexp.run_folder", "mtlexp.run_record", "mtlexp.artefacts")),
     (1, "specs", ("mtlexp.specs",)),
     (2, "kinds", ("mtlexp.metrics", "mtlexp.kinds", "mtlexp.tasks")),
     (3, "data", ("mtlexp.data",)),

@@ -192,6 +192,17 @@ def _overrides(args: list[str]) -> list[str] | None:
     return overrides
 
 
+def full_tracebacks_asked(args: list[str]) -> bool:
+    """Whether the command line picks a debug config or sets full_tracebacks=true. Read from the command line,
+    not the composed config, because Hydra's own errors (composition's included) come before any job."""
+    for override in _overrides(args) or []:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if (key == "debug" and value != "null") or (key == "full_tracebacks" and value.lower() == "true"):
+            return True
+    return False
+
+
 def _no_such_key(full_key: str, keys: list[str]) -> str:
     parent, _, name = full_key.rpartition(".")
     keys = [k for k in keys if not k.startswith("_")]
@@ -278,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     # one "[repeated Nx across cluster]" line, which would hide all but one job's results table.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     config_name, task = apps[command]
+    if full_tracebacks_asked(rest):  # an explicit HYDRA_FULL_ERROR=0 still wins
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     problem = composition_error(config_name, rest)
     if problem:
         sys.exit(f"mtlexp: error: {problem}")

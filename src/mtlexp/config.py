@@ -42,6 +42,8 @@ class RunConfig:
     overwrite: bool = False
     # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it.
     optimized_metric: Optional[str] = None  # noqa: UP045
+    # Print an unexpected error's traceback on the console as well as into error.log (debug=default).
+    full_tracebacks: bool = False
 
     def __post_init__(self) -> None:
         if self.seed < 0:

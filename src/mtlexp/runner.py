@@ -1,7 +1,8 @@
 """Running a job so that a failure is one clear line and loses nothing already written.
 
 ``run_job`` wraps a task function: any error is printed as ``mtlexp: error: <one line>`` on stderr, the
-traceback of an unexpected error goes to ``error.log`` in the run folder, and ``metrics.json`` records
+traceback of an unexpected error goes to ``error.log`` in the run folder (and to stderr too under
+``full_tracebacks: true``, which ``debug=default`` sets), and ``metrics.json`` records
 ``status: failed`` with the message. It never exits the process, so one failed job cannot take the rest
 of a multirun down; the CLI turns failures into a non-zero exit status at the end.
 """
@@ -49,10 +50,13 @@ def run_job(task: Callable[[DictConfig], Any], cfg: DictConfig, output_dir: Path
         raise SystemExit(code if code not in (None, 0) else 130 if isinstance(error, KeyboardInterrupt) else 143) from None
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors become one line
         message = f"{type(error).__name__}: {error}".splitlines()[0]
+        trace = redact(traceback.format_exc())
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(output_dir / "error.log", redact(traceback.format_exc()).encode())
+            write_atomic(output_dir / "error.log", trace.encode())
             message += f" (traceback in {output_dir / 'error.log'})"
+        if cfg.get("full_tracebacks", False):  # debug=default: whoever debugs wants it where they look
+            print(trace, file=sys.stderr, end="", flush=True)
     message = redact(message)  # errors quote config values, and this line is kept in the run folder
     print(f"mtlexp: error: {message}", file=sys.stderr, flush=True)
     _log_to_file(f"mtlexp: error: {message}")

@@ -86,3 +86,22 @@ def test_a_required_value_left_unset_is_named():
     cfg = composed("data=tabular")
     with pytest.raises(MtlexpError, match=r"^data.path: required, but not set"):
         check_node(cfg.data, "data")
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+@pytest.mark.parametrize("experiment", [None, "paper_synthetic"])
+def test_every_debug_config_fits_the_schema_and_lightning_takes_its_trainer(debug, experiment, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from mtlexp.components import build_trainer
+    from mtlexp.config import validate_run
+
+    picks = [f"experiment={experiment}"] if experiment else []
+    cfg = composed(*picks, f"debug={debug}", f"paths.output_dir={tmp_path}")
+    assert validate_run(cfg).full_tracebacks is True
+    assert cfg.trainer.max_epochs == 1 and not cfg.logger  # debug comes after an experiment
+    callbacks = build_all(cfg.callbacks, "callbacks")
+    assert not any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    # Lightning refuses enable_checkpointing=false beside a ModelCheckpoint, when the Trainer is built.
+    trainer = build_trainer(cfg, callbacks)
+    assert trainer.checkpoint_callback is None and trainer.loggers == []

@@ -174,6 +174,36 @@ def test_a_gate_given_as_a_value_names_the_group_to_use(tmp_path):
     )
 
 
+@pytest.mark.parametrize("stack", [1, 2])
+def test_debug_runs_one_short_epoch_and_leaves_no_checkpoints_or_logger_folders(tmp_path, stack):
+    run_dir = tmp_path / "run"
+    # The full-size default data: the debug config alone makes the run short.
+    result = run(["train", "debug=default", f"stack={stack}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [run_dir] if stack == 1 else sorted((run_dir / "replicas").iterdir())
+    record = json.loads((run_dir / "metrics.json").read_text())
+    # The run itself, imports left out: about 7 s on 2 busy cores, where the default ten epochs take minutes.
+    assert record["status"] == "ok" and record["duration_s"] < 60
+    for folder in runs:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["epochs_trained"] == 1 and metrics["best_checkpoint"] is None
+    for absent in ("checkpoints", "csv", "tensorboard"):
+        assert not list(run_dir.rglob(absent)), absent
+
+
+def test_an_unexpected_error_under_debug_prints_its_traceback(tmp_path):
+    not_a_checkpoint = tmp_path / "notes.ckpt"  # torch.load's own error: nothing in mtlexp expects it
+    not_a_checkpoint.write_text("not a checkpoint\n")
+    run_dir = tmp_path / "run"
+    result = run(["train", "debug=default", f"ckpt_path={not_a_checkpoint}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mtlexp: error: UnpicklingError: ")
+    assert last.endswith(f"(traceback in {run_dir / 'error.log'})")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+
+
 def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path):
     import signal
     import time

@@ -265,6 +265,22 @@ def test_stateful_aggregators_continue_from_a_saved_state(name, kwargs):
         assert torch.allclose(run(restored, step), continued, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+def test_task_jacobian_under_anomaly_detection_is_the_batched_one():
+    """debug=default turns anomaly detection on, which the batched backward cannot run under."""
+    from mtlexp.weighting.gradients import task_jacobian
+
+    torch.manual_seed(0)
+    model = MMoE(FEATURES, TASKS, num_experts=3, expert_hidden=[4])
+    _, losses = real_losses(model)
+    shared = list(model.shared_parameters())
+    batched = task_jacobian(losses, shared, scale=4.0)
+    with torch.autograd.detect_anomaly():
+        looped = task_jacobian(losses, shared, scale=4.0)
+    assert looped.shape == batched.shape == (2, sum(p.numel() for p in shared))
+    assert torch.allclose(looped, batched, atol=1e-7)
+
+
 def test_task_gradient_cosines_on_known_gradients():
     model = LinearTasks([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
     cos = task_gradient_cosines(model.losses(), model.shared_parameters())

@@ -114,14 +114,18 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
             logger.save()
 
     selecting, stopping = _selection_callbacks(cfg)
+    # trainer.enable_checkpointing=false (debug=default): no checkpoint at all, as in a single run; the final
+    # evaluation then sees the weights each replica ended with.
+    checkpointing = cfg.trainer.get("enable_checkpointing", True) is not False
     stacked = StackedModule(
         modules, datas[0].features, monitor=str(selecting.monitor) if selecting else str(cfg.monitor),
         mode=str(selecting.mode) if selecting else str(cfg.monitor_mode), early_stopping=stopping,
-        on_best=save_best, on_epoch=log_epoch)
+        on_best=save_best if checkpointing else None, on_epoch=log_epoch)
     _check_replicas_agree(datas)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
                            enable_version_counter=False)
-    trainer = build(cfg.trainer, "trainer", callbacks=[last], logger=False, plugins=[AtomicCheckpointIO()])
+    trainer = build(cfg.trainer, "trainer", callbacks=[last] if checkpointing else [], logger=False,
+                    plugins=[AtomicCheckpointIO()])
     trainer.fit(stacked,
                 train_dataloaders=CombinedLoader([d.train_dataloader() for d in datas], "min_size"),
                 val_dataloaders=CombinedLoader([d.val_dataloader() for d in datas], "min_size"),

@@ -26,6 +26,7 @@ from torchjd.autojac import backward, jac_to_grad
 
 from mtlexp.errors import MtlexpError
 from mtlexp.specs import TaskSpec
+from mtlexp.torchjd_compat import aggregator_state, restore_aggregator_state
 from mtlexp.weighting.base import StepInputs, StepResult, Weighting
 
 # Nash-MTL's convex program is not DPP, so cvxpy warns on every solve that re-solving is not faster; nothing a
@@ -56,6 +57,11 @@ class GradientAggregation(Weighting):
             raise MtlexpError(f"weighting.aggregator: {error}; install it with: pip install 'mtlexp[aggregators]'") from None
         # Kept out of the module tree: its buffers appear only after the first step, which a strict
         # load_state_dict into a fresh aggregator would reject; its state travels in get_extra_state instead.
+        # torch has no supported way to hold a module unregistered (nn.Module.__setattr__ registers every Module
+        # value). Registering it would put those late buffers into every checkpoint's state_dict (old
+        # checkpoints would then lack keys), and undoing that takes a state_dict post-hook plus a load pre-hook:
+        # more machinery for the same result. A container (a tuple, as _split_cache) would hide it too, at the
+        # price of unwrapping it at each use.
         self.__dict__["aggregator"] = built
         self.weighted = isinstance(built, WeightedAggregator)
         self._split_cache: tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]] | None = None
@@ -117,20 +123,14 @@ class GradientAggregation(Weighting):
     # in plain attributes and late buffers; every plain value of the aggregator and its submodules travels.
     def get_extra_state(self) -> dict[str, Any]:
         state: dict[str, dict[str, Any]] = {}
-        for name, module in self.aggregator.named_modules():
-            values = {k: _portable(v) for k, v in vars(module).items()}
-            state[name] = {k: v for k, v in values.items() if v is not _SKIP}
-            state[name].update({k: _portable(v) for k, v in module._buffers.items() if v is not None})
+        for name, values in aggregator_state(self.aggregator):
+            portable = {k: _portable(v) for k, v in values.items()}
+            state[name] = {k: v for k, v in portable.items() if v is not _SKIP}
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        modules = dict(self.aggregator.named_modules())
-        for name, values in state.items():
-            module = modules[name]
-            for key, value in values.items():
-                setattr(module, key, _restored(value))
-            if getattr(module, "step", 0) and hasattr(module, "_init_optim_problem") and not hasattr(module, "prob"):
-                module._init_optim_problem()  # Nash-MTL builds its solver on its first step only
+        restore_aggregator_state(self.aggregator, {name: {k: _restored(v) for k, v in values.items()}
+                                                   for name, values in state.items()})
 
 
 _SKIP = object()

@@ -26,8 +26,16 @@ def task_jacobian(losses: Tensor, shared: Sequence[nn.Parameter], scale: float =
     zero, and the result is unscaled.
     """
     eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-    grads = torch.autograd.grad(losses * scale if scale != 1.0 else losses, list(shared), grad_outputs=eye,
-                                retain_graph=True, allow_unused=True, is_grads_batched=True)
+    scaled = losses * scale if scale != 1.0 else losses
+    if torch.is_anomaly_enabled() and torch.is_anomaly_check_nan_enabled():
+        # Anomaly detection (debug=default) checks each gradient for NaN with .item(), which the batched
+        # backward cannot run: one backward pass per task instead, the same gradients.
+        per_task = [torch.autograd.grad(scaled, list(shared), grad_outputs=row, retain_graph=True, allow_unused=True)
+                    for row in eye]
+        grads = tuple(None if g[0] is None else torch.stack(g) for g in zip(*per_task))
+    else:
+        grads = torch.autograd.grad(scaled, list(shared), grad_outputs=eye, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=True)
     rows = [(g if g is not None else torch.zeros(losses.numel(), *p.shape, device=p.device)).flatten(1).float()
             for g, p in zip(grads, shared)]
     jacobian = torch.cat(rows, dim=1)
