@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+import mtlexp
 from mtlexp.data.base import check_labels
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import KINDS, derive_labels, kind_of, product_logit, task_loss, task_metrics
@@ -123,3 +127,37 @@ def test_label_checks_of_click_and_conversion_name_the_problem() -> None:
 def test_task_relations_are_checked(tasks: dict, message: str) -> None:
     with pytest.raises(MtlexpError, match=message):
         tasks_from_config(tasks)
+
+
+def kind_comparisons(source: str) -> list[int]:
+    """The lines of ``source`` that name a kind (a string constant equal to one) or compare a ``kind`` with a
+    string or with another ``kind``: decisions that belong to the kind's class."""
+    def is_kind(node: ast.expr) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "kind") or (isinstance(node, ast.Name)
+                                                                            and node.id == "kind")
+
+    def is_string(node: ast.expr) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_string(e) for e in node.elts)
+        return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and node.value in KINDS:
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            kinds = sum(is_kind(o) for o in operands)
+            if kinds >= 2 or (kinds and any(is_string(o) for o in operands)):
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_no_kind_is_decided_by_its_name_outside_kinds() -> None:
+    package = Path(mtlexp.__file__).parent
+    assert kind_comparisons('if t.kind == "binary" or kind in ("x",) or a.kind == b.kind: pass\nKINDS["multiclass"]') \
+        == [1, 2]  # the scan sees what it looks for
+    assert kind_comparisons("if p.kind is inspect.Parameter.VAR_KEYWORD: pass") == []
+    found = {str(path.relative_to(package)): lines for path in sorted(package.rglob("*.py"))
+             if path != package / "kinds.py" and (lines := kind_comparisons(path.read_text()))}
+    assert found == {}, f"decide these in a TaskKind method in kinds.py (file: lines): {found}"
