@@ -24,7 +24,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassA
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from mtlexp.errors import MtlexpError
-from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, original_units
+from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, PoissonDeviance, original_units
 from mtlexp.specs import INFER_CLASSES, TaskSpec
 
 
@@ -356,6 +356,48 @@ class Multiclass(TaskKind):
         return None  # a mean of class indices predicts nothing, so a per-feature score would be noise
 
 
+class CountTally(LabelTally):
+    """Counts: the first label that is not a non-negative integer."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        super().__init__(task)
+        self.bad: float | None = None
+
+    def add(self, labels: Tensor) -> None:
+        if self.bad is None:
+            labels = labels.double()
+            bad = labels[torch.isfinite(labels) & ((labels < 0) | (labels != labels.round()))]
+            self.bad = float(bad[0]) if bad.numel() else None
+
+    def verify(self, split: str) -> None:
+        if self.bad is not None:
+            raise MtlexpError(f"tasks.{self.task.name}: count labels must be non-negative integers, got "
+                              f"{self.bad:g} in the {split} split")
+
+
+class Count(TaskKind):
+    """Non-negative integer labels (purchases, dwell-time buckets) under a Poisson model: the single logit is the
+    log of the rate, so the rate is positive without a constraint.
+
+    The loss is the Poisson negative log-likelihood without its ``log(y!)`` term (``full=False``): that term does
+    not depend on the model, so gradients are the same, and torch's ``full=True`` replaces it by Stirling's
+    approximation, not by the term itself. ``norm_loss`` is the mean Poisson deviance over that of predicting the
+    split's mean count, the same "relative to the best constant" as the other kinds (``PoissonDeviance``).
+    """
+
+    name = "count"
+    tally = CountTally
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        return F.poisson_nll_loss(logits, target, log_input=True, full=False, reduction=reduction)
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        return torch.exp(logits)
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        return {"deviance": PoissonDeviance(), "mae": MeanAbsoluteError(), "norm_loss": PoissonDeviance(normalize=True)}
+
+
 def count_nonfinite(labels: Tensor | np.ndarray) -> int:
     """How many labels are NaN or infinite (class indices never are)."""
     labels = torch.as_tensor(labels)
@@ -380,7 +422,7 @@ def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray
     return float((pos * below + 0.5 * pos * neg).sum() / (pos.sum() * neg.sum()))
 
 
-KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass)}
+KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass, Count)}
 
 
 def kind_of(task: TaskSpec) -> TaskKind:
