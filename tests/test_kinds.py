@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+import mtlexp
 from mtlexp.data.base import check_labels
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import KINDS, derive_labels, kind_of, product_logit, task_loss, task_metrics
@@ -23,8 +27,9 @@ CLICK_CONVERSION = {
 
 
 def test_every_kind_is_one_registry_entry_that_the_config_accepts() -> None:
-    assert set(KINDS) == {"regression", "binary", "multiclass"}
-    with pytest.raises(MtlexpError, match=r"tasks.t.kind: expected one of \['regression', 'binary', 'multiclass'\]"):
+    assert set(KINDS) == {"regression", "binary", "multiclass", "count"}
+    with pytest.raises(MtlexpError, match=r"tasks.t.kind: expected one of \['regression', 'binary', 'multiclass', "
+                                          r"'count'\]"):
         tasks_from_config({"t": {"kind": "ordinal"}})
     for name, kind in KINDS.items():
         task = TaskSpec("t", name, num_classes=3 if name == "multiclass" else 1)
@@ -41,8 +46,11 @@ def test_every_metric_of_every_kind_declares_its_direction() -> None:
             assert direction(metric) in DIRECTIONS, (name, metric_name)
             declared.setdefault(metric_name, set()).add(direction(metric))
     assert declared["pcvr_bias"] == {ZERO} and declared["norm_loss"] == {MIN}
-    # The names old run folders are read by (they recorded no directions) say what the objects declare.
-    assert declared == {metric: {d} for metric, d in UNRECORDED_DIRECTIONS.items()}
+    assert all(len(directions) == 1 for directions in declared.values()), declared  # one name, one direction
+    # The names old run folders are read by (they recorded no directions) say what the objects declare; a metric
+    # newer than those folders is read from its run's record and needs no entry.
+    assert {metric: declared[metric] for metric in UNRECORDED_DIRECTIONS} == \
+        {metric: {d} for metric, d in UNRECORDED_DIRECTIONS.items()}
 
 
 def test_product_logit_is_the_product_of_probabilities_and_its_loss_is_bce_on_it() -> None:
@@ -123,3 +131,43 @@ def test_label_checks_of_click_and_conversion_name_the_problem() -> None:
 def test_task_relations_are_checked(tasks: dict, message: str) -> None:
     with pytest.raises(MtlexpError, match=message):
         tasks_from_config(tasks)
+
+
+def kind_comparisons(source: str) -> list[int]:
+    """The lines of ``source`` that decide by a kind's name: a comparison with one (or with a collection holding
+    one), a ``kind`` compared with a string or with another ``kind``, a lookup or a ``case`` by one. Decisions
+    that belong to the kind's class."""
+    def is_kind(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "kind") or (isinstance(node, ast.Name)
+                                                                            and node.id == "kind")
+
+    def strings(node: ast.AST) -> list[str]:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [v for e in node.elts for v in strings(e)]
+        return [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str) else []
+
+    def names_a_kind(node: ast.AST) -> bool:
+        return any(value in KINDS for value in strings(node))
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            kinds = sum(is_kind(o) for o in operands)
+            if kinds >= 2 or any(names_a_kind(o) for o in operands) or (kinds and any(strings(o) for o in operands)):
+                lines.append(node.lineno)
+        elif (isinstance(node, ast.Subscript) and names_a_kind(node.slice)) or \
+                (isinstance(node, ast.MatchValue) and names_a_kind(node.value)):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_no_kind_is_decided_by_its_name_outside_kinds() -> None:
+    package = Path(mtlexp.__file__).parent
+    seen = 'if t.kind == "binary" or kind in ("x",) or a.kind == b.kind: pass\nKINDS["multiclass"]\nname != "count"\n' \
+        'match name:\n    case "regression": pass'
+    assert kind_comparisons(seen) == [1, 2, 3, 5]  # the scan sees what it looks for
+    assert kind_comparisons('if p.kind is inspect.Parameter.VAR_KEYWORD: add_state("count")') == []
+    found = {str(path.relative_to(package)): lines for path in sorted(package.rglob("*.py"))
+             if path != package / "kinds.py" and (lines := kind_comparisons(path.read_text()))}
+    assert found == {}, f"decide these in a TaskKind method in kinds.py (file: lines): {found}"

@@ -1,8 +1,10 @@
 """Task kinds: what a kind of task means for the model's outputs, the loss, the metrics and the labels.
 
 One class per kind, looked up by the task's ``kind`` string (``kind_of(task)``), the way torchmetrics dispatches
-on its ``task`` argument. Everything else (the Lightning module, the data modules' label checks, ``data
-inspect``) asks the kind instead of branching on its name, so adding a kind is adding one class here.
+on its ``task`` argument. Everything else (reading the ``tasks`` config, the Lightning module, the data
+modules' label checks in memory and streamed, the leak scan, the synthetic data, AITM's calibrator, ``data
+inspect``) asks the kind instead of branching on its name, so adding a kind is adding one class here;
+``tests/test_kinds.py`` fails on a comparison with a kind's name anywhere else.
 
 Partially observed labels (``observed_if``) are the module's business, not a kind's: a kind's loss and metrics
 see only the rows it is given.
@@ -22,8 +24,55 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassA
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from mtlexp.errors import MtlexpError
-from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, original_units
-from mtlexp.specs import TaskSpec
+from mtlexp.metrics import CrossEntropyScore, MeanError, OneMinus, PoissonDeviance, original_units
+from mtlexp.specs import INFER_CLASSES, TaskSpec
+
+
+class LabelTally:
+    """What the label checks need to know of one task's labels in one split, gathered whole (``update`` once) or
+    part by part (a streamed file's row groups), so that both paths check the same things with the same
+    messages. Kinds with checks of their own subclass it (``add``, ``verify``)."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        self.observed = 0
+        self.unobserved_labels = 0  # labels other than 0 where observed_if's task is 0
+        self.nonfinite = 0
+
+    def update(self, labels: Tensor | np.ndarray, observed: Tensor | np.ndarray | None = None) -> None:
+        """Take in a part of the split's labels; ``observed``: the rows whose label is observed (None = all)."""
+        labels = torch.as_tensor(labels)
+        if observed is not None:
+            observed = torch.as_tensor(observed)
+            self.unobserved_labels += int((labels[~observed] != 0).sum())
+            labels = labels[observed]
+        self.observed += labels.numel()
+        self.nonfinite += count_nonfinite(labels)
+        self.add(labels)
+
+    def add(self, labels: Tensor) -> None:
+        """Take in observed labels (finite or not: the finiteness check comes first)."""
+
+    def check(self, split: str) -> None:
+        """Fail on labels that would train silently wrong, in the order the problems should be fixed."""
+        task = self.task
+        if task.observed_if is not None:
+            where = f"{task.observed_if} = 1"
+            if self.observed == 0:
+                raise MtlexpError(f"tasks.{task.name}: the {split} split has no row where {where}, so no observed "
+                                  "label")
+            if self.unobserved_labels:
+                column = f" (column {task.column!r})" if task.column else ""
+                raise MtlexpError(
+                    f"tasks.{task.name}{column}: {self.unobserved_labels} row(s) of the {split} split have a label "
+                    f"where {task.observed_if} = 0; it is observed only where {where} (observed_if), so it must be "
+                    "0 there"
+                )
+        check_finite_labels(task, self.nonfinite, split)
+        self.verify(split)
+
+    def verify(self, split: str) -> None:
+        """The kind's own checks, on finite observed labels."""
 
 
 class TaskKind:
@@ -34,6 +83,23 @@ class TaskKind:
     quantitative: ClassVar[bool] = True
     #: labels are named classes, whose names (and number) the data module collects from the data
     named_classes: ClassVar[bool] = False
+    #: labels are 0/1 events: another task can be observed only where this one is 1 (``observed_if``), a
+    #: ``product`` of such tasks is one too, and their probabilities can be compared (AITM's calibrator)
+    indicator: ClassVar[bool] = False
+    #: the config may ask for the label to be standardised (``standardize``)
+    standardizable: ClassVar[bool] = False
+    #: the synthetic data can make its labels (``labels_from_signal``)
+    simulated: ClassVar[bool] = False
+    #: how the label checks gather what they need
+    tally: ClassVar[type[LabelTally]] = LabelTally
+
+    # --- the task's config ----------------------------------------------------------------------------
+    def num_classes_from_config(self, name: str, value: object) -> int:
+        """The task's ``num_classes`` from its config value (None when absent); ignored by default."""
+        return 1
+
+    def check_spec(self, task: TaskSpec) -> None:
+        """Fail on a combination of config keys this kind cannot honour."""
 
     def output_dim(self, task: TaskSpec) -> int:
         """Logits the model emits for the task."""
@@ -60,9 +126,12 @@ class TaskKind:
         and the truth it reads (``propensity`` or ``outcome``). None by default."""
         return {}
 
-    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
-        """Fail clearly on labels that would train silently wrong."""
-        check_finite_labels(task, count_nonfinite(labels), split)
+    def check_labels(self, task: TaskSpec, labels: Tensor, split: str, observed: Tensor | None = None) -> None:
+        """Fail clearly on labels that would train silently wrong: one split's, whole (``observed``: the rows whose
+        label is observed, None = all)."""
+        tally = self.tally(task)
+        tally.update(labels, observed)
+        tally.check(split)
 
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         """One short phrase about a split's labels (``mtlexp data inspect``)."""
@@ -84,9 +153,33 @@ class TaskKind:
         missing. ``where`` names the column and file for errors; ``whole_file``: ``codes`` is a whole file."""
         raise NotImplementedError
 
+    def check_value_counts(self, task: TaskSpec, counts: dict[str, int], where: str) -> None:
+        """Fail on a string label column whose values (with their row counts, over the whole file) cannot make
+        this task's labels; ``where`` names the column and file."""
+
+    # --- the data ------------------------------------------------------------------------------------
+    def leak_score(self, task: TaskSpec, prediction: np.ndarray, labels: np.ndarray, fitted: bool
+                   ) -> tuple[str, float] | None:
+        """How well ``prediction`` (one feature alone, per row) predicts the finite ``labels``: the name of the
+        measure and its value, near 1 for a leak; None when this kind is not scanned. ``fitted``: the prediction
+        was fitted to the labels (its direction is known), else either direction counts. The squared Pearson
+        correlation by default, which needs no direction."""
+        if prediction.std() == 0 or labels.std() == 0:
+            return "r2", 0.0
+        return "r2", float(np.corrcoef(prediction, labels)[0, 1] ** 2)
+
+    def labels_from_signal(self, task: TaskSpec, signal: Tensor) -> Tensor:
+        """The synthetic data's labels from a real signal per row (float64), when ``simulated``."""
+        raise NotImplementedError
+
 
 class Regression(TaskKind):
     name = "regression"
+    standardizable = True
+    simulated = True
+
+    def labels_from_signal(self, task: TaskSpec, signal: Tensor) -> Tensor:
+        return signal.float().contiguous()
 
     def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
         return F.mse_loss(logits, target, reduction=reduction)
@@ -102,8 +195,42 @@ class Regression(TaskKind):
                 "norm_loss": OneMinus(R2Score())}
 
 
+class BinaryTally(LabelTally):
+    """Binary labels: whether any is not 0/1, the smallest distinct values (for the message) and the positives."""
+
+    SHOWN = 5
+
+    def __init__(self, task: TaskSpec) -> None:
+        super().__init__(task)
+        self.not_binary = 0
+        self.positives = 0.0
+        self.smallest = torch.empty(0)
+
+    def add(self, labels: Tensor) -> None:
+        self.not_binary += int((~((labels == 0) | (labels == 1))).sum())
+        self.positives += float(labels.double().sum())
+        self.smallest = torch.unique(torch.cat([self.smallest.to(labels.dtype), torch.unique(labels)]))[:self.SHOWN]
+
+    def verify(self, split: str) -> None:
+        task = self.task
+        if self.not_binary:
+            raise MtlexpError(f"tasks.{task.name}: binary labels must be 0/1, got values {self.smallest.tolist()}")
+        if self.positives in (0, self.observed):
+            observed = f" on the rows where {task.observed_if} = 1" if task.observed_if else ""
+            raise MtlexpError(
+                f"tasks.{task.name}: the {split} split has only class {int(self.positives > 0)}{observed}; "
+                "AUROC and log-loss need both classes"
+            )
+
+
 class Binary(TaskKind):
     name = "binary"
+    indicator = True
+    tally = BinaryTally
+
+    def check_spec(self, task: TaskSpec) -> None:
+        if task.positive and task.threshold is not None:
+            raise MtlexpError(f"tasks.{task.name}: give either positive or threshold, not both")
 
     def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
         return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
@@ -117,18 +244,6 @@ class Binary(TaskKind):
     def metrics(self, task: TaskSpec) -> dict[str, Metric]:
         return {"auroc": BinaryAUROC(), "logloss": CrossEntropyScore(2),
                 "norm_loss": CrossEntropyScore(2, normalize=True), "accuracy": BinaryAccuracy()}
-
-    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
-        super().check_labels(task, labels, split)
-        values = torch.unique(labels)
-        if not bool(((values == 0) | (values == 1)).all()):
-            raise MtlexpError(f"tasks.{task.name}: binary labels must be 0/1, got values {values[:5].tolist()}")
-        if values.numel() < 2:
-            observed = f" on the rows where {task.observed_if} = 1" if task.observed_if else ""
-            raise MtlexpError(
-                f"tasks.{task.name}: the {split} split has only class {int(values[0])}{observed}; "
-                "AUROC and log-loss need both classes"
-            )
 
     def truth_metrics(self, task: TaskSpec) -> dict[str, tuple[Metric, str]]:
         # Over the entire impression space: AUC against the outcome every row would have had (the conversion
@@ -151,14 +266,64 @@ class Binary(TaskKind):
         positive = np.isin(values, [p.strip() for p in task.positive]).astype(np.float32)
         if whole_file and not positive.any():
             counts = np.bincount(codes[codes >= 0], minlength=len(values))
-            raise no_positive_value(task, where, dict(zip(values.tolist(), counts.tolist())))
+            self.check_value_counts(task, dict(zip(values.tolist(), counts.tolist())), where)
         return np.where(codes < 0, np.float32(np.nan), positive[np.maximum(codes, 0)]).astype(np.float32)
+
+    def check_value_counts(self, task: TaskSpec, counts: dict[str, int], where: str) -> None:
+        if task.positive and not any(counts.get(p.strip(), 0) for p in task.positive):
+            common = sorted(counts.items(), key=lambda item: -item[1])[:5]
+            listed = ", ".join(f"{value!r} ({count})" for value, count in common)
+            raise MtlexpError(f"tasks.{task.name}.positive: no value of {where} is one of "
+                              f"{[p.strip() for p in task.positive]}; its most frequent values are {listed}")
+
+    def leak_score(self, task: TaskSpec, prediction: np.ndarray, labels: np.ndarray, fitted: bool
+                   ) -> tuple[str, float] | None:
+        # AUC ranks: an ID-like or thresholded feature that separates the classes scores 1 whatever its scale
+        unique, inverse = np.unique(prediction, return_inverse=True)
+        positives = np.bincount(inverse, labels, len(unique))
+        auc = grouped_auc(unique, positives, np.bincount(inverse, minlength=len(unique)) - positives)
+        return "auc", auc if fitted else max(auc, 1.0 - auc)
+
+
+class MulticlassTally(LabelTally):
+    """Class indices: the smallest and the largest."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        super().__init__(task)
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, labels: Tensor) -> None:
+        if labels.numel():
+            low, high = int(labels.min()), int(labels.max())
+            self.low = low if self.low is None else min(self.low, low)
+            self.high = high if self.high is None else max(self.high, high)
+
+    def verify(self, split: str) -> None:
+        task = self.task
+        if self.low is None or self.high is None:
+            return
+        if self.low < 0 or self.high >= task.num_classes:
+            raise MtlexpError(
+                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{self.low}, "
+                f"{self.high}]; set tasks.{task.name}.num_classes to at least {self.high + 1}, or leave it out to "
+                "count the classes"
+            )
 
 
 class Multiclass(TaskKind):
     name = "multiclass"
     quantitative = False  # class indices are not quantities: no mean, no correlation
     named_classes = True
+    tally = MulticlassTally
+
+    def num_classes_from_config(self, name: str, value: object) -> int:
+        if value is None:
+            return INFER_CLASSES
+        if not isinstance(value, int) or value < 2:
+            raise MtlexpError(f"tasks.{name}.num_classes: expected an integer >= 2 (or leave it out to count the "
+                              f"classes in the data), got {value!r}")
+        return int(value)
 
     def output_dim(self, task: TaskSpec) -> int:
         return task.num_classes
@@ -174,14 +339,6 @@ class Multiclass(TaskKind):
                 "logloss": CrossEntropyScore(task.num_classes),
                 "norm_loss": CrossEntropyScore(task.num_classes, normalize=True)}
 
-    def check_labels(self, task: TaskSpec, labels: Tensor, split: str) -> None:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= task.num_classes:
-            raise MtlexpError(
-                f"tasks.{task.name}: class indices must lie in [0, {task.num_classes}), got [{lo}, {hi}]; set "
-                f"tasks.{task.name}.num_classes to at least {hi + 1}, or leave it out to count the classes"
-            )
-
     def describe_labels(self, task: TaskSpec, labels: Tensor) -> str:
         counts = torch.bincount(labels.long(), minlength=task.num_classes).double() / max(1, labels.numel())
         return " ".join(f"{c}:{100 * float(p):.1f}%" for c, p in enumerate(counts))
@@ -193,6 +350,52 @@ class Multiclass(TaskKind):
                             where: str, whole_file: bool) -> np.ndarray:
         index = {v: i for i, v in enumerate(classes)}
         return np.array([index.get(v, -1) for v in values] + [-1], dtype=np.int64)[codes]
+
+    def leak_score(self, task: TaskSpec, prediction: np.ndarray, labels: np.ndarray, fitted: bool
+                   ) -> tuple[str, float] | None:
+        return None  # a mean of class indices predicts nothing, so a per-feature score would be noise
+
+
+class CountTally(LabelTally):
+    """Counts: the first label that is not a non-negative integer."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        super().__init__(task)
+        self.bad: float | None = None
+
+    def add(self, labels: Tensor) -> None:
+        if self.bad is None:
+            labels = labels.double()
+            bad = labels[torch.isfinite(labels) & ((labels < 0) | (labels != labels.round()))]
+            self.bad = float(bad[0]) if bad.numel() else None
+
+    def verify(self, split: str) -> None:
+        if self.bad is not None:
+            raise MtlexpError(f"tasks.{self.task.name}: count labels must be non-negative integers, got "
+                              f"{self.bad:g} in the {split} split")
+
+
+class Count(TaskKind):
+    """Non-negative integer labels (purchases, dwell-time buckets) under a Poisson model: the single logit is the
+    log of the rate, so the rate is positive without a constraint.
+
+    The loss is the Poisson negative log-likelihood without its ``log(y!)`` term (``full=False``): that term does
+    not depend on the model, so gradients are the same, and torch's ``full=True`` replaces it by Stirling's
+    approximation, not by the term itself. ``norm_loss`` is the mean Poisson deviance over that of predicting the
+    split's mean count, the same "relative to the best constant" as the other kinds (``PoissonDeviance``).
+    """
+
+    name = "count"
+    tally = CountTally
+
+    def loss(self, task: TaskSpec, logits: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+        return F.poisson_nll_loss(logits, target, log_input=True, full=False, reduction=reduction)
+
+    def predict(self, task: TaskSpec, logits: Tensor) -> Tensor:
+        return torch.exp(logits)
+
+    def metrics(self, task: TaskSpec) -> dict[str, Metric]:
+        return {"deviance": PoissonDeviance(), "mae": MeanAbsoluteError(), "norm_loss": PoissonDeviance(normalize=True)}
 
 
 def count_nonfinite(labels: Tensor | np.ndarray) -> int:
@@ -208,15 +411,18 @@ def check_finite_labels(task: TaskSpec, count: int, split: str) -> None:
         raise MtlexpError(f"tasks.{task.name}: {count} NaN/inf label(s) in the {split} split")
 
 
-def no_positive_value(task: TaskSpec, where: str, counts: dict[str, int]) -> MtlexpError:
-    """The error for a ``positive`` list that matches no value of the label column, with its commonest values."""
-    common = sorted(counts.items(), key=lambda item: -item[1])[:5]
-    listed = ", ".join(f"{value!r} ({count})" for value, count in common)
-    return MtlexpError(f"tasks.{task.name}.positive: no value of {where} is one of {[p.strip() for p in task.positive]}; "
-                       f"its most frequent values are {listed}")
+def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
+    """ROC AUC of a score that is constant within groups (ties count half), from per-group counts."""
+    unique, inverse = np.unique(scores, return_inverse=True)
+    pos = np.bincount(inverse, positives, len(unique))
+    neg = np.bincount(inverse, negatives, len(unique))
+    if pos.sum() == 0 or neg.sum() == 0:
+        return 0.5
+    below = np.cumsum(neg) - neg
+    return float((pos * below + 0.5 * pos * neg).sum() / (pos.sum() * neg.sum()))
 
 
-KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass)}
+KINDS: dict[str, TaskKind] = {kind.name: kind() for kind in (Regression, Binary, Multiclass, Count)}
 
 
 def kind_of(task: TaskSpec) -> TaskKind:

@@ -3,9 +3,9 @@
 
 Every task also gets ``norm_loss``: its loss divided by the loss of the best constant prediction on the
 same split (regression: MSE / label variance = 1 - R^2; binary and multiclass: cross-entropy / entropy of
-the label prior, the "normalized entropy" of click prediction). It is scale-free, 1 means no better than
-predicting the prior and 0 is perfect, so the mean over tasks is a fair model-selection score across
-tasks of different scales and kinds.
+the label prior, the "normalized entropy" of click prediction; count: Poisson deviance / that of the mean
+count). It is scale-free, 1 means no better than predicting the prior and 0 is perfect, so the mean over
+tasks is a fair model-selection score across tasks of different scales and kinds.
 """
 
 from __future__ import annotations
@@ -77,6 +77,42 @@ class OneMinus(Metric):
     def reset(self) -> None:
         super().reset()
         self.metric.reset()
+
+
+class PoissonDeviance(Metric):
+    """Mean Poisson deviance of predicted rates against counts, ``2 (y log(y / mu) - y + mu)``, or it divided by the
+    deviance of predicting the split's own mean count (``normalize=True``: the count kind's ``norm_loss``).
+
+    torchmetrics' ``TweedieDevianceScore(power=1)`` is the same mean, but it has no normalised form and it refuses
+    a rate that underflowed to 0; here such a rate gives an infinite deviance where a count is positive. The
+    baseline needs only sums (``y log y``, ``y``, rows), as the mean's deviance is ``2 (sum y log y - S log(S/n))``
+    (the ``- y + mean`` terms add to 0); all labels 0 make it 0, so ``norm_loss`` is then undefined (NaN or inf).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, normalize: bool = False) -> None:
+        super().__init__()
+        self.normalize = normalize
+        for state in ("deviance_sum", "label_sum", "label_log_label_sum", "count"):
+            self.add_state(state, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, rates: Tensor, target: Tensor) -> None:
+        y, mu = target.double(), rates.double()
+        y_log_y = torch.xlogy(y, y)
+        self.deviance_sum += 2 * (y_log_y - torch.xlogy(y, mu) - y + mu).sum()
+        self.label_sum += y.sum()
+        self.label_log_label_sum += y_log_y.sum()
+        self.count += y.numel()
+
+    def compute(self) -> Tensor:
+        deviance = self.deviance_sum / self.count
+        if not self.normalize:
+            return deviance
+        baseline = 2 * (self.label_log_label_sum - torch.xlogy(self.label_sum, self.label_sum / self.count))
+        return deviance / (baseline / self.count)
 
 
 def original_units(task: TaskSpec, values: Tensor) -> Tensor:

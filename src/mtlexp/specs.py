@@ -50,7 +50,7 @@ class TaskSpec:
     """One task.
 
     :param name: key of the task everywhere (model outputs, labels, metric names ``{split}/{name}/{metric}``).
-    :param kind: ``regression``, ``binary`` or ``multiclass``.
+    :param kind: the name of a task kind (``mtlexp.kinds.KINDS``), which decides what the task means.
     :param num_classes: classes of a multiclass task (1 output otherwise); ``INFER_CLASSES`` until the data
         module has counted them.
     :param column: source column of the label in a table (tabular data only).

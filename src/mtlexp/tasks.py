@@ -34,10 +34,7 @@ def task_from_config(name: str, node: Mapping[str, Any] | None) -> TaskSpec:
     kind = node.get("kind")
     if kind not in KINDS:
         raise MtlexpError(f"tasks.{name}.kind: expected one of {list(KINDS)}, got {kind!r}")
-    num_classes = node.get("num_classes")
-    if kind == "multiclass" and num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-        raise MtlexpError(f"tasks.{name}.num_classes: expected an integer >= 2 (or leave it out to count the "
-                          f"classes in the data), got {num_classes!r}")
+    behaviour = KINDS[kind]
     positive = node.get("positive") or ()
     if isinstance(positive, str):
         positive = (positive,)
@@ -45,9 +42,9 @@ def task_from_config(name: str, node: Mapping[str, Any] | None) -> TaskSpec:
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise MtlexpError(f"tasks.{name}.threshold: expected a number, got {threshold!r}")
     standardize = node.get("standardize", False)
-    if not isinstance(standardize, bool) or (standardize and kind != "regression"):
-        raise MtlexpError(f"tasks.{name}.standardize: expected true or false, and true only for a regression "
-                          f"task, got {standardize!r} for a {kind} task")
+    if not isinstance(standardize, bool) or (standardize and not behaviour.standardizable):
+        raise MtlexpError(f"tasks.{name}.standardize: expected true or false, and true only for a "
+                          f"{kinds_that('standardizable')} task, got {standardize!r} for a {kind} task")
     observed_if = node.get("observed_if")
     if observed_if is not None and not isinstance(observed_if, str):
         raise MtlexpError(f"tasks.{name}.observed_if: expected the name of another task, got {observed_if!r}")
@@ -55,19 +52,27 @@ def task_from_config(name: str, node: Mapping[str, Any] | None) -> TaskSpec:
     if product and (not isinstance(product, (list, tuple)) or len(product) < 2
                     or not all(isinstance(p, str) for p in product)):
         raise MtlexpError(f"tasks.{name}.product: expected a list of two or more task names, got {product!r}")
-    if product and kind != "binary":
-        raise MtlexpError(f"tasks.{name}.product: a product of probabilities is a binary task, got kind {kind!r}")
-    return TaskSpec(
+    if product and not behaviour.indicator:
+        raise MtlexpError(f"tasks.{name}.product: a product of probabilities is a {kinds_that('indicator')} task, "
+                          f"got kind {kind!r}")
+    task = TaskSpec(
         name=name,
         observed_if=observed_if,
         product=tuple(product),
         standardize=standardize,
         kind=kind,
-        num_classes=(int(num_classes) if num_classes is not None else INFER_CLASSES) if kind == "multiclass" else 1,
+        num_classes=behaviour.num_classes_from_config(name, node.get("num_classes")),
         column=node.get("column"),
         positive=tuple(str(p) for p in positive),
         threshold=None if threshold is None else float(threshold),
     )
+    behaviour.check_spec(task)
+    return task
+
+
+def kinds_that(capability: str) -> str:
+    """The names of the kinds with ``capability`` (a flag of ``TaskKind``), for messages: "binary"."""
+    return " or ".join(name for name, kind in KINDS.items() if getattr(kind, capability))
 
 
 def tasks_from_config(node: Mapping[str, Any] | None) -> list[TaskSpec]:
@@ -78,7 +83,7 @@ def tasks_from_config(node: Mapping[str, Any] | None) -> list[TaskSpec]:
 
 
 def check_relations(tasks: list[TaskSpec]) -> list[TaskSpec]:
-    """Tasks that name other tasks (``observed_if``, ``product``) name binary tasks that exist."""
+    """Tasks that name other tasks (``observed_if``, ``product``) name indicator (0/1) tasks that exist."""
     by_name = {t.name: t for t in tasks}
     for task in tasks:
         for key, others in (("observed_if", [task.observed_if] if task.observed_if else []), ("product", task.product)):
@@ -87,7 +92,8 @@ def check_relations(tasks: list[TaskSpec]) -> list[TaskSpec]:
                 if found is None or other == task.name:
                     raise MtlexpError(f"tasks.{task.name}.{key}: expected another task of this run, got {other!r} "
                                       f"(tasks: {', '.join(by_name)})")
-                if found.kind != "binary" or found.derived:
-                    raise MtlexpError(f"tasks.{task.name}.{key}: {other!r} must be a binary task with a label of its "
-                                      f"own, got a {'derived' if found.derived else found.kind} task")
+                if not kind_of(found).indicator or found.derived:
+                    raise MtlexpError(f"tasks.{task.name}.{key}: {other!r} must be a {kinds_that('indicator')} task "
+                                      f"with a label of its own, got a {'derived' if found.derived else found.kind} "
+                                      "task")
     return tasks

@@ -132,18 +132,4 @@ class MTLDataModule(pl.LightningDataModule):
 def check_labels(task: TaskSpec, labels: dict[str, torch.Tensor], split: str) -> None:
     """Fail clearly on labels that would train silently wrong: the kind's checks on the observed rows, and a
     label seen where it cannot be (a conversion without a click)."""
-    observed = observed_rows(task, labels)
-    if observed is None:
-        kind_of(task).check_labels(task, labels[task.name], split)
-        return
-    where = f"{task.observed_if} = 1"
-    if not bool(observed.any()):
-        raise MtlexpError(f"tasks.{task.name}: the {split} split has no row where {where}, so no observed label")
-    unobserved = labels[task.name][~observed]
-    if bool((unobserved != 0).any()):
-        column = f" (column {task.column!r})" if task.column else ""
-        raise MtlexpError(
-            f"tasks.{task.name}{column}: {int((unobserved != 0).sum())} row(s) of the {split} split have a label "
-            f"where {task.observed_if} = 0; it is observed only where {where} (observed_if), so it must be 0 there"
-        )
-    kind_of(task).check_labels(task, labels[task.name][observed], split)
+    kind_of(task).check_labels(task, labels[task.name], split, observed_rows(task, labels))

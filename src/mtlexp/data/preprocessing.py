@@ -184,50 +184,27 @@ def stack_columns(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarr
     return np.stack(columns, axis=1).astype(dtype, copy=False)
 
 
-def grouped_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float:
-    """ROC AUC of a score that is constant within groups (ties count half), from per-group counts."""
-    unique, inverse = np.unique(scores, return_inverse=True)
-    pos = np.bincount(inverse, positives, len(unique))
-    neg = np.bincount(inverse, negatives, len(unique))
-    if pos.sum() == 0 or neg.sum() == 0:
-        return 0.5
-    below = np.cumsum(neg) - neg
-    return float((pos * below + 0.5 * pos * neg).sum() / (pos.sum() * neg.sum()))
-
-
 def single_feature_score(
     feature: np.ndarray, categorical: bool, task: TaskSpec, labels: np.ndarray
 ) -> tuple[str, float] | None:
-    """How well one feature alone predicts a label on the training split: ``("auc", a)`` or ``("r2", r2)``.
+    """How well one feature alone predicts a label on the training split, as the task's kind measures it
+    (``TaskKind.leak_score``: AUC for binary, R^2 for quantities; None when the kind is not scanned).
 
     A categorical feature is scored by its per-category label mean, fitted on one half of the rows and
     applied to the other (two-fold), so that an ID-like column with one row per value is not mistaken for a
-    leak. A numeric feature is scored as it is (AUC either way up, or squared Pearson correlation).
-    Multiclass labels are not scored.
+    leak. A numeric feature is scored as it is, either way up.
     """
-    if task.kind == "multiclass" or len(labels) < 2 or not np.isfinite(labels).all():
+    if len(labels) < 2 or not np.isfinite(labels).all():
         return None  # non-finite labels fail the run after the scan
     y = labels.astype(np.float64)
-    if categorical:
-        fold = np.arange(len(y)) % 2
-        size = int(feature.max()) + 1
-        groups = fold * size + feature  # (fold, category) as one index
-        count = np.bincount(groups, minlength=2 * size).reshape(2, size)
-        total = np.bincount(groups, y, 2 * size).reshape(2, size)
-        overall = y.mean()
-        # the mean of each category in the *other* fold (the overall mean where the other fold never saw it)
-        other_mean = np.where(count[::-1] > 0, total[::-1] / np.maximum(count[::-1], 1), overall).reshape(-1)
-        if task.kind == "binary":
-            pos = np.bincount(groups, y, 2 * size)
-            return "auc", grouped_auc(other_mean, pos, np.bincount(groups, minlength=2 * size) - pos)
-        prediction = other_mean[groups]
-    else:
-        if task.kind == "binary":
-            unique, inverse = np.unique(feature, return_inverse=True)
-            pos = np.bincount(inverse, y, len(unique))
-            auc = grouped_auc(unique, pos, np.bincount(inverse, minlength=len(unique)) - pos)
-            return "auc", max(auc, 1.0 - auc)
-        prediction = feature
-    if prediction.std() == 0 or y.std() == 0:
-        return "r2", 0.0
-    return "r2", float(np.corrcoef(prediction, y)[0, 1] ** 2)
+    if not categorical:
+        return kind_of(task).leak_score(task, feature, y, fitted=False)
+    fold = np.arange(len(y)) % 2
+    size = int(feature.max()) + 1
+    groups = fold * size + feature  # (fold, category) as one index
+    count = np.bincount(groups, minlength=2 * size).reshape(2, size)
+    total = np.bincount(groups, y, 2 * size).reshape(2, size)
+    overall = y.mean()
+    # the mean of each category in the *other* fold (the overall mean where the other fold never saw it)
+    other_mean = np.where(count[::-1] > 0, total[::-1] / np.maximum(count[::-1], 1), overall).reshape(-1)
+    return kind_of(task).leak_score(task, other_mean[groups], y, fitted=True)

@@ -47,7 +47,7 @@ from mtlexp.data.readers import is_parquet, parse_arrow, reading_parquet, sha256
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
-from mtlexp.kinds import check_finite_labels, count_nonfinite, derive_labels, kind_of, no_positive_value
+from mtlexp.kinds import derive_labels, kind_of
 from mtlexp.processes import this_host
 from mtlexp.specs import TaskSpec
 
@@ -206,17 +206,18 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     plain = [t for t in spec.tasks if kind_of(t).quantitative]  # label means and correlations
     label_sums = np.zeros(len(plain))
     label_products = np.zeros((len(plain), len(plain)))
-    positives = {split: np.zeros(len(spec.tasks)) for split in SPLIT_NAMES}  # binary tasks, observed rows
-    seen = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}
-    nonfinite = {split: np.zeros(len(spec.tasks), np.int64) for split in SPLIT_NAMES}  # observed rows
-    unobserved_labels = np.zeros(len(spec.tasks), np.int64)  # a label of 1 where observed_if's task is 0
+    # Named classes' labels are -1 in this pass (their names are collected below), so only the others are
+    # checked here; their indices are counted from the names, so they lie in range.
+    checked = [t for t in spec.tasks if not kind_of(t).named_classes]
+    tallies = {split: {t.name: kind_of(t).tally(t) for t in checked} for split in SPLIT_NAMES}
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
-    positive_counts: dict[str, dict[str, int]] = {t.name: {} for t in spec.tasks if t.kind == "binary" and t.positive}
+    # the values of label columns read as strings, over the whole file (a part may lack a positive value)
+    value_counts: dict[str, dict[str, int]] = {t.name: {} for t in checked if kind_of(t).reads_strings(t)}
     writers: dict[str, pq.ParquetWriter] = {}
     digests, file_rows = {}, {}
     # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
-    # collected below): what the pass needs is the missing-label check and the binary and quantitative labels.
+    # collected below): what the pass needs is the missing-label check and the other kinds' labels.
     raw = TableTransform(spec.tasks, {}, {})
     finite = [*spec.numeric_features, *filter(None, [spec.weight])]
     try:
@@ -237,7 +238,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                 for task in counted:
                     column_codes, values = parsed.strings[str(task.column)]
                     class_values[task.name].update(values[np.unique(column_codes)].tolist())
-                for name, counts in positive_counts.items():
+                for name, counts in value_counts.items():
                     column_codes, values = parsed.strings[str(next(t.column for t in spec.tasks if t.name == name))]
                     found = np.bincount(column_codes[column_codes >= 0], minlength=len(values))
                     for value, count in zip(values.tolist(), found.tolist()):
@@ -250,15 +251,9 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                     if count == 0:
                         continue
                     rows[split_name] += count
-                    for i, task in enumerate(spec.tasks):
-                        y = labels[task.name][mask]
-                        observed = np.ones(count, bool) if task.observed_if is None else \
-                            labels[task.observed_if][mask] > 0.5
-                        nonfinite[split_name][i] += count_nonfinite(y[observed])
-                        if task.kind == "binary":
-                            seen[split_name][i] += int(observed.sum())
-                            positives[split_name][i] += float(y[observed].sum())
-                            unobserved_labels[i] += int((y[~observed] != 0).sum())
+                    for task in checked:
+                        observed = None if task.observed_if is None else labels[task.observed_if][mask] > 0.5
+                        tallies[split_name][task.name].update(labels[task.name][mask], observed)
                     if split_name != "train":
                         part = table.filter(pa.array(mask))
                         if split_name not in writers:
@@ -283,25 +278,12 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     for split, count in rows.items():
         if count == 0:
             raise MtlexpError(f"data: the {split} split is empty")
-    for split in SPLIT_NAMES:
-        for i, task in enumerate(spec.tasks):
-            check_finite_labels(task, int(nonfinite[split][i]), split)
-    _check_positive_values(spec, positive_counts)
-    for i, task in enumerate(spec.tasks):
-        if task.kind != "binary":
-            continue
-        where = f" on the rows where {task.observed_if} = 1" if task.observed_if else ""
-        if unobserved_labels[i]:
-            raise MtlexpError(f"tasks.{task.name} (column {task.column!r}): {unobserved_labels[i]} row(s) have a label "
-                              f"where {task.observed_if} = 0; it is observed only where {task.observed_if} = 1 "
-                              "(observed_if), so it must be 0 there")
+    for task in checked:
+        if task.name in value_counts:
+            kind_of(task).check_value_counts(task, value_counts[task.name],
+                                             f"column {task.column!r} in {spec.files['train']}")
         for split in SPLIT_NAMES:
-            if seen[split][i] == 0:
-                raise MtlexpError(f"tasks.{task.name}: the {split} split has no row{where}, so no observed label")
-            if positives[split][i] in (0, seen[split][i]):
-                only = int(positives[split][i] > 0)
-                raise MtlexpError(f"tasks.{task.name}: the {split} split has only class {only}{where}; "
-                                  "AUROC and log-loss need both classes")
+            tallies[split][task.name].check(split)
     classes = {t.name: class_names(class_values[t.name]) for t in counted}
     mean_label = label_sums / rows["train"]
     label_scaling = {}
@@ -336,12 +318,6 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
         "leak_scores": [],
         "eval_files": sorted(writers),
     }
-
-
-def _check_positive_values(spec: StreamSpec, counts: Mapping[str, dict[str, int]]) -> None:
-    for task in spec.tasks:
-        if task.name in counts and not any(counts[task.name].get(p.strip(), 0) for p in task.positive):
-            raise no_positive_value(task, f"column {task.column!r} in {spec.files['train']}", counts[task.name])
 
 
 def read_meta(entry: Path) -> dict[str, Any] | None:

@@ -25,7 +25,9 @@ import torch
 from mtlexp.data.base import MTLDataModule
 from mtlexp.data.tensors import TensorTable
 from mtlexp.errors import require
+from mtlexp.kinds import kind_of
 from mtlexp.specs import FeatureSpec
+from mtlexp.tasks import kinds_that
 
 
 class SyntheticDataModule(MTLDataModule):
@@ -73,8 +75,8 @@ class SyntheticDataModule(MTLDataModule):
         require(noise_std >= 0, "noise_std", "a number >= 0", noise_std)
         for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             require(n >= 2, name, "an integer >= 2", n)
-        not_regression = [t.name for t in self.tasks if t.kind != "regression"]
-        require(not not_regression, "tasks", "regression tasks only for synthetic data", not_regression)
+        unsimulated = [t.name for t in self.tasks if not kind_of(t).simulated]
+        require(not unsimulated, "tasks", f"{kinds_that('simulated')} tasks only for synthetic data", unsimulated)
         self.correlation = float(correlation)
         self.num_features = num_features
         self.scale = scale
@@ -110,7 +112,7 @@ class SyntheticDataModule(MTLDataModule):
             splits[split] = TensorTable(
                 numeric=x.float(),
                 categorical=torch.empty(n, 0, dtype=torch.long),
-                labels={t.name: y[:, i].float().contiguous() for i, t in enumerate(self.tasks)},
+                labels={t.name: kind_of(t).labels_from_signal(t, y[:, i]) for i, t in enumerate(self.tasks)},
             )
         self._w = w
         features = FeatureSpec(numeric=tuple(f"x{i}" for i in range(self.num_features)))

@@ -158,8 +158,6 @@ class TabularDataModule(MTLDataModule):
         for task in self.labelled_tasks:
             if task.column == weight:
                 raise MtlexpError(f"tasks.{task.name}.column: {weight!r} is the schema's weight column, not a label")
-            if task.kind == "binary" and task.positive and task.threshold is not None:
-                raise MtlexpError(f"tasks.{task.name}: give either positive or threshold, not both")
         require(
             not use_weight or weight is not None, "use_weight", "false: the schema names no weight column", use_weight
         )

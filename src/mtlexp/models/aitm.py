@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlexp.errors import require
+from mtlexp.kinds import kind_of
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
 from mtlexp.models.blocks import MLP
 from mtlexp.specs import FeatureSpec, TaskSpec
@@ -88,8 +89,8 @@ class AITM(MTLModel):
         """The calibrator over consecutive binary tasks (None when it is off or no pair is binary)."""
         if self.calibrator_weight == 0:
             return None
-        terms = [torch.relu(torch.sigmoid(logits[b.name]) - torch.sigmoid(logits[a.name])).mean()
-                 for a, b in zip(self.tasks, self.tasks[1:]) if a.kind == b.kind == "binary"]
+        terms = [torch.relu(kind_of(b).predict(b, logits[b.name]) - kind_of(a).predict(a, logits[a.name])).mean()
+                 for a, b in zip(self.tasks, self.tasks[1:]) if kind_of(a).indicator and kind_of(b).indicator]
         return self.calibrator_weight * torch.stack(terms).sum() if terms else None
 
     def declare_ownership(self) -> dict[str, Owner]:
