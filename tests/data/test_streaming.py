@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from mtlexp.data import streaming
+from mtlexp.data.preprocessing import LeakWarning
 from mtlexp.data.streaming import StreamingEvalLoader, StreamingTrainLoader, row_splits
-from mtlexp.data.tabular import TabularDataModule
+from mtlexp.data.tabular import InMemoryTable, StreamedTable, TabularDataModule
 from mtlexp.errors import MtlexpError
 from tests.data.test_tabular import SCHEMA, make_frame
 
@@ -30,7 +31,8 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> Path:
 
 
 def load(tmp_path: Path, path: Any, streaming_mode: Any, **kwargs: Any) -> TabularDataModule:
-    dm = TabularDataModule({}, path=path, schema=SCHEMA, cache_dir=tmp_path / "cache", streaming=streaming_mode,
+    kwargs.setdefault("schema", SCHEMA)
+    dm = TabularDataModule({}, path=path, cache_dir=tmp_path / "cache", streaming=streaming_mode,
                            use_weight=True, batch_size=64, eval_batch_size=100, **kwargs)
     dm.setup()
     return dm
@@ -64,7 +66,7 @@ def test_streaming_gives_the_in_memory_preprocessing(tmp_path: Path) -> None:
     files = {split: write_parquet(tmp_path / f"{split}.parquet", f) for split, f in frames.items()}
     memory = load(tmp_path, files, False)
     stream = load(tmp_path, files, True)
-    assert stream.stream and not memory.stream
+    assert isinstance(stream.table, StreamedTable) and isinstance(memory.table, InMemoryTable)
     assert stream.features == memory.features
     assert stream.tasks == memory.tasks
     for name, stats in memory.meta["numeric"].items():
@@ -114,14 +116,14 @@ def test_a_train_epoch_covers_every_training_row_once_in_a_new_order(tmp_path: P
 def test_ddp_ranks_take_row_group_shards_of_equal_length(tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "t.parquet", make_frame(2000, 0))
     dm = load(tmp_path, path, True)
-    source, per_group = dm.stream["train"], dm.meta["train_rows_per_group"]
+    source, per_group = dm.table.parts["train"], dm.meta["train_rows_per_group"]
     loaders = [StreamingTrainLoader(source, per_group, 64, 1, 0, rank, 2) for rank in range(2)]
     weights = [rows_of(list(loader))["weight"] for loader in loaders]
     assert len(weights[0]) == len(weights[1]) == sum(per_group) // 2
     assert len(loaders[0]) == len(loaders[1])
     overlap = np.intersect1d(weights[0].numpy(), weights[1].numpy()).size
     assert overlap < ROW_GROUP  # only what a short rank borrows
-    evaluated = [rows_of(StreamingEvalLoader(dm.stream["val"], 7, rank, 2))["weight"] for rank in range(2)]
+    evaluated = [rows_of(StreamingEvalLoader(dm.table.parts["val"], 7, rank, 2))["weight"] for rank in range(2)]
     assert all(len(w) for w in evaluated)  # the val file is one row group: both ranks still get rows
     assert torch.equal(torch.cat(evaluated), rows_of(dm.val_dataloader())["weight"])
 
@@ -141,9 +143,9 @@ def test_the_fitting_pass_is_cached_and_a_damaged_entry_refitted(tmp_path: Path)
 
 def test_auto_streams_only_what_would_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_parquet(tmp_path / "t.parquet", make_frame(600, 0))
-    assert not load(tmp_path, path, "auto").stream
+    assert isinstance(load(tmp_path, path, "auto").table, InMemoryTable)
     monkeypatch.setattr("mtlexp.data.tabular.available_memory", lambda: 1000)
-    assert load(tmp_path, path, "auto").stream
+    assert isinstance(load(tmp_path, path, "auto").table, StreamedTable)
 
 
 def test_streaming_errors_name_the_problem(tmp_path: Path) -> None:
@@ -193,3 +195,37 @@ def test_click_and_conversion_stream_with_derived_labels_and_the_same_checks(tmp
     frame.loc[np.flatnonzero(~click)[:2], "conversion"] = 1
     with pytest.raises(MtlexpError, match=r"tasks.conversion \(column 'conversion'\): \d row\(s\) of the \w+ split have a label where"):
         stream(write_parquet(tmp_path / "bad.parquet", frame))
+
+
+def test_the_stream_scans_a_sample_for_leaks_as_the_in_memory_path_does(tmp_path: Path) -> None:
+    frames = {split: make_frame(rows, seed) for split, rows, seed in (("train", 900, 0), ("val", 300, 1),
+                                                                     ("test", 300, 2))}
+    for frame in frames.values():
+        frame["echo"] = np.where(frame["clicked"] == "yes", "Y", "N")  # a copy of the label
+    files = {split: write_parquet(tmp_path / f"{split}.parquet", f) for split, f in frames.items()}
+    schema = {**SCHEMA, "categorical": {"colour": None, "size": None, "echo": None}}
+    messages, leaks = {}, {}
+    for mode in (False, True):
+        with pytest.warns(LeakWarning) as record:
+            dm = load(tmp_path, files, mode, schema=schema)
+        messages[mode] = sorted(str(w.message) for w in record if issubclass(w.category, LeakWarning))
+        leaks[mode] = dm.describe()["leaks"]
+    # every training row fits in the sample: the same rows give the same scores
+    assert leaks[True] == leaks[False] and [(x["feature"], x["task"]) for x in leaks[True]] == [("echo", "clicked")]
+    assert messages[True] == messages[False]
+    assert "feature 'echo' alone predicts task 'clicked'" in messages[True][0]
+    assert dm.meta["leak_sample_rows"] == dm.meta["rows"]["train"]
+
+
+def test_the_leak_sample_is_bounded_uniform_and_independent_of_the_row_group_order() -> None:
+    positions = np.arange(10_000)
+    table = pa.table({"p": positions})
+    forward, backward = streaming.LeakSample(size=500), streaming.LeakSample(size=500)
+    for start in range(0, 10_000, 700):
+        forward.add(table.slice(start, 700), positions[start:start + 700])
+    for start in reversed(range(0, 10_000, 700)):
+        backward.add(table.slice(start, 700), positions[start:start + 700])
+    rows, kept = forward.rows()
+    assert len(kept) == 500 and np.array_equal(kept, backward.rows()[1])
+    assert np.array_equal(rows["p"].to_numpy(), kept) and np.all(np.diff(kept) > 0)  # file order
+    assert np.histogram(kept, bins=5, range=(0, 10_000))[0] == pytest.approx([100] * 5, abs=35)

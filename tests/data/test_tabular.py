@@ -391,3 +391,28 @@ def test_a_killed_writers_temporary_folder_is_removed(tmp_path: Path, table_csv:
         (path / "train.numeric.npy").write_bytes(b"partial")
     load(path=table_csv, schema=write_schema(tmp_path, SCHEMA), cache_dir=tmp_path / "cache")
     assert not left.exists() and alive.exists()  # a writer still running keeps its folder
+
+
+# --- structure -------------------------------------------------------------------------------------------
+def test_tabular_chooses_between_in_memory_and_streamed_once() -> None:
+    """Streaming is a strategy (``TableSource``), not a flag: only the method that picks the table source may
+    branch on streaming; everything else asks the source."""
+    import ast
+
+    import mtlexp.data.tabular as tabular
+
+    tree = ast.parse(Path(tabular.__file__).read_text())
+    chooser = "_table_source"
+    allowed = {id(node) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) and fn.name == chooser
+               for node in ast.walk(fn)}
+    branches = [n for n in ast.walk(tree) if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.match_case))
+                and id(n) not in allowed]
+    offending = []
+    for branch in branches:
+        test = branch.pattern if isinstance(branch, ast.match_case) else branch.test
+        words = [n.attr for n in ast.walk(test) if isinstance(n, ast.Attribute)]
+        words += [n.id for n in ast.walk(test) if isinstance(n, ast.Name)]
+        words += [n.value for n in ast.walk(test) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        if any("stream" in w.lower() or w in ("InMemoryTable", "TableSource") for w in words):
+            offending.append(f"line {branch.lineno}: {ast.unparse(test)}")
+    assert not offending, f"tabular.py branches on streaming outside {chooser}: {offending}"

@@ -208,3 +208,18 @@ def single_feature_score(
     # the mean of each category in the *other* fold (the overall mean where the other fold never saw it)
     other_mean = np.where(count[::-1] > 0, total[::-1] / np.maximum(count[::-1], 1), overall).reshape(-1)
     return kind_of(task).leak_score(task, other_mean[groups], y, fitted=True)
+
+
+def leak_scores(arrays: Mapping[str, np.ndarray], tasks: Sequence[TaskSpec], numeric: Sequence[str],
+                categorical: Sequence[str]) -> list[dict[str, object]]:
+    """Every feature alone scored against every label (``single_feature_score``) on preprocessed training rows:
+    ``arrays`` as ``TableTransform.apply`` gives them, whole (in memory) or a sample of them (streamed)."""
+    columns = [(n, arrays["numeric"][:, j], False) for j, n in enumerate(numeric)]
+    columns += [(n, arrays["categorical"][:, j], True) for j, n in enumerate(categorical)]
+    scores: list[dict[str, object]] = []
+    for name, column, is_categorical in columns:
+        for i, task in enumerate(tasks):
+            score = single_feature_score(column, is_categorical, task, arrays[f"label{i}"])
+            if score is not None:
+                scores.append({"feature": name, "task": task.name, "metric": score[0], "score": round(score[1], 4)})
+    return scores

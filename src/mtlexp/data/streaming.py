@@ -20,7 +20,11 @@ The in-memory path (``tabular.py``) parses whole files; this one never holds mor
 * The transform from parsed rows to model inputs is ``preprocessing.TableTransform``, shared with the in-memory
   path, so both give the same inputs for the same rows and statistics.
 
-Not done when streaming: the single-feature leak scan (it needs whole columns) and ``mtlexp data inspect``.
+* The fitting pass is a loop that feeds accumulators (``FeatureStatistics``, ``LabelChecks``, ``LabelMoments``,
+  ``LeakSample``) one row group at a time; each turns what it gathered into its part of the statistics.
+* The leak scan scores a bounded, seeded sample of the training rows (``LeakSample``) with the in-memory code.
+
+Not done when streaming: ``mtlexp data inspect``'s per-split label table (it reads the tensors).
 """
 
 from __future__ import annotations
@@ -42,8 +46,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from mtlexp.data.preprocessing import TableTransform, apply_standardise, check_finite, class_names
-from mtlexp.data.readers import is_parquet, parse_arrow, reading_parquet, sha256_stream
+from mtlexp.data.preprocessing import (
+    TableTransform,
+    apply_standardise,
+    check_finite,
+    class_names,
+    leak_scores,
+    seen_values,
+)
+from mtlexp.data.readers import ParsedTable, is_parquet, parse_arrow, reading_parquet, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
@@ -62,18 +73,23 @@ def row_splits(positions: np.ndarray, seed: int, carve: Sequence[tuple[int, floa
     to the file's ``own`` split. A row's draw is a SplitMix64 hash of its position and ``seed``: independent of
     every other row, so a part of the file is assigned without reading the rest.
     """
-    with np.errstate(over="ignore"):
-        x = positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    draw = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    draw = uniform_draw(positions, seed)
     codes = np.full(len(positions), own, dtype=np.int8)
     low = 0.0
     for code, fraction in carve:
         codes[(draw >= low) & (draw < low + fraction)] = code
         low += fraction
     return codes
+
+
+def uniform_draw(positions: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per position: a SplitMix64 hash of the position and ``seed``."""
+    with np.errstate(over="ignore"):
+        x = positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def carve_plan(files: Mapping[str, Path], val_fraction: float, test_fraction: float, val_from: str
@@ -135,6 +151,9 @@ def in_memory_bytes(files: Mapping[str, Path], columns: int) -> int:
 
 # --- the fitting pass ---------------------------------------------------------------------------------------
 
+LEAK_SAMPLE_ROWS = 100_000  # training rows the streamed leak scan scores (docs/data.md)
+LEAK_SAMPLE_SEED = 0x1EA4  # fixed, so the sample (and its scores) repeats whatever the run's seeds
+
 
 class _Moments:
     """Count, sum and sum of squares of float64 values, for a mean and a (population) sd."""
@@ -174,6 +193,139 @@ class StreamSpec:
     split_seed: int
     derived: list[TaskSpec] = field(default_factory=list)  # tasks whose labels are computed from the others
 
+    @property
+    def wanted(self) -> list[str]:
+        """Every column the stream reads, once."""
+        return list(dict.fromkeys([*self.numeric_columns, *self.string_columns]))
+
+
+class FeatureStatistics:
+    """Numeric means, sds and missing counts, and categorical vocabularies, of the training rows."""
+
+    def __init__(self, numeric: Sequence[str], categorical: Sequence[str]) -> None:
+        self.moments = {name: _Moments() for name in numeric}
+        self.missing = dict.fromkeys(numeric, 0)
+        self.vocabulary: dict[str, set[str]] = {name: set() for name in categorical}
+
+    def add(self, train: ParsedTable) -> None:
+        for name, moments in self.moments.items():
+            moments.add(train.numeric[name])
+            self.missing[name] += int(np.isnan(train.numeric[name]).sum())
+        for name, seen in self.vocabulary.items():
+            seen.update(seen_values(*train.strings[name]).tolist())
+
+    def result(self) -> dict[str, Any]:
+        numeric = {}
+        for name, moments in self.moments.items():
+            mean, std = moments.mean_std()
+            numeric[name] = {"mean": mean, "std": std, "missing_in_train": self.missing[name]}
+        return {
+            "numeric": numeric,
+            "vocabulary": {name: sorted(values) for name, values in self.vocabulary.items()},
+            "categorical": {name: len(values) + 1 for name, values in self.vocabulary.items()},
+        }
+
+
+class LabelChecks:
+    """The label checks of every split (``LabelTally`` per kind), the values of string label columns over the
+    whole file (a part may lack a positive value), and the class names of multiclass tasks (all splits)."""
+
+    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
+        self.named = [t for t in tasks if kind_of(t).named_classes]
+        self.class_values: dict[str, set[str]] = {t.name: set() for t in self.named}
+        # Named classes' labels are -1 in this pass (their names are still being collected), so only the others
+        # are tallied; their indices are counted from the names, so they lie in range.
+        self.checked = [t for t in tasks if not kind_of(t).named_classes]
+        self.tallies = {split: {t.name: kind_of(t).tally(t) for t in self.checked} for split in SPLIT_NAMES}
+        self.value_counts: dict[TaskSpec, dict[str, int]] = {t: {} for t in self.checked
+                                                             if kind_of(t).reads_strings(t)}
+
+    def add_file_part(self, parsed: ParsedTable) -> None:
+        """Rows of any split: class names and label values are counted over whole files."""
+        for task in self.named:
+            self.class_values[task.name].update(seen_values(*parsed.strings[str(task.column)]).tolist())
+        for task, counts in self.value_counts.items():
+            codes, values = parsed.strings[str(task.column)]
+            found = np.bincount(codes[codes >= 0], minlength=len(values))
+            for value, count in zip(values.tolist(), found.tolist()):
+                counts[value] = counts.get(value, 0) + count
+
+    def add(self, split: str, labels: Mapping[str, np.ndarray]) -> None:
+        """One split's rows of a part: ``labels`` by task name."""
+        for task in self.checked:
+            observed = None if task.observed_if is None else labels[task.observed_if] > 0.5
+            self.tallies[split][task.name].update(labels[task.name], observed)
+
+    def check(self, train_file: Path) -> dict[str, list[str]]:
+        """Fail as the in-memory path does; the class names of each multiclass task."""
+        for task in self.checked:
+            if task in self.value_counts:
+                kind_of(task).check_value_counts(task, self.value_counts[task],
+                                                 f"column {task.column!r} in {train_file}")
+            for split in SPLIT_NAMES:
+                self.tallies[split][task.name].check(split)
+        return {t.name: class_names(self.class_values[t.name]) for t in self.named}
+
+
+class LabelMoments:
+    """Sums and cross-products of the quantitative labels of the training rows: label scaling, label means and
+    the labels' Pearson correlations."""
+
+    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
+        self.tasks = [t for t in tasks if kind_of(t).quantitative]
+        self.rows = 0
+        self.sums = np.zeros(len(self.tasks))
+        self.products = np.zeros((len(self.tasks), len(self.tasks)))
+
+    def add(self, labels: Mapping[str, np.ndarray], rows: int) -> None:
+        ys = np.stack([labels[t.name] for t in self.tasks]).astype(np.float64) if self.tasks \
+            else np.zeros((0, rows))
+        self.rows += rows
+        self.sums += ys.sum(axis=1)
+        self.products += ys @ ys.T
+
+    def result(self) -> dict[str, Any]:
+        mean = self.sums / self.rows
+        cov = self.products / self.rows - np.outer(mean, mean)
+        scaling = {t.name: {"mean": float(mean[i]), "std": float(np.sqrt(max(cov[i, i], 0.0))) or 1.0}
+                   for i, t in enumerate(self.tasks) if t.standardize}
+        label_mean = {t.name: float(apply_standardise(np.array([mean[i]]), **scaling[t.name])[0])
+                      if t.name in scaling else float(mean[i]) for i, t in enumerate(self.tasks)}
+        sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        pearson = {f"{a.name}~{b.name}": float(cov[i, j] / (sd[i] * sd[j])) if sd[i] * sd[j] > 0 else float("nan")
+                   for i, a in enumerate(self.tasks) for j, b in enumerate(self.tasks) if i < j}
+        return {"label_scaling": scaling, "label_mean": label_mean, "label_pearson": pearson}
+
+
+class LeakSample:
+    """A uniform sample of at most ``size`` training rows, for the leak scan: the rows with the smallest hash
+    draws of their positions, so the sample does not depend on the order the row groups come in."""
+
+    def __init__(self, size: int = LEAK_SAMPLE_ROWS, seed: int = LEAK_SAMPLE_SEED) -> None:
+        self.size, self.seed = size, seed
+        self.table: pa.Table | None = None
+        self.positions = np.zeros(0, dtype=np.int64)
+        self.keys = np.zeros(0)
+
+    def add(self, table: pa.Table, positions: np.ndarray) -> None:
+        keys = uniform_draw(positions, self.seed)
+        if len(self.keys) >= self.size:  # full: only rows that beat the sample's largest draw can enter
+            keep = np.flatnonzero(keys < self.keys.max())
+            table, positions, keys = table.take(pa.array(keep)), positions[keep], keys[keep]
+        if not len(keys):
+            return
+        merged = table if self.table is None else pa.concat_tables([self.table, table])
+        positions, keys = np.concatenate([self.positions, positions]), np.concatenate([self.keys, keys])
+        kept = np.sort(np.argsort(keys, kind="stable")[: self.size])
+        self.table, self.positions, self.keys = merged.take(pa.array(kept)), positions[kept], keys[kept]
+
+    def rows(self) -> tuple[pa.Table | None, np.ndarray]:
+        """The sampled rows in file order, with their positions."""
+        if self.table is None:
+            return None, self.positions
+        order = np.argsort(self.positions, kind="stable")
+        return self.table.take(pa.array(order)), self.positions[order]
+
 
 def fit_stream(spec: StreamSpec, entry: Path) -> dict[str, Any]:
     """One pass over every file: the statistics (returned, and written to ``entry/meta.json``) and the carved
@@ -197,80 +349,51 @@ def fit_stream(spec: StreamSpec, entry: Path) -> dict[str, Any]:
 
 def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     plan = carve_plan(spec.files, spec.val_fraction, spec.test_fraction, spec.val_from)
-    wanted = list(dict.fromkeys([*spec.numeric_columns, *spec.string_columns]))
-    numeric = {name: _Moments() for name in spec.numeric_features}
-    missing = dict.fromkeys(spec.numeric_features, 0)
-    vocab: dict[str, set[str]] = {name: set() for name in spec.categorical_features}
-    counted = [t for t in spec.tasks if kind_of(t).named_classes]
-    class_values: dict[str, set[str]] = {t.name: set() for t in counted}
-    plain = [t for t in spec.tasks if kind_of(t).quantitative]  # label means and correlations
-    label_sums = np.zeros(len(plain))
-    label_products = np.zeros((len(plain), len(plain)))
-    # Named classes' labels are -1 in this pass (their names are collected below), so only the others are
-    # checked here; their indices are counted from the names, so they lie in range.
-    checked = [t for t in spec.tasks if not kind_of(t).named_classes]
-    tallies = {split: {t.name: kind_of(t).tally(t) for t in checked} for split in SPLIT_NAMES}
+    features = FeatureStatistics(spec.numeric_features, spec.categorical_features)
+    checks = LabelChecks(spec.tasks)
+    moments = LabelMoments(spec.tasks)
+    sample = LeakSample()
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
-    # the values of label columns read as strings, over the whole file (a part may lack a positive value)
-    value_counts: dict[str, dict[str, int]] = {t.name: {} for t in checked if kind_of(t).reads_strings(t)}
     writers: dict[str, pq.ParquetWriter] = {}
     digests, file_rows = {}, {}
-    # Labels without scaling, and without class names yet (those tasks' labels are -1 here; their names are
-    # collected below): what the pass needs is the missing-label check and the other kinds' labels.
+    # Labels without scaling, and without class names yet (those tasks' labels are -1 here): what the pass
+    # needs is the missing-label check and the other kinds' labels.
     raw = TableTransform(spec.tasks, {}, {})
     finite = [*spec.numeric_features, *filter(None, [spec.weight])]
     try:
         for split, path in spec.files.items():
             with path.open("rb") as handle:
                 digests[split] = sha256_stream(handle)
-            own = SPLIT_NAMES.index(split)
             file_rows[split] = 0
             for group in row_groups(path):
                 file_rows[split] += group.num_rows
-                table = group.read(wanted)
+                table = group.read(spec.wanted)
                 positions = np.arange(group.first_row, group.first_row + group.num_rows)
-                codes = row_splits(positions, spec.split_seed, plan[split], own)
+                codes = row_splits(positions, spec.split_seed, plan[split], SPLIT_NAMES.index(split))
                 parsed = parse_arrow(table, path, spec.schema, spec.numeric_columns, spec.string_columns, positions)
                 check_finite(parsed, finite)
                 arrays = raw.labels(parsed, whole_file=False)  # missing labels fail here, naming the row
                 labels = {t.name: arrays[f"label{i}"] for i, t in enumerate(spec.tasks)}
-                for task in counted:
-                    column_codes, values = parsed.strings[str(task.column)]
-                    class_values[task.name].update(values[np.unique(column_codes)].tolist())
-                for name, counts in value_counts.items():
-                    column_codes, values = parsed.strings[str(next(t.column for t in spec.tasks if t.name == name))]
-                    found = np.bincount(column_codes[column_codes >= 0], minlength=len(values))
-                    for value, count in zip(values.tolist(), found.tolist()):
-                        counts[value] = counts.get(value, 0) + count
+                checks.add_file_part(parsed)
                 for code, split_name in enumerate(SPLIT_NAMES):
-                    mask = codes == code
-                    count = int(mask.sum())
+                    rows_of = np.flatnonzero(codes == code)
                     if split_name == "train" and split == "train":
-                        train_rows_per_group.append(count)
-                    if count == 0:
+                        train_rows_per_group.append(len(rows_of))
+                    if not len(rows_of):
                         continue
-                    rows[split_name] += count
-                    for task in checked:
-                        observed = None if task.observed_if is None else labels[task.observed_if][mask] > 0.5
-                        tallies[split_name][task.name].update(labels[task.name][mask], observed)
+                    rows[split_name] += len(rows_of)
+                    part_labels = {name: values[rows_of] for name, values in labels.items()}
+                    checks.add(split_name, part_labels)
                     if split_name != "train":
-                        part = table.filter(pa.array(mask))
+                        part = table.take(pa.array(rows_of))
                         if split_name not in writers:
                             writers[split_name] = pq.ParquetWriter(folder / f"{split_name}.parquet", part.schema)
                         writers[split_name].write_table(part, row_group_size=EVAL_ROW_GROUP)
                         continue
-                    train = parsed.take(np.flatnonzero(mask))
-                    for name in spec.numeric_features:
-                        numeric[name].add(train.numeric[name])
-                        missing[name] += int(np.isnan(train.numeric[name]).sum())
-                    for name in spec.categorical_features:
-                        column_codes, values = train.strings[name]
-                        vocab[name].update(values[np.unique(column_codes[column_codes >= 0])].tolist())
-                    ys = np.stack([labels[t.name][mask] for t in plain]).astype(np.float64) \
-                        if plain else np.zeros((0, count))
-                    label_sums += ys.sum(axis=1)
-                    label_products += ys @ ys.T
+                    features.add(parsed.take(rows_of))
+                    moments.add(part_labels, len(rows_of))
+                    sample.add(table.take(pa.array(rows_of)), positions[rows_of])
     finally:
         for writer in writers.values():
             writer.close()
@@ -278,46 +401,31 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     for split, count in rows.items():
         if count == 0:
             raise MtlexpError(f"data: the {split} split is empty")
-    for task in checked:
-        if task.name in value_counts:
-            kind_of(task).check_value_counts(task, value_counts[task.name],
-                                             f"column {task.column!r} in {spec.files['train']}")
-        for split in SPLIT_NAMES:
-            tallies[split][task.name].check(split)
-    classes = {t.name: class_names(class_values[t.name]) for t in counted}
-    mean_label = label_sums / rows["train"]
-    label_scaling = {}
-    for i, task in enumerate(plain):
-        if task.standardize:
-            var = label_products[i, i] / rows["train"] - mean_label[i] ** 2
-            label_scaling[task.name] = {"mean": float(mean_label[i]), "std": float(np.sqrt(max(var, 0.0))) or 1.0}
-    cov = label_products / rows["train"] - np.outer(mean_label, mean_label)
-    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    label_mean = {t.name: float(apply_standardise(np.array([mean_label[i]]), label_scaling[t.name]["mean"],
-                                                  label_scaling[t.name]["std"])[0])
-                  if t.name in label_scaling else float(mean_label[i]) for i, t in enumerate(plain)}
-    pearson = {f"{a.name}~{b.name}": float(cov[i, j] / (sd[i] * sd[j])) if sd[i] * sd[j] > 0 else float("nan")
-               for i, a in enumerate(plain) for j, b in enumerate(plain) if i < j}
-    stats = {}
-    for name, moments in numeric.items():
-        mean, std = moments.mean_std()
-        stats[name] = {"mean": mean, "std": std, "missing_in_train": missing[name]}
-    return {
+    meta = {
         "streaming": True,
         "files": {split: {"path": str(path), "sha256": digests[split],
                           "rows": file_rows[split]} for split, path in spec.files.items()},
         "rows": rows,
         "train_rows_per_group": train_rows_per_group,
-        "numeric": stats,
-        "vocabulary": {name: sorted(values) for name, values in vocab.items()},
-        "categorical": {name: len(values) + 1 for name, values in vocab.items()},
-        "classes": classes,
-        "label_scaling": label_scaling,
-        "label_mean": label_mean,
-        "label_pearson": pearson,
-        "leak_scores": [],
+        **features.result(),
+        "classes": checks.check(spec.files["train"]),
+        **moments.result(),
         "eval_files": sorted(writers),
     }
+    meta["leak_scores"] = _sample_leak_scores(spec, meta, sample)
+    meta["leak_sample_rows"] = len(sample.positions)
+    return meta
+
+
+def _sample_leak_scores(spec: StreamSpec, meta: Mapping[str, Any], sample: LeakSample) -> list[dict[str, Any]]:
+    """The in-memory leak scan on the sampled training rows, preprocessed with the fitted statistics."""
+    table, positions = sample.rows()
+    if table is None:
+        return []
+    parsed = parse_arrow(table, spec.files["train"], spec.schema, spec.numeric_columns, spec.string_columns,
+                         positions)
+    arrays = transform_of(spec, meta).apply(parsed, whole_file=False)
+    return leak_scores(arrays, spec.tasks, spec.numeric_features, spec.categorical_features)
 
 
 def read_meta(entry: Path) -> dict[str, Any] | None:
@@ -373,10 +481,9 @@ class SplitSource:
     def read(self, indices: Sequence[int]) -> TensorTable:
         """The rows of this split in the row groups ``indices``, transformed, as one table."""
         parts = []
-        wanted = list(dict.fromkeys([*self.spec.numeric_columns, *self.spec.string_columns]))
         for index in indices:
             group = self.groups[index]
-            table = group.read(wanted)
+            table = group.read(self.spec.wanted)
             positions = np.arange(group.first_row, group.first_row + group.num_rows)
             if self.code is not None:
                 keep = row_splits(positions, self.spec.split_seed, self.carve, self.own) == self.code

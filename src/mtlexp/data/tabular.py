@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import shutil
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,9 @@ from mtlexp.data.preprocessing import (
     carve_splits,
     check_finite,
     fit_standardise,
+    leak_scores,
     multiclass_names,
     seen_values,
-    single_feature_score,
 )
 from mtlexp.data.readers import file_columns, is_parquet, read_table
 from mtlexp.data.schema import auto_embedding_dim, did_you_mean, load_schema, task_spec
@@ -111,7 +112,7 @@ class TabularDataModule(MTLDataModule):
                 stream_window)
         self.streaming = streaming
         self.stream_window = stream_window
-        self.stream: dict[str, SplitSource] = {}
+        self.table: TableSource | None = None
         if path is not None:
             files = dict(path) if isinstance(path, Mapping) else {"train": path}
             require(
@@ -189,27 +190,26 @@ class TabularDataModule(MTLDataModule):
         """A readable prefix for this data's cache entries."""
         return files["train"].name.split(".")[0] or "table"
 
-    # --- streaming ----------------------------------------------------------------------------------
+    # --- the table: in memory or streamed, chosen once --------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.splits or self.stream:
+        if self.table is not None:
             return
-        files = self.input_files()
-        if self._streams(files):
-            self._setup_stream(files)
-        else:
-            super().setup(stage)
+        table = self._table_source(self.input_files())
+        table.setup(stage)
+        self.table = table
+        self._warn_leaks()
 
-    def _streams(self, files: Mapping[str, Path]) -> bool:
+    def _table_source(self, files: Mapping[str, Path]) -> TableSource:
         if self.streaming is True:
             check_streamable(files)
-            return True
+            return StreamedTable(self, files)
         if self.streaming == "auto" and all(is_parquet(p) and p.is_file() for p in files.values()):
             needed = in_memory_bytes(files, sum(len(c) for c in self.read_columns()))
             if needed > available_memory() / 2:
                 log.info("data: streaming the table (about %.1f GiB in memory, more than half of what is "
                          "available; data.streaming=false loads it anyway)", needed / 2**30)
-                return True
-        return False
+                return StreamedTable(self, files)
+        return InMemoryTable(self)
 
     def stream_spec(self, files: Mapping[str, Path]) -> StreamSpec:
         numeric_columns, string_columns = self.read_columns()
@@ -219,60 +219,28 @@ class TabularDataModule(MTLDataModule):
                           self.test_fraction, self.val_from, self.split_seed,
                           [t for t in self.tasks if t.derived])
 
-    def _setup_stream(self, files: Mapping[str, Path]) -> None:
-        if self.cache_dir is None:
-            raise MtlexpError("data.cache_dir: streaming needs a cache folder (for its statistics and the "
-                              "validation and test rows), got null")
-        for path in files.values():
-            self._check_columns(path)
-        entry = self.cache_dir / "tabular-stream" / f"{self.cache_stem(files)}-{self.cache_key(files)[:16]}"
-        meta = read_meta(entry) if (entry / "meta.json").is_file() else None
-        self.cache_hit = meta is not None
-        if meta is None:
-            if entry.exists():
-                warnings.warn(f"data.cache_dir: refitting the damaged streaming entry {entry}", stacklevel=2)
-                shutil.rmtree(entry, ignore_errors=True)
-            log.info("data: fitting the preprocessing in one pass over %s", ", ".join(str(p) for p in files.values()))
-            meta = fit_stream(self.stream_spec(files), entry)
-        self.meta = {**meta, "cache": {"entry": str(entry), "hit": self.cache_hit}}
-        self._fitted_tasks()
-        spec = self.stream_spec(files)
-        transform = transform_of(spec, self.meta)
-        plan = carve_plan(files, self.val_fraction, self.test_fraction, self.val_from)
-        self.stream = {
-            "train": SplitSource(spec, transform, files["train"], row_groups(files["train"]), SPLITS.index("train"),
-                                 plan["train"], SPLITS.index("train")),
-            **{split: SplitSource(spec, transform, entry / f"{split}.parquet", row_groups(entry / f"{split}.parquet"))
-               for split in ("val", "test")},
-        }
-        self.features = self.feature_spec()
-        log.info("data: streaming %s rows (train %d, val %d, test %d) from %s", f"{sum(meta['rows'].values()):,}",
-                 meta["rows"]["train"], meta["rows"]["val"], meta["rows"]["test"], entry)
-
     def train_dataloader(self) -> Any:
-        if not self.stream:
-            return super().train_dataloader()
-        rank, world = self._rank()
-        return StreamingTrainLoader(self.stream["train"], self.meta["train_rows_per_group"], self.batch_size,
-                                    self.chunk_steps if world == 1 else 1, self.seed, rank, world, self.stream_window)
+        return self._ready().train_loader()
 
     def val_dataloader(self) -> Any:
-        if not self.stream:
-            return super().val_dataloader()
-        return StreamingEvalLoader(self.stream["val"], self.eval_batch_size, *self._rank())
+        return self._ready().eval_loader("val")
 
     def test_dataloader(self) -> Any:
-        if not self.stream:
-            return super().test_dataloader()
-        return StreamingEvalLoader(self.stream["test"], self.eval_batch_size, *self._rank())
+        return self._ready().eval_loader("test")
 
     def fingerprint(self) -> str:
-        return stream_fingerprint(self.meta) if self.stream else super().fingerprint()
+        return self._ready().fingerprint()
+
+    def _ready(self) -> TableSource:
+        if self.table is None:
+            raise MtlexpError("data: call setup() before asking for the data")
+        return self.table
 
     # --- loading ------------------------------------------------------------------------------------
-    def cache_key(self, files: Mapping[str, Path]) -> str:
+    def cache_key(self, files: Mapping[str, Path], **extra: Any) -> str:
         """A hash of everything the tensors depend on: files (path, size, mtime), schema and options."""
         options = {
+            **extra,
             "schema": self.schema.content,
             "tasks": [dataclasses.asdict(t) for t in self.tasks],
             "numeric": self.numeric_features,
@@ -309,7 +277,6 @@ class TabularDataModule(MTLDataModule):
         self.meta["cache"] = {"entry": None if entry is None else str(entry), "hit": self.cache_hit}
         self._fitted_tasks()
         log.info("data: %s (%s)", "cache hit" if self.cache_hit else "parsed the files", entry or "no cache")
-        self._warn_leaks()
         splits = {}
         for split in SPLITS:
             labels = {t.name: torch.from_numpy(arrays[f"{split}.label{i}"]) for i, t in enumerate(self.labelled_tasks)}
@@ -388,21 +355,10 @@ class TabularDataModule(MTLDataModule):
             "categorical": {name: len(index) + 1 for name, index in transform.categories.items()},
             "classes": classes,
             "label_scaling": label_scaling,
-            "leak_scores": self._leak_scores(arrays),
+            "leak_scores": leak_scores({k.removeprefix("train."): v for k, v in arrays.items() if k.startswith("train.")},
+                                       self.labelled_tasks, self.numeric_features, self.categorical_features),
         }
         return arrays, meta
-
-    def _leak_scores(self, arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-        """Every feature alone scored against every label on the training split."""
-        scores = []
-        features = [(n, arrays["train.numeric"][:, j], False) for j, n in enumerate(self.numeric_features)]
-        features += [(n, arrays["train.categorical"][:, j], True) for j, n in enumerate(self.categorical_features)]
-        for name, column, is_categorical in features:
-            for i, task in enumerate(self.labelled_tasks):
-                score = single_feature_score(column, is_categorical, task, arrays[f"train.label{i}"])
-                if score is not None:
-                    scores.append({"feature": name, "task": task.name, "metric": score[0], "score": round(score[1], 4)})
-        return scores
 
     def _check_columns(self, path: Path) -> None:
         """Every schema column is in the file, and every file column has a role (a feature, a label, dropped)."""
@@ -453,11 +409,7 @@ class TabularDataModule(MTLDataModule):
                 )
 
     def describe(self) -> dict[str, Any]:
-        summary = super().describe()
-        if self.stream:  # the fitting pass counted what the base class reads off the tensors
-            summary.update(rows=dict(self.meta["rows"]), label_mean=self.meta["label_mean"], streaming=True)
-            if len(self.meta["label_mean"]) >= 2:
-                summary["label_pearson"] = self.meta["label_pearson"]
+        summary = self.table.statistics() if self.table is not None else super().describe()
         features = self.feature_spec() if self.meta else None
         summary.update(
             {
@@ -477,4 +429,117 @@ class TabularDataModule(MTLDataModule):
                 "cache": self.meta.get("cache", {}),
             }
         )
+        return summary
+
+
+class TableSource(ABC):
+    """Where a tabular module's rows live, chosen once in ``setup``: what the module asks of its rows (loaders,
+    fingerprint, the summary statistics of ``describe``) never depends on which it is."""
+
+    def __init__(self, dm: TabularDataModule) -> None:
+        self.dm = dm
+
+    @abstractmethod
+    def setup(self, stage: str | None) -> None:
+        """Read or fit the table: fills ``dm.meta``, ``dm.tasks``' fitted facts and ``dm.features``."""
+
+    @abstractmethod
+    def train_loader(self) -> Any:
+        """The training loader (chunks of batches, shuffled per epoch, sharded under DDP)."""
+
+    @abstractmethod
+    def eval_loader(self, split: str) -> Any:
+        """The loader of ``val`` or ``test``, in order."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies the data a run saw, for its provenance record."""
+
+    @abstractmethod
+    def statistics(self) -> dict[str, Any]:
+        """Rows per split and the training labels' means and correlations."""
+
+
+class InMemoryTable(TableSource):
+    """The whole table parsed into tensors (cached): the base data module's splits, loaders and summary."""
+
+    def setup(self, stage: str | None) -> None:
+        MTLDataModule.setup(self.dm, stage)
+
+    def train_loader(self) -> Any:
+        return MTLDataModule.train_dataloader(self.dm)
+
+    def eval_loader(self, split: str) -> Any:
+        return getattr(MTLDataModule, f"{split}_dataloader")(self.dm)
+
+    def fingerprint(self) -> str:
+        return MTLDataModule.fingerprint(self.dm)
+
+    def statistics(self) -> dict[str, Any]:
+        return MTLDataModule.describe(self.dm)
+
+
+class StreamedTable(TableSource):
+    """Parquet row groups streamed (``streaming.py``): one cached fitting pass, then the training file's row
+    groups and the carved validation and test files."""
+
+    # Bump when the fitting pass records something new, so that older entries are refitted.
+    FORMAT = 2
+
+    def __init__(self, dm: TabularDataModule, files: Mapping[str, Path]) -> None:
+        super().__init__(dm)
+        self.files = dict(files)
+        self.parts: dict[str, SplitSource] = {}
+
+    def setup(self, stage: str | None) -> None:
+        dm, files = self.dm, self.files
+        if dm.cache_dir is None:
+            raise MtlexpError("data.cache_dir: streaming needs a cache folder (for its statistics and the "
+                              "validation and test rows), got null")
+        for path in files.values():
+            dm._check_columns(path)
+        key = dm.cache_key(files, stream_format=self.FORMAT)
+        entry = dm.cache_dir / "tabular-stream" / f"{dm.cache_stem(files)}-{key[:16]}"
+        meta = read_meta(entry) if (entry / "meta.json").is_file() else None
+        dm.cache_hit = meta is not None
+        if meta is None:
+            if entry.exists():
+                warnings.warn(f"data.cache_dir: refitting the damaged streaming entry {entry}", stacklevel=3)
+                shutil.rmtree(entry, ignore_errors=True)
+            log.info("data: fitting the preprocessing in one pass over %s", ", ".join(str(p) for p in files.values()))
+            meta = fit_stream(dm.stream_spec(files), entry)
+        dm.meta = {**meta, "cache": {"entry": str(entry), "hit": dm.cache_hit}}
+        dm._fitted_tasks()
+        spec = dm.stream_spec(files)
+        transform = transform_of(spec, dm.meta)
+        plan = carve_plan(files, dm.val_fraction, dm.test_fraction, dm.val_from)
+        train = SPLITS.index("train")
+        self.parts = {
+            "train": SplitSource(spec, transform, files["train"], row_groups(files["train"]), train, plan["train"],
+                                 train),
+            **{split: SplitSource(spec, transform, entry / f"{split}.parquet", row_groups(entry / f"{split}.parquet"))
+               for split in ("val", "test")},
+        }
+        dm.features = dm.feature_spec()
+        log.info("data: streaming %s rows (train %d, val %d, test %d) from %s", f"{sum(meta['rows'].values()):,}",
+                 meta["rows"]["train"], meta["rows"]["val"], meta["rows"]["test"], entry)
+
+    def train_loader(self) -> Any:
+        dm = self.dm
+        rank, world = dm._rank()
+        return StreamingTrainLoader(self.parts["train"], dm.meta["train_rows_per_group"], dm.batch_size,
+                                    dm.chunk_steps if world == 1 else 1, dm.seed, rank, world, dm.stream_window)
+
+    def eval_loader(self, split: str) -> Any:
+        return StreamingEvalLoader(self.parts[split], self.dm.eval_batch_size, *self.dm._rank())
+
+    def fingerprint(self) -> str:
+        return stream_fingerprint(self.dm.meta)
+
+    def statistics(self) -> dict[str, Any]:
+        # the fitting pass counted what the in-memory summary reads off the tensors
+        meta = self.dm.meta
+        summary = {"rows": dict(meta["rows"]), "label_mean": meta["label_mean"], "streaming": True}
+        if len(meta["label_mean"]) >= 2:
+            summary["label_pearson"] = meta["label_pearson"]
         return summary
