@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -36,3 +37,15 @@ def test_step_counting_last_batch_and_log_gating_behave_as_mtlexp_assumes(tmp_pa
     assert trainer.global_step == 12
     assert [s[1] for s in probe.seen] == [False, False, True] * 2  # the epoch's last batch, known in advance
     assert any(s[2] for s in probe.seen) and not all(s[2] for s in probe.seen)
+
+
+def test_early_stopping_says_stop_by_the_callbacks_own_rule():
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from mtlexp.lightning_compat import early_stopping_says_stop
+
+    stopper = EarlyStopping(monitor="val/norm_loss", mode="min", patience=2, min_delta=0.05)
+    # 0.87 and 0.86 improve on 0.9, but by less than min_delta: they count towards the patience.
+    assert [early_stopping_says_stop(stopper, s) for s in (1.0, 0.9, 0.87, 0.86)] == [False, False, False, True]
+    assert stopper.wait_count == 2 and float(stopper.best_score) == pytest.approx(0.9)
+    assert early_stopping_says_stop(EarlyStopping(monitor="m", patience=5), float("nan"))  # not finite: stop

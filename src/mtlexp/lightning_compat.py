@@ -1,8 +1,9 @@
 """The Lightning internals mtlexp relies on, in one place.
 
 Manual optimisation with several optimizer steps per ``training_step`` needs three things Lightning has no
-public API for, and a stacked run's per-replica early stopping a fourth (the callback's own rule). ``tests/test_lightning_compat.py`` checks them on a real Trainer, so an upgrade that moves
-them fails there, loudly, rather than as a silent change in step counts or logging.
+public API for, and a stacked run's per-replica early stopping a fourth (the callback's own rule).
+``tests/test_lightning_compat.py`` checks them on a real Trainer, so an upgrade that moves them fails there,
+loudly, rather than as a silent change in step counts or logging.
 """
 
 from __future__ import annotations

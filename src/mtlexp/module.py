@@ -179,8 +179,8 @@ class MTLModule(pl.LightningModule):
         # logging gave, for a fraction of the calls.
         if should_update_logs(self.trainer):
             self.log("train/loss_step", sums[0] / steps, on_step=True, on_epoch=False, prog_bar=True)
-        self.update_metrics("train", {t.name: torch.cat([o.logits[t.name].detach() for o in outputs]) for t in self.tasks},
-                            {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks})
+        logits = {t.name: torch.cat([o.logits[t.name].detach() for o in outputs]) for t in self.tasks}
+        self.update_metrics("train", logits, {t.name: torch.cat([b["labels"][t.name] for b in chunk]) for t in self.tasks})
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
@@ -254,7 +254,8 @@ class MTLModule(pl.LightningModule):
 
     # --- evaluation --------------------------------------------------------------------------------
     def update_metrics(self, split: str, logits: dict[str, Tensor], labels: dict[str, Tensor],
-                       truth: dict[str, dict[str, Tensor]] | None = None, gates: dict[str, Tensor] | None = None) -> None:
+                       truth: dict[str, dict[str, Tensor]] | None = None,
+                       gates: dict[str, Tensor] | None = None) -> None:
         """Update every task's metrics of ``split`` with a batch's (or a chunk's) logits, and the gate statistics
         with its gate weights. A stacked run calls this for each replica's module with that replica's slice."""
         for task in self.tasks:

@@ -195,7 +195,8 @@ class StackedModule(pl.LightningModule):
         for k, replica in enumerate(self.replicas):
             if not self.states[k].active:
                 continue
-            replica.update_metrics("train", {t.name: torch.cat([step[t.name][k] for step in logits_per_step]) for t in self.tasks},
+            chunk_logits = {t.name: torch.cat([step[t.name][k] for step in logits_per_step]) for t in self.tasks}
+            replica.update_metrics("train", chunk_logits,
                                    {t.name: torch.cat([b["labels"][t.name] for b in chunks[k]]) for t in self.tasks})
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
