@@ -481,6 +481,17 @@ def test_sdmgrad_descends_the_min_norm_objective_at_lam_0_and_tends_to_the_mean_
     assert torch.allclose(mean.weights, torch.tensor([0.5, 0.5]), atol=1e-5)
 
 
+def test_sdmgrad_keeps_finite_simplex_weights_when_the_two_samples_point_apart():
+    # Consecutive batches whose task gradients are anti-aligned: the two-sample product has a negative diagonal
+    # (a shared-bottom run on the synthetic pair reached this and its weights became NaN).
+    weighting = SDMGrad(TASKS)
+    for step, rows in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]], [[1.0, 0.1], [0.1, 1.0]]]):
+        model = LinearTasks(rows)
+        result = weighting.step(step_inputs(model, model.losses(), step=step))
+        assert torch.isfinite(result.weights).all() and float(result.weights.sum()) == pytest.approx(1.0)
+        assert (result.weights >= 0).all() and torch.isfinite(model.shared.grad).all()
+
+
 @pytest.mark.parametrize("make", [
     lambda: DualBalancing(TASKS), lambda: MoCo(TASKS), lambda: MoDo(TASKS, gamma=0.1), lambda: SDMGrad(TASKS),
     lambda: ExcessMTL(TASKS, step_size=0.5),

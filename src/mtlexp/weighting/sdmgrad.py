@@ -32,8 +32,13 @@ class SDMGrad(DoubleSampling):
         self.lam, self.num_iters = float(lam), num_iters
 
     def update_weights(self, gram: Tensor) -> Tensor:
-        scale = gram.diagonal().clamp_min(0).sqrt().mean()
-        gram = gram / (scale ** 2 + 1e-8)
+        scale = gram.diagonal().clamp_min(0).sqrt().mean() ** 2
+        if not bool(scale > 1e-12):
+            # The two-sample product is not a Gram matrix: where the two batches' task gradients point apart its
+            # diagonal is <= 0, and dividing by ~1e-8 sent the inner solver to inf (NaN weights, seen on
+            # shared-bottom). Its largest entry then sets the scale instead.
+            scale = gram.abs().max().clamp_min(1e-12)
+        gram = gram / scale
         pull = self.lam * gram.mean(dim=1)
         weights = self.task_weights.to(gram)
         velocity = torch.zeros_like(weights)
