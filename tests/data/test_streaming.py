@@ -183,8 +183,8 @@ def test_click_and_conversion_stream_with_derived_labels_and_the_same_checks(tmp
              "ctcvr": {"kind": "binary", "product": ["click", "conversion"]}}
     schema = {"numeric": ["x"]}
 
-    def stream(path: Path) -> TabularDataModule:
-        dm = TabularDataModule(tasks, path=path, schema=schema, cache_dir=tmp_path / "cache", streaming=True,
+    def stream(path: Path, streaming: bool = True) -> TabularDataModule:
+        dm = TabularDataModule(tasks, path=path, schema=schema, cache_dir=tmp_path / "cache", streaming=streaming,
                                batch_size=64)
         dm.setup()
         return dm
@@ -192,6 +192,15 @@ def test_click_and_conversion_stream_with_derived_labels_and_the_same_checks(tmp
     dm = stream(write_parquet(tmp_path / "cc.parquet", frame))
     rows = rows_of(list(dm.train_dataloader()))
     assert torch.equal(rows["label/ctcvr"], rows["label/click"] * rows["label/conversion"])
+    # The summary the fitting pass accumulated is the training rows' own, the derived task's included, as the
+    # in-memory path's is (the two paths carve a single file's rows differently, so compare with the rows).
+    summary = dm.describe()
+    names = ["click", "conversion", "ctcvr"]
+    assert summary["label_mean"] == pytest.approx({n: float(rows[f"label/{n}"].double().mean()) for n in names})
+    pearson = np.corrcoef(np.stack([rows[f"label/{n}"].double().numpy() for n in names]))
+    assert summary["label_pearson"] == pytest.approx({f"{a}~{b}": pearson[i, j] for i, a in enumerate(names)
+                                                      for j, b in enumerate(names) if i < j})
+    assert set(stream(tmp_path / "cc.parquet", streaming=False).describe()["label_mean"]) == set(names)
     frame.loc[np.flatnonzero(~click)[:2], "conversion"] = 1
     with pytest.raises(MtlexpError, match=r"tasks.conversion \(column 'conversion'\): \d row\(s\) of the \w+ split have a label where"):
         stream(write_parquet(tmp_path / "bad.parquet", frame))

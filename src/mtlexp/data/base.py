@@ -12,6 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from mtlexp.data.summary import LabelMoments
 from mtlexp.data.tensors import ChunkedShuffleLoader, SequentialLoader, TensorTable
 from mtlexp.errors import MtlexpError, require
 from mtlexp.kinds import derive_labels, kind_of, observed_rows
@@ -69,15 +70,9 @@ class MTLDataModule(pl.LightningDataModule):
         summary: dict[str, Any] = {"rows": {s: len(t) for s, t in self.splits.items()}}
         train = self.splits.get("train")
         if train is not None:
-            # Class indices of a multiclass task are not quantities: no mean, no correlation.
-            names = [t.name for t in self.tasks if kind_of(t).quantitative]
-            summary["label_mean"] = {k: float(train.labels[k].float().mean()) for k in names}
-            if len(names) >= 2:
-                ys = torch.stack([train.labels[n].double() for n in names])
-                corr = torch.corrcoef(ys)
-                summary["label_pearson"] = {
-                    f"{a}~{b}": float(corr[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j
-                }
+            moments = LabelMoments(self.tasks)
+            moments.add({t.name: train.labels[t.name].double().numpy() for t in moments.tasks}, len(train))
+            summary.update(moments.summary())
         return summary
 
     # --- shared machinery --------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from mtlexp.data.preprocessing import (
 )
 from mtlexp.data.readers import ParsedTable, is_parquet, parse_arrow, reading_parquet, sha256_stream
 from mtlexp.data.schema import TableSchema, json_default
+from mtlexp.data.summary import LabelMoments
 from mtlexp.data.tensors import Batch, Chunk, TensorTable, split_batch
 from mtlexp.errors import MtlexpError
 from mtlexp.kinds import derive_labels, kind_of
@@ -267,34 +268,16 @@ class LabelChecks:
         return {t.name: class_names(self.class_values[t.name]) for t in self.named}
 
 
-class LabelMoments:
-    """Sums and cross-products of the quantitative labels of the training rows: label scaling, label means and
-    the labels' Pearson correlations."""
-
-    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
-        self.tasks = [t for t in tasks if kind_of(t).quantitative]
-        self.rows = 0
-        self.sums = np.zeros(len(self.tasks))
-        self.products = np.zeros((len(self.tasks), len(self.tasks)))
-
-    def add(self, labels: Mapping[str, np.ndarray], rows: int) -> None:
-        ys = np.stack([labels[t.name] for t in self.tasks]).astype(np.float64) if self.tasks \
-            else np.zeros((0, rows))
-        self.rows += rows
-        self.sums += ys.sum(axis=1)
-        self.products += ys @ ys.T
-
-    def result(self) -> dict[str, Any]:
-        mean = self.sums / self.rows
-        cov = self.products / self.rows - np.outer(mean, mean)
-        scaling = {t.name: {"mean": float(mean[i]), "std": float(np.sqrt(max(cov[i, i], 0.0))) or 1.0}
-                   for i, t in enumerate(self.tasks) if t.standardize}
-        label_mean = {t.name: float(apply_standardise(np.array([mean[i]]), **scaling[t.name])[0])
-                      if t.name in scaling else float(mean[i]) for i, t in enumerate(self.tasks)}
-        sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
-        pearson = {f"{a.name}~{b.name}": float(cov[i, j] / (sd[i] * sd[j])) if sd[i] * sd[j] > 0 else float("nan")
-                   for i, a in enumerate(self.tasks) for j, b in enumerate(self.tasks) if i < j}
-        return {"label_scaling": scaling, "label_mean": label_mean, "label_pearson": pearson}
+def fitted_labels(moments: LabelMoments) -> dict[str, Any]:
+    """What the fitting pass learns from the training labels' sums: the scaling of ``standardize`` tasks, and
+    the label summary in the units the model trains on (a standardised task's mean is that of its scaled
+    labels)."""
+    mean, cov = moments.mean_cov()
+    scaling = {t.name: {"mean": float(mean[i]), "std": float(np.sqrt(max(cov[i, i], 0.0))) or 1.0}
+               for i, t in enumerate(moments.tasks) if t.standardize}
+    trained = np.array([apply_standardise(np.array([mean[i]]), **scaling[t.name])[0] if t.name in scaling else mean[i]
+                        for i, t in enumerate(moments.tasks)])
+    return {"label_scaling": scaling, **moments.summary(trained)}
 
 
 class LeakSample:
@@ -351,7 +334,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
     plan = carve_plan(spec.files, spec.val_fraction, spec.test_fraction, spec.val_from)
     features = FeatureStatistics(spec.numeric_features, spec.categorical_features)
     checks = LabelChecks(spec.tasks)
-    moments = LabelMoments(spec.tasks)
+    moments = LabelMoments([*spec.tasks, *spec.derived])
     sample = LeakSample()
     rows = dict.fromkeys(SPLIT_NAMES, 0)
     train_rows_per_group: list[int] = []
@@ -392,6 +375,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
                         writers[split_name].write_table(part, row_group_size=EVAL_ROW_GROUP)
                         continue
                     features.add(parsed.take(rows_of))
+                    derive_labels(list(spec.derived), part_labels)  # the in-memory summary has them too
                     moments.add(part_labels, len(rows_of))
                     sample.add(table.take(pa.array(rows_of)), positions[rows_of])
     finally:
@@ -409,7 +393,7 @@ def _fit(spec: StreamSpec, folder: Path) -> dict[str, Any]:
         "train_rows_per_group": train_rows_per_group,
         **features.result(),
         "classes": checks.check(spec.files["train"]),
-        **moments.result(),
+        **fitted_labels(moments),
         "eval_files": sorted(writers),
     }
     meta["leak_scores"] = _sample_leak_scores(spec, meta, sample)
