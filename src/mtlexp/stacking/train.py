@@ -199,7 +199,7 @@ def _carry_best_checkpoints(ckpt_path: Path, folders: list[Path]) -> None:
 def _check_replicas_agree(datas: list[Any]) -> None:
     """Vectorising needs the same batch shapes in every replica, step after step."""
     for split in ("train", "val"):
-        sizes = {len(d.splits[split]) for d in datas}
+        sizes = {d.describe()["rows"][split] for d in datas}  # in memory or streamed alike
         if len(sizes) > 1:
             raise MtlexpError(f"stack: the replicas' {split} splits differ in size ({sorted(sizes)}); stack seeds "
                               "only where the seed does not change the split sizes")
