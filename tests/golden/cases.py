@@ -83,13 +83,13 @@ def _cases() -> list[Case]:
     ]
     for data_name, data, needs, models in data_sets:
         for model_name, model in models:
-            base = [*data, *model, "trainer.max_epochs=2", "logger=none", "paths.cache_dir={cache}"]
+            base = [*data, *model, "trainer.max_epochs=2", "paths.cache_dir={cache}"]
             cases.append(Case(f"{data_name}-{model_name}-upgrad", (*base, "weighting=upgrad"), needs))
             # Stacking refuses gradient aggregators: the stacked golden runs train with equal weights.
             cases.append(Case(f"{data_name}-{model_name}-stack3-equal", (*base, "weighting=equal", "stack=3"), needs))
     for streaming in ("true", "false"):
         cases.append(Case(f"tabular-streaming_{streaming}-mmoe-upgrad",
-                          (*TABULAR, f"data.streaming={streaming}", "trainer.max_epochs=2", "logger=none",
+                          (*TABULAR, f"data.streaming={streaming}", "trainer.max_epochs=2",
                            "paths.cache_dir={cache}"), "table"))
     return cases
 
