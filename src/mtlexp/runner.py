@@ -170,7 +170,8 @@ def _check_creatable(folder: Path, key: str) -> None:
 
 class SweepSummary(Callback):
     """At the end of a multirun: one row per job (its overrides, status, headline metric), and a non-zero
-    exit status when any job failed. Reads only the job folders, so it works with every launcher."""
+    exit status when any job failed (a trial its study pruned did not). Reads only the job folders, so it works
+    with every launcher."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -179,7 +180,7 @@ class SweepSummary(Callback):
         rows, failed = [], 0
         for job in jobs:
             record = read_record(job) or RunRecord()
-            failed += not record.ok
+            failed += not record.settled  # a trial its study pruned ended as asked
             rows.append([job.name, " ".join(swept[job.name]), record.status or "missing", record.test_norm_loss,
                          record.error or ""])
         if rows:
