@@ -456,8 +456,10 @@ def search_folder(root: Path) -> Path:
 
     for number in range(7):
         folder = root / str(number)
-        write_run(folder, config("mmoe", 0.5, 0, folder) | {"optimizer": {"lr": 10 ** -(number % 4)}}, {},
-                  [f"optimizer.lr={10 ** -(number % 4)}"])
+        # The sweeper gives every trial its number: a trial's identity, not a setting that tells groups apart.
+        trial = {"study_name": "mo", "storage": f"sqlite:///{root / 'optuna.db'}", "number": number}
+        write_run(folder, config("mmoe", 0.5, 0, folder) | {"optimizer": {"lr": 10 ** -(number % 4)}, "trial": trial},
+                  {}, [f"optimizer.lr={10 ** -(number % 4)}", f"trial.number={number}"])
         if number in TRIALS:
             income, never_married = TRIALS[number]
             values = {"income": {"auroc": income}, "never_married": {"auroc": never_married}}
@@ -489,6 +491,7 @@ def test_a_multi_objective_search_prints_its_front_and_draws_every_trial(tmp_pat
     assert [row[:3] for row in rows] == [["1", "0.9100", "0.9700"], ["3", "0.9400", "0.9600"],
                                          ["4", "0.9500", "0.9400"]]
     md = (root / "report.md").read_text()
+    assert "7 runs (5 ok, 1 pruned) in 4 groups; swept: optimizer.lr." in md
     assert f"## Pareto front: {root}" in md
     assert "| 3 | 0.9400 | 0.9600 | optimizer.lr=0.001 | mtlexp train optimizer.lr=0.001 |" in md
     assert (root / "figures" / "pareto_trials.png").is_file() and "![pareto_trials](figures/pareto_trials.png)" in md

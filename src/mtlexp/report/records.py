@@ -32,9 +32,10 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: the training pat
 RECORD_SCHEMA = 3
 
 # Leaves that never tell configurations apart: the seed repeats one, ``stack`` packs seeds into one process,
-# ``ckpt_path`` is where a run resumed from, and paths and Hydra's settings are where it ran.
+# ``ckpt_path`` is where a run resumed from, paths and Hydra's settings are where it ran, and ``trial`` is which
+# trial of a search's study it was (its number differs in every trial).
 NOT_SWEPT = ("seed", "stack", "ckpt_path")
-NOT_SWEPT_PREFIXES = ("paths.", "hydra.")
+NOT_SWEPT_PREFIXES = ("paths.", "hydra.", "trial.")
 # Nodes reported by their stable name (``model=esmm(mmoe)``) rather than by the dozen leaves two models differ in.
 NAMED_NODES = ("model", "weighting")
 
