@@ -65,12 +65,14 @@ def trial_pruning(cfg: DictConfig, values: Values) -> TrialPruning | None:
     number = OmegaConf.select(cfg, "trial.number", default=None)
     if number is None:
         return None
+    trial = open_trial(str(cfg.trial.study_name or ""), str(cfg.trial.storage or ""), int(number))
+    if trial is None:
+        return None
     metric = cfg.get("optimized_metric")
     if not metric or not isinstance(metric, str):
-        raise MtlexpError(f"optimized_metric: trial.number is set, so the run reports one validation metric to its "
-                          f"study every epoch; expected a name such as val/norm_loss, got {metric!r}")
-    trial = open_trial(str(cfg.trial.study_name or ""), str(cfg.trial.storage or ""), int(number))
-    return None if trial is None else TrialPruning(trial, metric, values)
+        raise MtlexpError(f"optimized_metric: the study prunes, so the run reports one validation metric to it every "
+                          f"epoch; expected a name such as val/norm_loss, got {metric!r}")
+    return TrialPruning(trial, metric, values)
 
 
 def open_trial(study_name: str, storage: str, number: int) -> Any:
