@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_in_fork
+
 pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")
 
@@ -35,9 +37,13 @@ def study_with_baseline(tmp_path: Path, baseline: float, pruner: dict | None = M
     return storage, study.ask().number
 
 
-def train(tmp_path: Path, storage: str, number: int, *extra: str) -> subprocess.CompletedProcess:
-    args = ["train", *TINY, "optimized_metric=val/norm_loss", f"trial.study_name={STUDY}", f"trial.storage={storage}",
+def arguments(tmp_path: Path, storage: str, number: int, *extra: str) -> list[str]:
+    return ["train", *TINY, "optimized_metric=val/norm_loss", f"trial.study_name={STUDY}", f"trial.storage={storage}",
             f"trial.number={number}", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+
+
+def train(tmp_path: Path, storage: str, number: int, *extra: str) -> subprocess.CompletedProcess:
+    args = arguments(tmp_path, storage, number, *extra)
     return subprocess.run([sys.executable, "-m", "mtlexp", *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, check=False)
 
@@ -107,14 +113,15 @@ def test_a_stacked_trial_reports_the_mean_of_its_replicas_and_is_pruned_as_one(t
 
 def test_a_missing_trial_or_storage_is_one_line_naming_the_key(tmp_path):
     storage, number = study_with_baseline(tmp_path, 0.05)
-    result = train(tmp_path, storage, number + 5)
+    # Both stop before training: a forked child, not a new interpreter.
+    result = cli_in_fork(arguments(tmp_path, storage, number + 5), tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \
         f"mtlexp: error: trial.number: study '{STUDY}' has no trial {number + 5}"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
     missing = tmp_path / "nowhere" / "optuna.db"
-    result = train(tmp_path, f"sqlite:///{missing}", number, "overwrite=true")
+    result = cli_in_fork(arguments(tmp_path, f"sqlite:///{missing}", number, "overwrite=true"), tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"mtlexp: error: trial.storage: no SQLite database at {missing}"
     assert not missing.parent.exists()
