@@ -58,3 +58,16 @@ def test_a_sweep_whose_trials_were_pruned_did_not_fail_but_one_with_a_failed_job
     with pytest.raises(SystemExit) as ended:
         SweepSummary().on_multirun_end(config)
     assert ended.value.code == 1 and capsys.readouterr().err.strip() == "mtlexp: error: 1 of 3 jobs failed"
+
+
+def test_an_interrupted_search_trial_resumes_as_a_plain_run(tmp_path, capsys):
+    from mtlexp.runner import record_interrupted
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- optimizer.lr=0.01\n- trial.study_name=s\n- trial.storage=sqlite:///optuna.db\n- trial.number=3\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    record_interrupted(tmp_path)
+    assert capsys.readouterr().err.strip() == (
+        f"mtlexp: interrupted; resume with: mtlexp train optimizer.lr=0.01 ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")

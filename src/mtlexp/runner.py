@@ -95,8 +95,9 @@ def _resume_hint(output_dir: Path | None) -> str:
     last = output_dir / "checkpoints" / "last.ckpt" if output_dir is not None else None
     if last is None or not last.is_file():
         return "no checkpoint was written yet: run the same command again"
-    # A resumed run writes a folder of its own (and keeps the better best checkpoint of the two).
-    overrides = [o for o in run_overrides(output_dir) if not o.startswith(("ckpt_path=", "hydra."))]
+    # A resumed run writes a folder of its own (and keeps the better best checkpoint of the two). A search
+    # trial's study never hears how a run resumed by hand ends, so it does not report to it (trial.*) either.
+    overrides = [o for o in run_overrides(output_dir) if not o.startswith(("ckpt_path=", "hydra.", "trial."))]
     return "resume with: mtlexp train " + " ".join([*overrides, f"ckpt_path={last}"])
 
 
