@@ -30,7 +30,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (4, "weighting", ("mtlexp.weighting",)),
     (5, "module", ("mtlexp.objective", "mtlexp.module", "mtlexp.stacking.model", "mtlexp.stacking.module")),
     (6, "run", ("mtlexp.components", "mtlexp.record", "mtlexp.runner", "mtlexp.stacking.train", "mtlexp.train",
-                "mtlexp.evaluate")),
+                "mtlexp.evaluate", "mtlexp.pruning")),
     (6, "report", ("mtlexp.report",)),
     (7, "cli", ("mtlexp.cli", "mtlexp.__main__", "mtlexp.hpo")),
 ]

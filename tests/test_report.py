@@ -171,7 +171,7 @@ def test_runs_are_grouped_by_what_their_configs_differ_in(sweep):
     assert runs.loc["0", ["status", "error", "best_epoch", "epochs_trained", "duration_s"]].tolist() == \
         ["ok", "", 1, 2, 1.5]
     assert list(study.runs.columns) == ["run", "group", "seed", "status", "error", "best_epoch", "epochs_trained",
-                                        "duration_s", "model", "data.correlation"]
+                                        "pruned_epoch", "duration_s", "model", "data.correlation"]
 
 
 def test_a_failed_run_and_a_run_without_its_config_are_listed_not_dropped(sweep):
@@ -411,3 +411,105 @@ def test_a_run_recorded_as_running_whose_process_is_gone_is_stale_not_failed(tmp
     result = cli_in_fork(["report", str(tmp_path)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 (+1 stale)" in result.stdout, result.stdout
+
+
+# -- search trials: pruned ones, and a multi-objective search's Pareto front -------------------------------------
+
+
+def test_pruned_trials_are_listed_apart_from_failed_runs_and_left_out_of_the_tables(sweep, tmp_path, capsys):
+    pruned = sweep / "14"
+    write_run(pruned, config("mmoe", 0.5, 5, pruned),
+              metrics("mmoe", 5, 0.10, 50.0, status="pruned", pruned_epoch=1, test={}),
+              ["model=mmoe", "data.correlation=0.5", "seed=5"])
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out), "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s) not ok: listed under 'Failed runs'" in printed
+    assert "1 run(s) pruned by their study: listed under 'Pruned runs'" in printed
+    md = (out / "report.md").read_text()
+    assert "15 runs (12 ok, 1 pruned) in 5 groups" in md
+    # Its AUROC of 0.10 would pull the group's mean down: the cell keeps the 3 ok runs' 0.80, 0.82, 0.84.
+    assert "| model=mmoe data.correlation=0.5 | 3 (+1 failed, +1 pruned) | 0.8200 ± 0.0200 [" in md
+    failed, pruned_section = md.split("## Failed runs", 1)[1].split("## Pruned runs", 1)
+    assert str(sweep / "14") not in failed and str(sweep / "12") in failed
+    assert f"| {sweep / '14'} | model=mmoe data.correlation=0.5 | 5 | 1 | 1 |" in pruned_section
+    study = load_runs(find_runs([sweep]))
+    assert study.runs.set_index("run").loc[str(pruned), "status"] == "pruned"
+    assert str(pruned) not in set(study.values["run"])
+
+
+def test_a_report_without_pruned_runs_has_no_pruned_section(sweep, tmp_path):
+    assert main([str(sweep), "--out", str(tmp_path), "--no-figures"]) == 0
+    assert "Pruned" not in (tmp_path / "report.md").read_text()
+
+
+OBJECTIVES = ["val/income/auroc", "val/never_married/auroc"]
+# (income, never_married) validation AUROC per trial: 1, 3 and 4 are the front (maximising both), 0 and 2 are
+# dominated (by 1 and by 3), 5 failed and 6 was pruned (no objectives).
+TRIALS = {0: (0.90, 0.95), 1: (0.91, 0.97), 2: (0.92, 0.93), 3: (0.94, 0.96), 4: (0.95, 0.94)}
+
+
+def search_folder(root: Path) -> Path:
+    """A multi-objective search folder as the sweeper leaves it: trial run folders written with the run record's
+    own writer, and best_trials.yaml with the front."""
+    from mtlexp.run_record import RunRecord, Status, write_record
+
+    for number in range(7):
+        folder = root / str(number)
+        # The sweeper gives every trial its number: a trial's identity, not a setting that tells groups apart.
+        trial = {"study_name": "mo", "storage": f"sqlite:///{root / 'optuna.db'}", "number": number}
+        write_run(folder, config("mmoe", 0.5, 0, folder) | {"optimizer": {"lr": 10 ** -(number % 4)}, "trial": trial},
+                  {}, [f"optimizer.lr={10 ** -(number % 4)}", f"trial.number={number}"])
+        if number in TRIALS:
+            income, never_married = TRIALS[number]
+            values = {"income": {"auroc": income}, "never_married": {"auroc": never_married}}
+            write_record(folder, RunRecord(status=Status.OK, seed=0, model="mmoe", val=values, test=values,
+                                           val_norm_loss=0.5, test_norm_loss=0.5,
+                                           directions={"income": {"auroc": MAX}, "never_married": {"auroc": MAX}}))
+        else:
+            write_record(folder, RunRecord(status=Status.FAILED if number == 5 else Status.PRUNED, seed=0,
+                                           pruned_epoch=None if number == 5 else 2))
+    front = [{"number": n, "values": list(TRIALS[n]), "params": {"optimizer.lr": 10 ** -(n % 4)},
+              "run_dir": str(root / str(n)), "command": f"mtlexp train optimizer.lr={10 ** -(n % 4)}"}
+             for n in (1, 3, 4)]
+    (root / "best_trials.yaml").write_text(yaml.safe_dump(
+        {"optimized_metric": OBJECTIVES, "directions": ["maximize", "maximize"], "study_name": "mo",
+         "storage": f"sqlite:///{root / 'optuna.db'}", "trials": front}, sort_keys=False))
+    return root
+
+
+def test_a_multi_objective_search_prints_its_front_and_draws_every_trial(tmp_path, capsys):
+    from mtlexp.report.figures import pareto_front, search_figure
+    from mtlexp.report.search import read_search
+
+    root = search_folder(tmp_path / "search")
+    assert main([str(root)]) == 0
+    printed = capsys.readouterr().out
+    table = printed.split("Pareto front of the search in", 1)[1]
+    assert f"{root} (3 of 5 completed trials):" in table
+    rows = [line.split() for line in table.splitlines()[3:6]]
+    assert [row[:3] for row in rows] == [["1", "0.9100", "0.9700"], ["3", "0.9400", "0.9600"],
+                                         ["4", "0.9500", "0.9400"]]
+    md = (root / "report.md").read_text()
+    assert "7 runs (5 ok, 1 pruned) in 4 groups; swept: optimizer.lr." in md
+    assert f"## Pareto front: {root}" in md
+    assert "| 3 | 0.9400 | 0.9600 | optimizer.lr=0.001 | mtlexp train optimizer.lr=0.001 |" in md
+    assert (root / "figures" / "pareto_trials.png").is_file() and "![pareto_trials](figures/pareto_trials.png)" in md
+
+    search = read_search(root)
+    # Every completed trial is drawn, the failed and the pruned one are not, and the front joins the front's trials.
+    assert sorted(map(tuple, search.trials[OBJECTIVES].to_numpy())) == sorted(TRIALS.values())
+    assert pareto_front(search.trials[OBJECTIVES].to_numpy(), search.directions).sum() == len(search.front)
+    trials_line, front_line = search_figure(search).axes[0].get_lines()
+    assert sorted(zip(trials_line.get_xdata(), trials_line.get_ydata())) == sorted(TRIALS.values())
+    assert list(zip(front_line.get_xdata(), front_line.get_ydata())) == [TRIALS[1], TRIALS[3], TRIALS[4]]
+
+
+def test_a_best_trials_file_that_does_not_fit_is_one_line(tmp_path, capsys):
+    root = search_folder(tmp_path / "search")
+    content = yaml.safe_load((root / "best_trials.yaml").read_text())
+    (root / "best_trials.yaml").write_text(yaml.safe_dump({**content, "directions": ["maximize"]}))
+    assert main([str(root), "--no-figures"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mtlexp: error: {root / 'best_trials.yaml'}: directions: expected one of ['maximize', 'minimize'] per metric "
+        "of optimized_metric, got ['maximize']")

@@ -86,3 +86,16 @@ def test_only_the_record_module_spells_the_status_key_and_values():
                 if (path.name, node.value) not in allowed:
                     found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
     assert not found, "\n".join(found)
+
+
+def test_a_pruned_run_ended_as_asked_and_keeps_its_epoch(tmp_path):
+    write_record(tmp_path, RunRecord(status=Status.PRUNED, pruned_epoch=2, val_norm_loss=0.7))
+    record = read_record(tmp_path)
+    assert record.state() is Status.PRUNED and record.pruned_epoch == 2
+    assert record.settled and not record.ok
+    assert [RunRecord(status=s).settled for s in Status] == [s in (Status.OK, Status.PRUNED) for s in Status]
+
+
+def test_validation_values_are_named_as_optimized_metric_names_them():
+    record = RunRecord(val={"income": {"auroc": 0.9, "gates": {"g": [0.5]}}, "age": {"mse": 2.0}}, val_norm_loss=0.4)
+    assert record.validation_values() == {"val/norm_loss": 0.4, "val/income/auroc": 0.9, "val/age/mse": 2.0}

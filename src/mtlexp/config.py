@@ -19,6 +19,15 @@ from mtlexp.errors import MtlexpError
 
 
 @dataclass
+class TrialConfig:
+    """``trial``: the Optuna trial a sweeper's job is (set by the sweeper when its study prunes; docs/hpo.md)."""
+
+    study_name: Optional[str] = None  # noqa: UP045
+    storage: Optional[str] = None  # noqa: UP045
+    number: Optional[int] = None  # noqa: UP045
+
+
+@dataclass
 class RunConfig:
     """``mtlexp train``: one run."""
 
@@ -42,6 +51,8 @@ class RunConfig:
     overwrite: bool = False
     # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it.
     optimized_metric: Optional[str] = None  # noqa: UP045
+    # The study trial this run reports its epochs to (pruning): set by the sweeper, never by hand.
+    trial: TrialConfig = field(default_factory=TrialConfig)
     # Print an unexpected error's traceback on the console as well as into error.log (debug=default).
     full_tracebacks: bool = False
 

@@ -20,22 +20,11 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from mtlexp.config import validate_run
 from mtlexp.errors import MtlexpError
 from mtlexp.redact import redact, redact_values
-from mtlexp.run_record import RunRecord, read_record
+from mtlexp.run_record import STATUS, RunRecord, Status, read_record
 
 
 class UnknownMetric(MtlexpError):
     """``optimized_metric`` names a metric the run does not have: it stops a sweep at its first job."""
-
-
-def _metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The validation metrics of a run's result (``train()``'s, as in metrics.json) by their sweep names."""
-    record = RunRecord.from_json(metrics)
-    names = {"val/norm_loss": record.val_norm_loss}
-    for task, values in (record.val or {}).items():
-        for name, value in (values or {}).items():
-            if not isinstance(value, dict):
-                names[f"val/{task}/{name}"] = value
-    return names
 
 
 def check_metric_name(metric: str, cfg: DictConfig) -> None:
@@ -50,11 +39,16 @@ def check_metric_name(metric: str, cfg: DictConfig) -> None:
         raise MtlexpError(f"optimized_metric: no task {parts[1]!r} in {metric!r}; the tasks are {', '.join(known)}")
 
 
-def objective(metrics: dict[str, Any], metric: str) -> float | None:
-    """The value of ``optimized_metric`` in a run's result; None (a failed trial) when it is not finite."""
+def objective(metrics: dict[str, Any], metric: str) -> float | dict[str, Any] | None:
+    """The value of ``optimized_metric`` in a run's result; None (a failed trial) when it is not finite; for a
+    trial its study pruned, ``{"status": "pruned", "epoch": <the epoch it was pruned after>}`` (what the sweeper
+    tells Optuna as a pruned trial)."""
     import math
 
-    names = _metric_names(metrics)
+    record = RunRecord.from_json(metrics)
+    if record.status is Status.PRUNED:
+        return {STATUS: Status.PRUNED.value, "epoch": record.pruned_epoch}
+    names = record.validation_values()
     if names.get(metric) is None:
         available = ", ".join(k for k, v in names.items() if v is not None)
         raise UnknownMetric(f"optimized_metric: no metric {metric!r} in this run; available: {available}")

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlexp.errors import ConfigValueError, MtlexpError
 
-ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.", "torchjd.")
+# optuna.pruners: the pruner a search keeps in its study, built by the trials (mtlexp.pruning).
+ALLOWED_TARGETS = ("mtlexp.", "torch.", "pytorch_lightning.", "torchmetrics.", "torchjd.", "optuna.pruners.")
 # Keys that describe a node rather than configure its target (``_name_``: a model's stable name).
 META_KEYS = ("_name_",)
 

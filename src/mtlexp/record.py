@@ -42,15 +42,17 @@ def log_hyperparams(cfg: DictConfig, loggers: list[Any], module: MTLModule) -> N
 
 def record_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, loggers: list[Any], best: str | None,
                best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
-               is_main: bool = True, announce: bool = True) -> RunRecord:
+               is_main: bool = True, announce: bool = True, pruned_epoch: int | None = None) -> RunRecord:
     """Write metrics.json (from the best checkpoint's evaluation in ``module.results``) and the gate figure,
-    and log the summary table (``announce``): the end of every run, sequential or stacked."""
+    and log the summary table (``announce``): the end of every run, sequential or stacked. ``pruned_epoch``:
+    the epoch after which the run's study pruned it (status pruned)."""
     output_dir = Path(cfg.paths.output_dir)
     num_params = count_parameters(module.model)
     results: dict[str, Any] = {split: module.results[split] for split in ("val", "test") if split in module.results}
     val = results["val"]
     record = RunRecord(
-        status=Status.OK,
+        status=Status.OK if pruned_epoch is None else Status.PRUNED,
+        pruned_epoch=pruned_epoch,
         val=val["tasks"],
         test=results.get("test", {}).get("tasks", {}),
         directions=module.metric_directions(),

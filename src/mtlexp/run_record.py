@@ -33,6 +33,9 @@ class Status(str, Enum):
     OK = "ok"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    # Stopped by its study (hparams_search with a pruner) after an epoch that looked worse than the others
+    # trials': not a failure, and not a result to compare either.
+    PRUNED = "pruned"
     STALE = "stale"
 
     # A (str, Enum) formats as ``Status.OK`` on some Python versions; tables and messages want the value.
@@ -67,6 +70,7 @@ class RunRecord:
     test_norm_loss: float | None = None
     best_epoch: int | None = None
     epochs_trained: int | None = None
+    pruned_epoch: int | None = None  # the epoch after which its study pruned it (status pruned)
     best_checkpoint: str | None = None  # relative to the run folder when inside it
     ckpt_path: str | None = None  # mtlexp eval: the checkpoint it evaluated
     gates: dict[str, Any] | None = None
@@ -86,6 +90,22 @@ class RunRecord:
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @property
+    def settled(self) -> bool:
+        """Whether the run ended as it was asked to: ok, or pruned by its study (which a sweep does not count as
+        a failure)."""
+        return self.status in (Status.OK, Status.PRUNED)
+
+    def validation_values(self) -> dict[str, Any]:
+        """The validation metrics by the names a sweeper and the run's logs give them (``val/norm_loss``,
+        ``val/<task>/<metric>``): what ``optimized_metric`` names."""
+        names = {"val/norm_loss": self.val_norm_loss}
+        for task, values in (self.val or {}).items():
+            for name, value in (values or {}).items():
+                if not isinstance(value, dict):
+                    names[f"val/{task}/{name}"] = value
+        return names
 
     def state(self) -> Status:
         """The status as a reader should take it: a record that names none never finished (failed), and one

@@ -95,8 +95,9 @@ def _resume_hint(output_dir: Path | None) -> str:
     last = output_dir / "checkpoints" / "last.ckpt" if output_dir is not None else None
     if last is None or not last.is_file():
         return "no checkpoint was written yet: run the same command again"
-    # A resumed run writes a folder of its own (and keeps the better best checkpoint of the two).
-    overrides = [o for o in run_overrides(output_dir) if not o.startswith(("ckpt_path=", "hydra."))]
+    # A resumed run writes a folder of its own (and keeps the better best checkpoint of the two). A search
+    # trial's study never hears how a run resumed by hand ends, so it does not report to it (trial.*) either.
+    overrides = [o for o in run_overrides(output_dir) if not o.startswith(("ckpt_path=", "hydra.", "trial."))]
     return "resume with: mtlexp train " + " ".join([*overrides, f"ckpt_path={last}"])
 
 
@@ -170,7 +171,8 @@ def _check_creatable(folder: Path, key: str) -> None:
 
 class SweepSummary(Callback):
     """At the end of a multirun: one row per job (its overrides, status, headline metric), and a non-zero
-    exit status when any job failed. Reads only the job folders, so it works with every launcher."""
+    exit status when any job failed (a trial its study pruned did not). Reads only the job folders, so it works
+    with every launcher."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -179,7 +181,7 @@ class SweepSummary(Callback):
         rows, failed = [], 0
         for job in jobs:
             record = read_record(job) or RunRecord()
-            failed += not record.ok
+            failed += not record.settled  # a trial its study pruned ended as asked
             rows.append([job.name, " ".join(swept[job.name]), record.status or "missing", record.test_norm_loss,
                          record.error or ""])
         if rows:

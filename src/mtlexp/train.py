@@ -28,6 +28,7 @@ from mtlexp.io import write_json
 from mtlexp.models.names import model_name
 from mtlexp.module import MTLModule
 from mtlexp.provenance import provenance
+from mtlexp.pruning import trial_pruning
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.run_record import RunRecord
 from mtlexp.runner import record_interrupted
@@ -44,6 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return train_stacked(cfg)
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()
+    pruning = trial_pruning(cfg, lambda trainer, module: trainer.callback_metrics)
     # Under DDP every rank runs this function; only rank 0 writes the run folder.
     is_main = rank_zero_only.rank == 0
     if is_main:
@@ -56,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if is_main:
         write_json(output_dir / "provenance.json", provenance(data.fingerprint(), summary))
 
-    callbacks = build_all(cfg.get("callbacks"), "callbacks")
+    callbacks = build_all(cfg.get("callbacks"), "callbacks") + ([pruning] if pruning else [])
     trainer = build_trainer(cfg, callbacks)
     log_hyperparams(cfg, trainer.loggers, module)
     on_stuck = (lambda signum: record_interrupted(output_dir)) if is_main else (lambda signum: None)
@@ -69,18 +71,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             best = best_across_resume(str(cfg.ckpt_path), best, checkpoint.best_model_score, str(cfg.monitor_mode))
         best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else trainer.current_epoch
         return finish_run(cfg, data, module, trainer, best, best_epoch, trainer.current_epoch, started, summary,
-                          is_main).to_json()
+                          is_main, pruning.pruned_epoch if pruning else None).to_json()
 
 
 def finish_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, trainer: pl.Trainer, best: str | None,
                best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
-               is_main: bool = True) -> RunRecord:
-    """Evaluate the best checkpoint on validation (and test), then ``record_run``."""
+               is_main: bool = True, pruned_epoch: int | None = None) -> RunRecord:
+    """Evaluate the best checkpoint on validation (and test, unless its study pruned the run), then
+    ``record_run``."""
     # The val metrics recorded are the best checkpoint's, the one that is tested, not the last epoch's.
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
-    if cfg.run_test:
+    if cfg.run_test and pruned_epoch is None:  # a pruned trial is no result to test: the study dropped it
         trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
-    return record_run(cfg, data, module, trainer.loggers, best, best_epoch, epochs_trained, started, summary, is_main)
+    return record_run(cfg, data, module, trainer.loggers, best, best_epoch, epochs_trained, started, summary, is_main,
+                      pruned_epoch=pruned_epoch)
 
 
 def best_across_resume(ckpt_path: str, best: str | None, score: Any, mode: str) -> str | None:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # pandas and matplotlib are imported where they are used
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from mtlexp.report.search import Search
+
 log = logging.getLogger(__name__)
 
 # The columns of a ``values`` frame that every run has; the others are swept keys.
@@ -573,4 +575,46 @@ def study_figures(runs: pd.DataFrame, values: pd.DataFrame, swept: Sequence[str]
         data_keys = [k for k in keys if k in values and (k.split(".")[0] in DATA_NODES)]
         attempt("pareto", lambda: {out_dir / f"pareto_{metric}": pareto_figure(values, a, b, metric, split,
                                                                                panel_by=data_keys)})
+    return written
+
+
+# --- a multi-objective search ------------------------------------------------------------------------------
+
+
+def search_figure(search: Search) -> Figure:
+    """A multi-objective search's first two objectives: a point per completed trial, and the Pareto front the
+    study chose (ringed, labelled with their trial numbers, and joined where it has two or more trials)."""
+    if len(search.metrics) < 2:
+        raise ValueError(f"{len(search.metrics)} objective: a front needs two")
+    x, y = search.metrics[:2]
+    fig, axes = new_figure(width=6.0, height=4.8)
+    ax = axes[0, 0]
+    ax.plot(search.trials[x], search.trials[y], linestyle="", marker="o", markersize=5, color="tab:blue", alpha=0.6,
+            label=f"trial ({len(search.trials)})")
+    front = search.front.sort_values(x)
+    ax.plot(front[x], front[y], linestyle="--" if len(front) > 1 else "", color="grey", linewidth=1, marker="o",
+            markerfacecolor="none", **FRONT_MARKER, label=f"Pareto front ({len(front)})")
+    for row in front.to_dict("records"):
+        ax.annotate(str(row["number"]), (row[x], row[y]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    better = "; ".join(f"{m}: {BETTER[d]}" for m, d in zip(search.metrics[:2], search.directions[:2]))
+    shown = "" if len(search.metrics) == 2 else f", the first 2 of {len(search.metrics)} objectives"
+    fig.suptitle(f"search {search.folder.name}: completed trials and the Pareto front{shown}\n({better})",
+                 fontsize=10)
+    return fig
+
+
+def search_figures(searches: Sequence[Search], out_dir: str | Path) -> list[Path]:
+    """``search_figure`` of each search, written under ``out_dir`` (``pareto_trials``, or one per search folder
+    when there are several); a search the figure cannot show is skipped with a warning, as in ``study_figures``."""
+    written: list[Path] = []
+    for search in searches:
+        name = "pareto_trials" if len(searches) == 1 else f"pareto_trials_{_file_name(str(search.folder))}"
+        try:
+            written.extend(save_figure(search_figure(search), Path(out_dir) / name))
+        except Exception as err:  # noqa: BLE001 - a figure the data cannot give never stops the report
+            log.warning("figure %s skipped: %s", name, err)
     return written

@@ -27,19 +27,22 @@ from mtlexp.report.stats import metric_direction
 if TYPE_CHECKING:  # pandas is imported where tables are built: the training path reads overrides from here
     import pandas as pd
 
-RECORD_SCHEMA = 2  # the layout of Study.runs and Study.values (and of report.csv); bump it when a column changes
+# The layout of Study.runs and Study.values (and of report.csv); bump it when a column changes. 3: runs gained
+# pruned_epoch.
+RECORD_SCHEMA = 3
 
 # Leaves that never tell configurations apart: the seed repeats one, ``stack`` packs seeds into one process,
-# ``ckpt_path`` is where a run resumed from, and paths and Hydra's settings are where it ran.
+# ``ckpt_path`` is where a run resumed from, paths and Hydra's settings are where it ran, and ``trial`` is which
+# trial of a search's study it was (its number differs in every trial).
 NOT_SWEPT = ("seed", "stack", "ckpt_path")
-NOT_SWEPT_PREFIXES = ("paths.", "hydra.")
+NOT_SWEPT_PREFIXES = ("paths.", "hydra.", "trial.")
 # Nodes reported by their stable name (``model=esmm(mmoe)``) rather than by the dozen leaves two models differ in.
 NAMED_NODES = ("model", "weighting")
 
 ALL_GROUP = "(all)"  # the group of every run when nothing varies
 UNKNOWN_GROUP = "(unknown)"  # runs whose config cannot be read: what they were is not known
 
-RUN_COLUMNS = ["run", "group", "seed", STATUS, "error", "best_epoch", "epochs_trained", "duration_s"]
+RUN_COLUMNS = ["run", "group", "seed", STATUS, "error", "best_epoch", "epochs_trained", "pruned_epoch", "duration_s"]
 VALUE_COLUMNS = ["split", "task", "metric", "direction", "value"]
 SPLITS = ("val", "test")
 ALL_TASKS = "*"  # the task of values that span all tasks (the normalised loss)
@@ -50,8 +53,9 @@ class Study:
     """Runs read together.
 
     ``runs``: one row per run (every run, whatever its status): ``run`` (folder), ``group`` (the swept keys as
-    ``key=value``, ``(all)`` when nothing varies), ``seed``, ``status`` (ok, failed, interrupted, running,
-    stale), ``error``, ``best_epoch``, ``epochs_trained``, ``duration_s``, then one column per swept key.
+    ``key=value``, ``(all)`` when nothing varies), ``seed``, ``status`` (ok, pruned, failed, interrupted,
+    running, stale), ``error``, ``best_epoch``, ``epochs_trained``, ``pruned_epoch`` (the epoch after which its
+    study pruned it), ``duration_s``, then one column per swept key.
     ``values``: one row per (run, split, task, metric) of the ok runs: ``run``, ``group``, ``seed``, the swept
     keys, ``split``, ``task`` (``*`` for the normalised loss over all tasks), ``metric``, ``direction`` (which
     way it improves, ``stats.metric_direction``; missing when unknown), ``value``.
@@ -88,7 +92,8 @@ def load_runs(run_dirs: Iterable[Path]) -> Study:
         rows.append({"run": str(folder.run), "group": UNKNOWN_GROUP if folder.config is None else group or ALL_GROUP,
                      "seed": _seed(folder), STATUS: (Status.FAILED if folder.problem else folder.record.state()).value,
                      "error": folder.problem or str(folder.record.error or ""),
-                     **{key: getattr(folder.record, key) for key in ("best_epoch", "epochs_trained", "duration_s")},
+                     **{key: getattr(folder.record, key)
+                        for key in ("best_epoch", "epochs_trained", "pruned_epoch", "duration_s")},
                      **setting})
     import pandas as pd
 
@@ -119,12 +124,13 @@ def find_runs(roots: list[Path]) -> list[Path]:
 
 
 def _finished_stack(run: Path) -> bool:
-    """Whether ``run`` is a stacked run that finished (one that did not keeps its error, and is listed)."""
+    """Whether ``run`` is a stacked run that finished, or was pruned (one that did not keeps its error, and is
+    listed)."""
     try:
         record = read_record(run)
     except (OSError, ValueError):
         return False
-    return record is not None and bool(record.replicas) and record.ok
+    return record is not None and bool(record.replicas) and record.settled
 
 
 def config_name(run: Path) -> str | None:

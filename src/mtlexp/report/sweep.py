@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from mtlexp.report.records import (
     run_state,
     swept_only,
 )
+from mtlexp.report.search import Search, front_table, read_search
 from mtlexp.report.stats import (
     PairedTest,
     Summary,
@@ -118,17 +120,20 @@ def build_report(study: Study, split: str = "test", metric: str | None = None, b
     return Report(split, metrics, baseline, alpha, summary, header, rows)
 
 
-def write_report(study: Study, report: Report, out_dir: Path, figures: bool = True) -> list[Path]:
+def write_report(study: Study, report: Report, out_dir: Path, figures: bool = True,
+                 searches: Sequence[Search] = ()) -> list[Path]:
     """Write ``report.md``, ``report.csv`` and (``figures``) the study's figures into ``out_dir``; return the
-    paths written. The figures are drawn first, so that report.md links the ones that were."""
+    paths written. The figures are drawn first, so that report.md links the ones that were. ``searches``:
+    multi-objective search folders among those read, whose Pareto fronts report.md lists and the figures draw."""
     out_dir = Path(out_dir)
     paths = [out_dir / "report.md", out_dir / "report.csv"]
     drawn: list[Path] | None = None
     if figures:
-        from mtlexp.report.figures import study_figures  # matplotlib only when figures are drawn
+        from mtlexp.report.figures import search_figures, study_figures  # matplotlib only when figures are drawn
 
         drawn = study_figures(study.runs, study.values, study.swept, out_dir / "figures", report.split)
-    write_atomic(paths[0], _markdown(study, report, _figure_links(drawn, out_dir)).encode())
+        drawn += search_figures(searches, out_dir / "figures")
+    write_atomic(paths[0], _markdown(study, report, _figure_links(drawn, out_dir), searches).encode())
     write_atomic(paths[1], report.summary.to_csv(index=False).encode())
     return paths + (drawn or [])
 
@@ -155,16 +160,33 @@ def main(argv: list[str]) -> int:
         return _fail(f"no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}")
     study = load_runs(runs)
     try:
+        searches = [search for search in map(read_search, args.dirs) if search is not None]
         report = build_report(study, args.split, args.metric, args.baseline, args.alpha)
-        paths = write_report(study, report, args.out or args.dirs[0], figures=not args.no_figures)
+        paths = write_report(study, report, args.out or args.dirs[0], figures=not args.no_figures, searches=searches)
     except MtlexpError as error:
         return _fail(str(error))
     print(format_table(report.header, report.rows))
-    not_ok = int((study.runs[STATUS] != Status.OK).sum())
-    if not_ok:
-        print(f"{not_ok} run(s) not ok: listed under 'Failed runs' in {paths[0]}")
+    for search in searches:
+        print(f"Pareto front of the search in {search.folder} ({len(search.front)} of {len(search.trials)} "
+              "completed trials):")
+        print(format_table(*front_table(search)))
+    failed, pruned = len(_failed(study.runs)), len(_pruned(study.runs))
+    if failed:
+        print(f"{failed} run(s) not ok: listed under 'Failed runs' in {paths[0]}")
+    if pruned:
+        print(f"{pruned} run(s) pruned by their study: listed under 'Pruned runs' in {paths[0]}")
     print(f"report: {paths[0]}" + (f" (+ {len(paths) - 2} figure files in {paths[2].parent})" if len(paths) > 2 else ""))
     return 0
+
+
+def _failed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that did not end as asked (a pruned trial did: its study stopped it)."""
+    return runs[~runs[STATUS].isin([Status.OK.value, Status.PRUNED.value])]
+
+
+def _pruned(runs: pd.DataFrame) -> pd.DataFrame:
+    """The search trials their study pruned: like failed runs, they are no sample of the tables."""
+    return runs[runs[STATUS] == Status.PRUNED.value]
 
 
 def _fail(message: str) -> int:
@@ -329,14 +351,15 @@ def _figure_links(drawn: list[Path] | None, out_dir: Path) -> list[str] | None:
     return [f"![{Path(png).stem}]({png})" for png in pngs] or ["None: the study's data gives none (see the log)."]
 
 
-def _markdown(study: Study, report: Report, figures: list[str] | None = None) -> str:
+def _markdown(study: Study, report: Report, figures: list[str] | None = None, searches: Sequence[Search] = ()) -> str:
     runs = study.runs
     lines = [
         "# mtlexp report",
         "",
         f"Record schema {RECORD_SCHEMA}; split: {report.split}; metric per task: "
         + (", ".join(f"{t} {m}" for t, m in report.metrics.items()) or "none") + ".",
-        f"{len(runs)} runs ({int((runs[STATUS] == Status.OK).sum())} ok) in {runs['group'].nunique()} groups; "
+        f"{len(runs)} runs ({int((runs[STATUS] == Status.OK).sum())} ok"
+        + (f", {len(_pruned(runs))} pruned" if len(_pruned(runs)) else "") + f") in {runs['group'].nunique()} groups; "
         f"swept: {', '.join(study.swept) or 'nothing'}.",
         "Cells: mean ± sd [95% confidence interval of the mean] over seeds; the mean alone for one seed.",
     ]
@@ -346,19 +369,39 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None) ->
                      "Δm: its mean over "
                      f"tasks; p: paired t-test over seeds; * p < {report.alpha}.")
     lines += ["", _markdown_table(report.header, report.rows), "", "## Failed runs", ""]
-    failed = runs[runs[STATUS] != Status.OK]
+    failed, pruned = _failed(runs), _pruned(runs)
     if failed.empty:
-        lines.append("None: every run is ok.")
+        lines.append("None: every run is ok" + (" or pruned." if len(pruned) else "."))
     else:
         lines.append(_markdown_table(
             ["run", "group", "seed", STATUS, "error"],
-            [[r["run"], r["group"], "-" if pd.isna(r["seed"]) else r["seed"], r[STATUS], r["error"] or "-"]
-             for _, r in failed.iterrows()]))
+            [[r["run"], r["group"], _cell(r["seed"]), r[STATUS], r["error"] or "-"] for _, r in failed.iterrows()]))
+    if not pruned.empty:  # only a search with a pruner has any: no empty section in every other report
+        lines += ["", "## Pruned runs", "",
+                  "Search trials their study stopped early (hydra.sweeper.pruner): left out of the tables above."]
+        lines += ["", _markdown_table(
+            ["run", "group", "seed", "pruned after epoch", "best epoch"],
+            [[r["run"], r["group"], _cell(r["seed"]), _cell(r["pruned_epoch"]), _cell(r["best_epoch"])]
+             for _, r in pruned.iterrows()])]
+    for search in searches:
+        objectives = ", ".join(f"{m} ({d})" for m, d in zip(search.metrics, search.directions))
+        lines += ["", f"## Pareto front: {search.folder}", "",
+                  f"{len(search.front)} trials no other beats on every objective ({objectives}), of "
+                  f"{len(search.trials)} completed; from its best_trials.yaml.", "",
+                  _markdown_table(*front_table(search, with_command=True))]
     if figures is not None:
         lines += ["", "## Figures"]
         for line in figures:  # a paragraph each: images on consecutive lines would run into one row
             lines += ["", line]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> Any:
+    """A table cell of a value a run may lack: ``-`` then; a whole number as an integer (pandas keeps a column
+    with gaps as floats)."""
+    if value is None or pd.isna(value):
+        return "-"
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -90,6 +90,7 @@ class StackedModule(pl.LightningModule):
         self._epoch_sums: Tensor | None = None
         self._epoch_steps = 0
         self._eval_sums: dict[str, Tensor] = {}
+        self.epoch_means: dict[str, float] = {}  # the last validation epoch's values, by name, over active replicas
         self._check_vectorises(features)
 
     @property
@@ -279,6 +280,7 @@ class StackedModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         epoch = self.current_epoch
+        validated = []
         for k, (state, (logged, _)) in enumerate(zip(self.states, results)):
             if not state.active:
                 continue
@@ -286,6 +288,10 @@ class StackedModule(pl.LightningModule):
                 raise MtlexpError(f"monitor: {self.monitor!r} is not logged; logged values: {sorted(logged)}")
             self._select(k, state, float(logged[self.monitor]), epoch)
             self._emit(k, logged)
+            validated.append(logged)
+        # The run as one trial of a study (pruning) reports the mean over the replicas that trained this epoch.
+        self.epoch_means = {name: sum(float(v[name]) for v in validated) / len(validated)
+                            for name in (validated[0] if validated else {})}
         if not any(s.active for s in self.states):
             self.trainer.should_stop = True
 

@@ -31,6 +31,7 @@ from mtlexp.instantiate import build, build_all
 from mtlexp.io import write_atomic, write_json
 from mtlexp.models.names import model_name
 from mtlexp.provenance import provenance
+from mtlexp.pruning import trial_pruning
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.redact import redact
 from mtlexp.run_record import STATUS, RunRecord, Status, update_record, write_record
@@ -70,6 +71,7 @@ def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: i
 
 def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
+    pruning = trial_pruning(cfg, lambda trainer, stacked: stacked.epoch_means)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(cfg.seed) + k for k in range(int(cfg.stack))]
@@ -124,8 +126,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     _check_replicas_agree(datas)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
                            enable_version_counter=False)
-    trainer = build(cfg.trainer, "trainer", callbacks=[last] if checkpointing else [], logger=False,
-                    plugins=[AtomicCheckpointIO()])
+    callbacks = ([last] if checkpointing else []) + ([pruning] if pruning else [])
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     trainer.fit(stacked,
                 train_dataloaders=CombinedLoader([d.train_dataloader() for d in datas], "min_size"),
                 val_dataloaders=CombinedLoader([d.val_dataloader() for d in datas], "min_size"),
@@ -133,7 +135,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
 
     stacked.load_best([_best_state(folder, module) for folder, module in zip(folders, modules)])
     trainer.validate(stacked, dataloaders=CombinedLoader([d.val_dataloader() for d in datas], "min_size"), verbose=False)
-    if cfg.run_test:
+    pruned_epoch = pruning.pruned_epoch if pruning else None
+    if cfg.run_test and pruned_epoch is None:  # as a single run: a pruned trial is not tested
         trainer.test(stacked, dataloaders=CombinedLoader([d.test_dataloader() for d in datas], "min_size"), verbose=False)
     results, failures = [], []
     for k, (state, folder) in enumerate(zip(stacked.states, folders)):
@@ -146,13 +149,14 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
         modules[k].results["replica"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
         replica = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
                              state.best_epoch if state.best_epoch is not None else trainer.current_epoch, epochs,
-                             started, summaries[k], announce=False)
+                             started, summaries[k], announce=False, pruned_epoch=pruned_epoch)
         for logger in loggers[k]:
             logger.finalize("success")
         results.append((seeds[k], replica))
     _log_summary(results, failures, output_dir)
     record = RunRecord(
-        status=Status.FAILED if failures else Status.OK, stack=len(seeds), model=name, replicas=replicas,
+        status=Status.FAILED if failures else Status.OK if pruned_epoch is None else Status.PRUNED,
+        pruned_epoch=pruned_epoch, stack=len(seeds), model=name, replicas=replicas,
         # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
         val=_mean_metrics([m.val or {} for _, m in results]),
         directions=results[0][1].directions if results else {},
