@@ -23,7 +23,14 @@ from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
-from mtlexp.hpo import HPARAMS_SEARCH, UnknownMetric, optuna_sweeper_installed, study_errors
+from mtlexp.hpo import (
+    HPARAMS_SEARCH,
+    UnknownMetric,
+    expose_sweeper_plugin,
+    official_sweeper_installed,
+    optuna_sweeper_installed,
+    study_errors,
+)
 from mtlexp.noise import silence
 
 COMMANDS = ("train", "eval", "data", "report")
@@ -78,16 +85,16 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
             failures.append(str(output_dir))
         if stop and sweeping:
             raise SystemExit(1)  # every other job of the sweep would train only to fail the same way
-        # What a sweeper reads (hparams_search): the objective, or None for a failed job, which the Optuna
-        # sweeper records as a failed trial before it goes on (NaN would abort the whole study).
+        # What a sweeper reads (hparams_search): the objective (a list for several metrics), or None for a
+        # failed job, which the Optuna sweeper records as a failed trial before it goes on.
         return returned[0] if ok and returned else None
 
     app()
     return len(failures)
 
 
-def _train(cfg: DictConfig) -> float | None:
-    from mtlexp.hpo import check_metric_name, objective
+def _train(cfg: DictConfig) -> float | list[float] | None:
+    from mtlexp.hpo import check_metric_name, metric_list, objective
     from mtlexp.processes import share_cores
     from mtlexp.train import train
 
@@ -96,10 +103,10 @@ def _train(cfg: DictConfig) -> float | None:
         raise MtlexpError("trainer.strategy: DDP runs one job at a time; run it without -m (or sweep on one device)")
     share_cores()
     metric = cfg.get("optimized_metric")
-    if metric:
-        check_metric_name(str(metric), cfg)
+    for name in metric_list(metric):
+        check_metric_name(name, cfg)
     metrics = train(cfg)
-    return objective(metrics, str(metric)) if metric else None
+    return objective(metrics, metric) if metric else None
 
 
 def _evaluate(cfg: DictConfig) -> None:
@@ -256,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     silence()  # again in every job (runner.run_job): joblib workers are other processes
     register_configs()
+    expose_sweeper_plugin()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
@@ -280,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n{USAGE}")
     searching = command == "train" and any(HPARAMS_SEARCH.match(a) for a in rest)
     if searching and not optuna_sweeper_installed():
-        sys.exit("mtlexp: error: hparams_search needs Hydra's Optuna sweeper: pip install 'mtlexp[hpo]'")
+        sys.exit("mtlexp: error: hparams_search needs Optuna: pip install 'mtlexp[hpo]'")
+    if searching and official_sweeper_installed():
+        sys.exit("mtlexp: error: hparams_search: hydra-optuna-sweeper is installed too, and it also registers "
+                 "hydra/sweeper=optuna (on Optuna 2); mtlexp has its own: pip uninstall hydra-optuna-sweeper")
     # Hydra parses sys.argv itself; it must not see the subcommand. argv[0] stays the real script path,
     # which Lightning re-runs to start DDP workers.
     sys.argv = [sys.argv[0], *rest]
