@@ -84,11 +84,18 @@ def test_a_bad_search_space_is_one_line_naming_the_parameter(line, message):
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_builds_with_a_seed(name):
+def test_every_sampler_builds_with_a_seed_and_samples_past_its_start_up_trials(name):
     from hydra_plugins.mtlexp_optuna_sweeper.optuna_sweeper import _build
 
-    sampler = _build("sampler", {**SAMPLERS[name], "seed": 3}, 0, optuna.samplers.BaseSampler, SAMPLERS)
+    node = {**SAMPLERS[name], "seed": 3, **({"n_startup_trials": 1} if "n_startup_trials" in SAMPLERS[name] else {})}
+    sampler = _build("sampler", node, 0, optuna.samplers.BaseSampler, SAMPLERS)
     assert type(sampler).__name__ == SAMPLERS[name]["_target_"].rsplit(".", 1)[1]
+    study = optuna.create_study(sampler=sampler)
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "dropout": FloatDistribution(0, 0.5)}
+    for _ in range(3):  # CMA-ES and GP import their own dependencies only here
+        trial = study.ask(space)
+        study.tell(trial, trial.params["lr"] + trial.params["dropout"])
+    assert len({t.params["lr"] for t in study.trials}) == 3
 
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))
