@@ -338,3 +338,26 @@ def test_outcomes_of_a_job_as_optuna_states():
     assert outcome(None) == (TrialState.FAIL, None)
     assert outcome(math.inf) == (TrialState.FAIL, None)
     assert outcome(ValueError("x"), status=JobStatus.FAILED) == (TrialState.FAIL, None)
+
+
+def test_the_objective_of_a_list_metric_is_one_value_per_metric():
+    from mtlexp.hpo import UnknownMetric, objective
+
+    # A run's record as metrics.json holds it (a stacked run's holds its replicas' means).
+    record = {"val": {"task1": {"mse": 1.5, "r2": 0.2}, "task2": {"mse": 2.5}}, "val_norm_loss": 0.5}
+    assert objective(record, "val/norm_loss") == 0.5
+    assert objective(record, ["val/task1/mse", "val/task2/mse"]) == [1.5, 2.5]
+    assert objective(record, OmegaConf.create(["val/task2/mse"])) == [2.5]
+    assert objective({**record, "val": {**record["val"], "task2": {"mse": math.nan}}},
+                     ["val/task1/mse", "val/task2/mse"]) is None  # a failed trial
+    with pytest.raises(UnknownMetric, match="no metric 'val/task2/r2' in this run"):
+        objective(record, ["val/task1/mse", "val/task2/r2"])
+
+
+def test_a_list_optimized_metric_is_checked_like_one(make_cfg):
+    from mtlexp.config import validate_run
+
+    validate_run(make_cfg("optimized_metric=[val/task1/mse,val/norm_loss]"))
+    with pytest.raises(MtlexpError, match=r"^optimized_metric: expected a validation metric \('val/norm_loss' or "
+                                          r"'val/<task>/<metric>'\) or a list of them, got \['val/task1/mse', 'test/x'\]"):
+        validate_run(make_cfg("optimized_metric=[val/task1/mse,test/x]"))
