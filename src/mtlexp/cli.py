@@ -144,7 +144,7 @@ def composition_error(config_name: str, args: list[str]) -> str | None:
     (``model/gate=topk`` with ``model=shared_bottom``). None when the config composes, or when the mistake
     is one Hydra reports clearly itself (an unknown option, which lists the options)."""
     from hydra import compose, initialize_config_module
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     overrides = _overrides(args)
@@ -153,6 +153,12 @@ def composition_error(config_name: str, args: list[str]) -> str | None:
     try:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
             compose(config_name, overrides=overrides)
+        return None
+    except MissingConfigException as error:
+        # Hydra's own message spans a dozen lines (and a traceback under HYDRA_FULL_ERROR, which a search sets).
+        if error.missing_cfg_file and error.options:
+            group, _, _ = error.missing_cfg_file.rpartition("/")
+            return f"Could not find '{error.missing_cfg_file}'; the options in {group}: {', '.join(error.options)}"
         return None
     except ConfigCompositionException as error:
         cause = error.__cause__

@@ -236,3 +236,25 @@ hydra:
     assert run["val"]["task1"]["mse"] == pytest.approx(best["best_value"])
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.isdigit()) == ["0", "1"]
     assert "trial." not in (Path(best["run_dir"]) / ".hydra" / "overrides.yaml").read_text()  # no storage to report to
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["hydra/sweeper/sampler=nope"], "mtlexp: error: Could not find 'hydra/sweeper/sampler/nope'; the options in "
+                                     "hydra/sweeper/sampler: cmaes, gp, nsgaii, random, tpe"),
+    (["optimized_metric=[val/task1/mse,val/task2/mse]"],
+     "mtlexp: error: hydra.sweeper.direction: expected one direction per optimized_metric (2: val/task1/mse, "
+     "val/task2/mse), got 1: minimize"),
+    (["hydra/sweeper/pruner=median", "hydra.sweeper.storage=null"],
+     "mtlexp: error: hydra.sweeper.pruner: pruning needs a study in a storage the trials report to "
+     "(hydra.sweeper.storage=sqlite:///...)"),
+    (["optimizer.lr=interval(1, 0)"], "mtlexp: error: hydra.sweeper.params.optimizer.lr: "),
+])
+def test_a_bad_search_config_is_one_line_without_traceback(tmp_path, args, expected):
+    from tests.conftest import cli_in_fork
+
+    result = cli_in_fork(["train", "-m", "hparams_search=mmoe_optuna", f"hydra.sweep.dir={tmp_path / 's'}", *args],
+                         tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "s").exists() and not (tmp_path / "multirun").exists()

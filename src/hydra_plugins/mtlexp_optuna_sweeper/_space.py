@@ -41,7 +41,7 @@ def search_space(params: dict[str, Any] | None, arguments: Iterable[str]) -> tup
         try:
             space[key] = distribution(override)
         except (ValueError, HydraException) as error:  # Optuna's bounds check (low > high, log from 0), glob()
-            raise MtlexpError(f"hydra.sweeper.params.{key}: {str(error).splitlines()[0]} in {line!r}") from None
+            raise MtlexpError(f"hydra.sweeper.params.{key}: {str(error).splitlines()[0].rstrip('.')}, in {line!r}") from None
     return space, fixed
 
 
