@@ -162,8 +162,9 @@ def load(tmp_path, name="mmoe_optuna"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
-def test_trials_run_in_batches_of_n_jobs_and_each_job_knows_its_trial(sweeper_for, tmp_path):
-    sweeper, sweep_dir = sweeper_for("hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2")
+def test_trials_run_in_batches_of_n_jobs_and_each_job_knows_its_trial_when_pruning(sweeper_for, tmp_path):
+    sweeper, sweep_dir = sweeper_for("hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
+                                     "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_warmup_steps=1")
     sweeper.sweep(sweeper.arguments)
     assert [(idx, len(jobs)) for idx, jobs in sweeper.launcher.batches] == [(0, 2), (2, 2), (4, 1)]
     study = load(tmp_path)
@@ -172,7 +173,9 @@ def test_trials_run_in_batches_of_n_jobs_and_each_job_knows_its_trial(sweeper_fo
         assert job[-3:] == ["trial.study_name=mmoe_optuna", f"trial.storage=sqlite\\:///{tmp_path / 'optuna.db'}",
                             f"trial.number={trial.number}"]
         assert trial.value == pytest.approx(trial.params["optimizer.lr"])
-    assert study.user_attrs["mtlexp_pruner"] is None
+    # The pruner the trials' jobs build, as a plain _target_ node.
+    assert study.user_attrs["mtlexp_pruner"] == {
+        "_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1}
 
     best = yaml.safe_load((sweep_dir / "best_trial.yaml").read_text())
     winner = min(study.trials, key=lambda t: t.value)
@@ -252,12 +255,12 @@ def test_a_multi_objective_study_writes_its_pareto_front(sweeper_for, tmp_path):
     assert "{optimizer.lr: " in (sweep_dir / "best_trials.yaml").read_text()  # the brief's flow style
 
 
-def test_with_a_pruner_the_study_tells_the_trials_which(sweeper_for, tmp_path):
-    sweeper, _ = sweeper_for("hydra.sweeper.n_trials=1", "hydra/sweeper/pruner=median",
-                             "hydra.sweeper.pruner.n_warmup_steps=1")
+def test_without_a_pruner_the_jobs_get_no_trial_overrides(sweeper_for, tmp_path):
+    sweeper, _ = sweeper_for("hydra.sweeper.n_trials=2")
     sweeper.sweep(sweeper.arguments)
-    assert load(tmp_path).user_attrs["mtlexp_pruner"] == {
-        "_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 1, "interval_steps": 1}
+    jobs = [job for _, batch in sweeper.launcher.batches for job in batch]
+    assert len(jobs) == 2 and not any(o.startswith("trial.") for job in jobs for o in job)
+    assert load(tmp_path).user_attrs["mtlexp_pruner"] is None
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

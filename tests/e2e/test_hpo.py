@@ -169,7 +169,7 @@ def test_parallel_trials_with_the_joblib_launcher_write_one_study(tmp_path):
     assert sorted(r.name for r in runs) == ["0", "1", "2"]
     for trial, run in zip(done, runs):
         assert json.loads((run / "metrics.json").read_text())["val_norm_loss"] == pytest.approx(trial.value)
-        assert f"trial.number={trial.number}" in (run / ".hydra" / "overrides.yaml").read_text()
+        assert "trial." not in (run / ".hydra" / "overrides.yaml").read_text()  # no pruner: nothing to report to
     assert "launching 2 jobs" in result.stdout.lower() and "launching 1 jobs" in result.stdout.lower()
 
 

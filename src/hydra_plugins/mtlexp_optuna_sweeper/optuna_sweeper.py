@@ -48,6 +48,7 @@ class OptunaSweeper(Sweeper):
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.job_idx = 0
+        self.pruning = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -140,7 +141,8 @@ class OptunaSweeper(Sweeper):
         except ValueError as error:  # e.g. a stored study of other directions
             raise MtlexpError(f"hydra.sweeper.study_name: {error}") from None
         study.sampler = _build("sampler", _plain(self.sampler), len(study.trials), optuna.samplers.BaseSampler, SAMPLERS)
-        if pruner is not None:
+        self.pruning = pruner is not None
+        if self.pruning:
             study.pruner = _build("pruner", pruner, 0, optuna.pruners.BasePruner, PRUNERS)
         if storage is not None:
             overrides = sorted(redact(str(o)) for o in self.config.hydra.overrides.task)
@@ -156,8 +158,8 @@ class OptunaSweeper(Sweeper):
         return study
 
     def _trial_overrides(self, study: Any, trial: Any) -> list[str]:
-        """What lets a trial's job report to its study (pruning): where the study is, and which trial it is."""
-        if self.storage is None or not isinstance(OmegaConf.select(self.config, TRIAL_KEY), DictConfig):
+        """What lets a trial's job report to its study when pruning: where the study is, and which trial it is."""
+        if not self.pruning or not isinstance(OmegaConf.select(self.config, TRIAL_KEY), DictConfig):
             return []
         return [f"{TRIAL_KEY}.study_name={Transformer.str(study.study_name)}",
                 f"{TRIAL_KEY}.storage={Transformer.str(self.storage)}", f"{TRIAL_KEY}.number={trial.number}"]
