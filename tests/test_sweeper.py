@@ -146,7 +146,8 @@ def sweeper_for(tmp_path):
                                                f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
                                                *overrides], return_hydra_config=True)
         GlobalHydra.instance().clear()
-        task = ["hparams_search=mmoe_optuna", *(o for o in overrides if not o.startswith(("hydra.", "hydra/", "~hydra")))]
+        hydra_keys = ("hydra.", "hydra/", "~hydra")
+        task = ["hparams_search=mmoe_optuna", *(o for o in overrides if not o.startswith(hydra_keys))]
         with open_dict(cfg):
             cfg.hydra.overrides.task = task  # as Hydra records the command line
         sweeper = instantiate(cfg.hydra.sweeper)
@@ -251,7 +252,8 @@ def test_a_multi_objective_study_writes_its_pareto_front(sweeper_for, tmp_path):
     for trial in front["trials"]:
         assert trial["values"] == values[trial["number"]]
         assert trial["run_dir"] == str(sweep_dir / str(trial["number"]))
-        assert "trial." not in trial["command"] and "'optimized_metric=[val/task1/mse,val/task2/mse]'" in trial["command"]
+        assert "trial." not in trial["command"]
+        assert "'optimized_metric=[val/task1/mse,val/task2/mse]'" in trial["command"]
     assert "{optimizer.lr: " in (sweep_dir / "best_trials.yaml").read_text()  # the brief's flow style
 
 
@@ -307,7 +309,8 @@ def test_too_many_failures_stop_the_search_and_other_overrides_are_refused(sweep
         sweeper.sweep(sweeper.arguments)
     assert str(error.value) == (
         f"hydra.sweeper.study_name: study 'mmoe_optuna' in sqlite:///{tmp_path / 'optuna.db'} was started with other "
-        "overrides (hparams_search=mmoe_optuna); resume it with those, or start another study (hydra.sweeper.study_name=<new name>)")
+        "overrides (hparams_search=mmoe_optuna); resume it with those, or start another study "
+        "(hydra.sweeper.study_name=<new name>)")
 
 
 def test_the_installed_versions_are_todays():
@@ -362,5 +365,6 @@ def test_a_list_optimized_metric_is_checked_like_one(make_cfg):
 
     validate_run(make_cfg("optimized_metric=[val/task1/mse,val/norm_loss]"))
     with pytest.raises(MtlexpError, match=r"^optimized_metric: expected a validation metric \('val/norm_loss' or "
-                                          r"'val/<task>/<metric>'\) or a list of them, got \['val/task1/mse', 'test/x'\]"):
+                                          r"'val/<task>/<metric>'\) or a list of them, "
+                                          r"got \['val/task1/mse', 'test/x'\]"):
         validate_run(make_cfg("optimized_metric=[val/task1/mse,test/x]"))

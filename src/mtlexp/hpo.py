@@ -106,7 +106,10 @@ def best_line(study: Any, config: DictConfig) -> str:
     """The study's best trial (or its Pareto front's size) in one line."""
     if len(study.directions) > 1:
         return f"{len(study.best_trials)} trials on the Pareto front"
-    best = study.best_trial
+    try:
+        best = study.best_trial
+    except ValueError:  # every counted trial was pruned
+        return "no trial completed"
     return f"best trial {best.number}, {config.get('optimized_metric')}={best.value:.6g}, {best.params}"
 
 

@@ -195,7 +195,8 @@ def test_a_multi_objective_search_writes_the_pareto_front(tmp_path):
         assert not any(dominates(values, entry["values"]) for values in done.values())
         run = json.loads((Path(entry["run_dir"]) / "metrics.json").read_text())
         assert entry["values"] == pytest.approx([run["val"]["task1"]["mse"], run["val"]["task2"]["mse"]])
-        assert entry["command"].startswith("mtlexp train hparams_search=mmoe_optuna ") and "trial." not in entry["command"]
+        assert entry["command"].startswith("mtlexp train hparams_search=mmoe_optuna ")
+        assert "trial." not in entry["command"]
     assert set(done) - set(numbers) == {n for n, v in done.items() if any(dominates(done[m], v) for m in numbers)}
 
 

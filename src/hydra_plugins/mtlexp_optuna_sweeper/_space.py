@@ -41,7 +41,8 @@ def search_space(params: dict[str, Any] | None, arguments: Iterable[str]) -> tup
         try:
             space[key] = distribution(override)
         except (ValueError, HydraException) as error:  # Optuna's bounds check (low > high, log from 0), glob()
-            raise MtlexpError(f"hydra.sweeper.params.{key}: {str(error).splitlines()[0].rstrip('.')}, in {line!r}") from None
+            detail = str(error).splitlines()[0].rstrip(".")
+            raise MtlexpError(f"hydra.sweeper.params.{key}: {detail}, in {line!r}") from None
     return space, fixed
 
 
@@ -54,7 +55,8 @@ def distribution(override: Override) -> Any:
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
         # Optuna stores only scalars: a list or dict choice ([16]) is kept as its override text, and so are
         # strings, so that every choice goes back onto the command line as it was written.
-        return CategoricalDistribution([as_choice(x) for x in override.sweep_iterator(transformer=Transformer.identity)])
+        choices = override.sweep_iterator(transformer=Transformer.identity)
+        return CategoricalDistribution([as_choice(x) for x in choices])
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
         if step is None or step <= 0 or start is None or stop is None or stop < start:

@@ -72,7 +72,7 @@ class OptunaSweeper(Sweeper):
             print(f"optuna study {study.study_name}: {done} of {self.n_trials} trials complete, {to_run} to run "
                   f"(storage {redact(str(self.storage))})", flush=True)
         if to_run == 0:
-            print("nothing to run" + (f": {hpo.best_line(study, self.config)}" if done else ""), flush=True)
+            print(f"nothing to run: {hpo.best_line(study, self.config)}" if done else "nothing to run", flush=True)
             raise SystemExit(0)
         log.info(f"Optuna study {study.study_name}: directions {directions}, sampler "
                  f"{type(study.sampler).__name__}, search space {', '.join(space) or 'empty'}")
@@ -140,7 +140,8 @@ class OptunaSweeper(Sweeper):
                                         directions=directions)
         except ValueError as error:  # e.g. a stored study of other directions
             raise MtlexpError(f"hydra.sweeper.study_name: {error}") from None
-        study.sampler = _build("sampler", _plain(self.sampler), len(study.trials), optuna.samplers.BaseSampler, SAMPLERS)
+        study.sampler = _build("sampler", _plain(self.sampler), len(study.trials), optuna.samplers.BaseSampler,
+                               SAMPLERS)
         self.pruning = pruner is not None
         if self.pruning:
             study.pruner = _build("pruner", pruner, 0, optuna.pruners.BasePruner, PRUNERS)
