@@ -368,3 +368,12 @@ def test_a_list_optimized_metric_is_checked_like_one(make_cfg):
                                           r"'val/<task>/<metric>'\) or a list of them, "
                                           r"got \['val/task1/mse', 'test/x'\]"):
         validate_run(make_cfg("optimized_metric=[val/task1/mse,test/x]"))
+
+
+def test_search_configs_written_before_the_plugin_still_load_their_callback():
+    # hparams_search files of earlier versions carry hydra.callbacks.optuna_study; the sweeper does its work now.
+    callback = instantiate({"_target_": "mtlexp.hpo.OptunaStudy"})
+    config = OmegaConf.create({"hydra": {"sweeper": {"n_trials": 3}}})
+    callback.on_multirun_start(config=config)
+    callback.on_multirun_end(config=config)
+    assert config.hydra.sweeper.n_trials == 3
