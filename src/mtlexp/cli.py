@@ -23,7 +23,14 @@ from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
 from mtlexp.errors import MtlexpError
-from mtlexp.hpo import HPARAMS_SEARCH, UnknownMetric, optuna_sweeper_installed, study_errors
+from mtlexp.hpo import (
+    HPARAMS_SEARCH,
+    UnknownMetric,
+    expose_sweeper_plugin,
+    official_sweeper_installed,
+    optuna_sweeper_installed,
+    study_errors,
+)
 from mtlexp.noise import silence
 
 COMMANDS = ("train", "eval", "data", "report")
@@ -78,16 +85,16 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> int:
             failures.append(str(output_dir))
         if stop and sweeping:
             raise SystemExit(1)  # every other job of the sweep would train only to fail the same way
-        # What a sweeper reads (hparams_search): the objective, or None for a failed job, which the Optuna
-        # sweeper records as a failed trial before it goes on (NaN would abort the whole study).
+        # What a sweeper reads (hparams_search): the objective (a list for several metrics), or None for a
+        # failed job, which the Optuna sweeper records as a failed trial before it goes on.
         return returned[0] if ok and returned else None
 
     app()
     return len(failures)
 
 
-def _train(cfg: DictConfig) -> float | None:
-    from mtlexp.hpo import check_metric_name, objective
+def _train(cfg: DictConfig) -> float | list[float] | None:
+    from mtlexp.hpo import check_metric_name, metric_list, objective
     from mtlexp.processes import share_cores
     from mtlexp.train import train
 
@@ -96,10 +103,10 @@ def _train(cfg: DictConfig) -> float | None:
         raise MtlexpError("trainer.strategy: DDP runs one job at a time; run it without -m (or sweep on one device)")
     share_cores()
     metric = cfg.get("optimized_metric")
-    if metric:
-        check_metric_name(str(metric), cfg)
+    for name in metric_list(metric):
+        check_metric_name(name, cfg)
     metrics = train(cfg)
-    return objective(metrics, str(metric)) if metric else None
+    return objective(metrics, metric) if metric else None
 
 
 def _evaluate(cfg: DictConfig) -> None:
@@ -137,7 +144,7 @@ def composition_error(config_name: str, args: list[str]) -> str | None:
     (``model/gate=topk`` with ``model=shared_bottom``). None when the config composes, or when the mistake
     is one Hydra reports clearly itself (an unknown option, which lists the options)."""
     from hydra import compose, initialize_config_module
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     overrides = _overrides(args)
@@ -146,6 +153,12 @@ def composition_error(config_name: str, args: list[str]) -> str | None:
     try:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
             compose(config_name, overrides=overrides)
+        return None
+    except MissingConfigException as error:
+        # Hydra's own message spans a dozen lines (and a traceback under HYDRA_FULL_ERROR, which a search sets).
+        if error.missing_cfg_file and error.options:
+            group, _, _ = error.missing_cfg_file.rpartition("/")
+            return f"Could not find '{error.missing_cfg_file}'; the options in {group}: {', '.join(error.options)}"
         return None
     except ConfigCompositionException as error:
         cause = error.__cause__
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     silence()  # again in every job (runner.run_job): joblib workers are other processes
     register_configs()
+    expose_sweeper_plugin()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
@@ -280,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mtlexp: error: unknown command {command!r}; expected one of {sorted(COMMANDS)}\n{USAGE}")
     searching = command == "train" and any(HPARAMS_SEARCH.match(a) for a in rest)
     if searching and not optuna_sweeper_installed():
-        sys.exit("mtlexp: error: hparams_search needs Hydra's Optuna sweeper: pip install 'mtlexp[hpo]'")
+        sys.exit("mtlexp: error: hparams_search needs Optuna: pip install 'mtlexp[hpo]'")
+    if searching and official_sweeper_installed():
+        sys.exit("mtlexp: error: hparams_search: hydra-optuna-sweeper is installed too, and it also registers "
+                 "hydra/sweeper=optuna (on Optuna 2); mtlexp has its own: pip uninstall hydra-optuna-sweeper")
     # Hydra parses sys.argv itself; it must not see the subcommand. argv[0] stays the real script path,
     # which Lightning re-runs to start DDP workers.
     sys.argv = [sys.argv[0], *rest]

@@ -8,7 +8,7 @@ Component nodes (data, model, ...) are ``_target_`` nodes whose constructor sign
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -49,8 +49,9 @@ class RunConfig:
     run_test: bool = True
     # Replace the results an earlier run left in the run folder (an explicit hydra.run.dir) instead of refusing it.
     overwrite: bool = False
-    # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it.
-    optimized_metric: Optional[str] = None  # noqa: UP045
+    # The value a sweeper optimises (hparams_search, docs/hpo.md): the train task returns it. A list of metrics
+    # is a multi-objective search, and the task returns one value per metric.
+    optimized_metric: Any = None
     # The study trial this run reports its epochs to (pruning): set by the sweeper, never by hand.
     trial: TrialConfig = field(default_factory=TrialConfig)
     # Print an unexpected error's traceback on the console as well as into error.log (debug=default).
@@ -65,9 +66,12 @@ class RunConfig:
             raise MtlexpError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
         if not self.monitor.startswith("val/"):
             raise MtlexpError(f"monitor: expected a validation metric ('val/...'), got {self.monitor!r}")
-        if self.optimized_metric is not None and not self.optimized_metric.startswith("val/"):
+        metrics = self.optimized_metric
+        if metrics is not None and not (isinstance(metrics, str) and metrics.startswith("val/")) and not (
+                isinstance(metrics, Sequence) and not isinstance(metrics, str) and metrics
+                and all(isinstance(m, str) and m.startswith("val/") for m in metrics)):
             raise MtlexpError("optimized_metric: expected a validation metric ('val/norm_loss' or "
-                              f"'val/<task>/<metric>'), got {self.optimized_metric!r}")
+                              f"'val/<task>/<metric>') or a list of them, got {metrics!r}")
 
 
 def validate_run(cfg: DictConfig) -> RunConfig:

@@ -1,5 +1,7 @@
-"""Hyperparameter search through Hydra's Optuna sweeper (hparams_search=..., docs/hpo.md): a study on tiny data,
-its best trial written out, its SQLite storage resumed by the same command, and the objective's errors."""
+"""Hyperparameter search through mtlexp's Optuna sweeper (hparams_search=..., docs/hpo.md): a study on tiny data,
+its best trial written out, its SQLite storage resumed by the same command, parallel trials (joblib), a
+multi-objective study's Pareto front, a config written for hydra-optuna-sweeper, and the error lines.
+tests/test_sweeper.py tests the sweeper in process."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
 TINY = [
     "data.num_train=256", "data.num_val=128", "data.num_test=128", "data.batch_size=64",
@@ -33,8 +34,8 @@ def search(tmp_path: Path, sweep: str, n_trials: int, *extra: str) -> subprocess
                   tmp_path)
 
 
-def trials(tmp_path: Path) -> list:
-    study = optuna.load_study(study_name="mmoe_optuna", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+def trials(tmp_path: Path, study_name: str = "mmoe_optuna") -> list:
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     return study.get_trials(deepcopy=False)
 
 
@@ -115,12 +116,13 @@ def test_a_study_in_which_every_trial_fails_ends_with_one_line(tmp_path):
 def test_every_search_composes_with_a_metric_its_tasks_have_and_a_search_space_optuna_takes(name):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from hydra_plugins.mtlexp_optuna_sweeper._space import search_space
 
-    from mtlexp.hpo import check_metric_name
     from mtlexp.config import register_configs, validate_run
+    from mtlexp.hpo import check_metric_name, expose_sweeper_plugin
 
     register_configs()
+    expose_sweeper_plugin()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
@@ -130,9 +132,9 @@ def test_every_search_composes_with_a_metric_its_tasks_have_and_a_search_space_o
     check_metric_name(cfg.optimized_metric, cfg)
     validate_run(cfg)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.study_name and sweeper.storage.startswith("sqlite:///")
-    assert cfg.hydra.callbacks.optuna_study._target_ == "mtlexp.hpo.OptunaStudy"
-    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert sweeper._target_ == "hydra_plugins.mtlexp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.study_name and sweeper.storage.startswith("sqlite:///")
+    space, fixed = search_space(sweeper.params, [])
     assert set(space) == set(sweeper.params) and not fixed
 
 
@@ -141,4 +143,119 @@ def test_without_the_extra_hparams_search_says_what_to_install(tmp_path):
             "main(['train', '-m', 'hparams_search=mmoe_optuna'])")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == "mtlexp: error: hparams_search needs Hydra's Optuna sweeper: pip install 'mtlexp[hpo]'"
+    assert result.stderr.strip() == "mtlexp: error: hparams_search needs Optuna: pip install 'mtlexp[hpo]'"
+
+
+def test_the_official_plugin_installed_beside_it_is_one_line(tmp_path):
+    # hydra-optuna-sweeper registers hydra/sweeper=optuna too (on Optuna 2): a stand-in package of that name.
+    (tmp_path / "site" / "hydra_plugins" / "hydra_optuna_sweeper").mkdir(parents=True)
+    (tmp_path / "site" / "hydra_plugins" / "hydra_optuna_sweeper" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run([sys.executable, "-m", "mtlexp", "train", "-m", "hparams_search=mmoe_optuna"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "mtlexp: error: hparams_search: hydra-optuna-sweeper is installed too, and it also registers "
+        "hydra/sweeper=optuna (on Optuna 2); mtlexp has its own: pip uninstall hydra-optuna-sweeper")
+
+
+def test_parallel_trials_with_the_joblib_launcher_write_one_study(tmp_path):
+    result = search(tmp_path, "s", 3, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = trials(tmp_path)
+    assert [t.state.name for t in done] == ["COMPLETE"] * 3
+    # Each trial's value is its own run's (the jobs ran in other processes, in two batches: 2 + 1).
+    runs = [Path(t.user_attrs["mtlexp_run_dir"]) for t in done]
+    assert sorted(r.name for r in runs) == ["0", "1", "2"]
+    for trial, run in zip(done, runs):
+        assert json.loads((run / "metrics.json").read_text())["val_norm_loss"] == pytest.approx(trial.value)
+        assert "trial." not in (run / ".hydra" / "overrides.yaml").read_text()  # no pruner: nothing to report to
+    assert "launching 2 jobs" in result.stdout.lower() and "launching 1 jobs" in result.stdout.lower()
+
+
+def test_a_multi_objective_search_writes_the_pareto_front(tmp_path):
+    import yaml
+
+    metrics = ["val/task1/mse", "val/task2/mse"]
+    result = search(tmp_path, "s", 4, f"optimized_metric=[{','.join(metrics)}]", "hydra.sweeper.study_name=mo",
+                    "hydra.sweeper.direction=[minimize,minimize]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = {t.number: t.values for t in trials(tmp_path, "mo")}
+    assert len(done) == 4 and all(v is not None for v in done.values())
+    front = yaml.safe_load((tmp_path / "s" / "best_trials.yaml").read_text())
+    assert front["optimized_metric"] == metrics and front["directions"] == ["minimize", "minimize"]
+    assert front["study_name"] == "mo" and front["storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b)) and a != b
+
+    numbers = [t["number"] for t in front["trials"]]
+    assert numbers and [done[n][0] for n in numbers] == sorted(done[n][0] for n in numbers)
+    for entry in front["trials"]:
+        assert not any(dominates(values, entry["values"]) for values in done.values())
+        run = json.loads((Path(entry["run_dir"]) / "metrics.json").read_text())
+        assert entry["values"] == pytest.approx([run["val"]["task1"]["mse"], run["val"]["task2"]["mse"]])
+        assert entry["command"].startswith("mtlexp train hparams_search=mmoe_optuna ")
+        assert "trial." not in entry["command"]
+    assert set(done) - set(numbers) == {n for n, v in done.items() if any(dominates(done[m], v) for m in numbers)}
+
+
+def test_a_search_config_written_for_hydra_optuna_sweeper_runs_unchanged(tmp_path):
+    # lightning-hydra-template's hparams_search/mnist_optuna.yaml, with this project's keys: it names the
+    # official plugin's class and keeps its study in memory.
+    (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "conf" / "hparams_search" / "template_optuna.yaml").write_text("""\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+optimized_metric: "val/task1/mse"
+hydra:
+  mode: "MULTIRUN"
+  sweeper:
+    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper
+    storage: null
+    study_name: null
+    n_jobs: 1
+    direction: minimize
+    n_trials: 2
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10
+    params:
+      optimizer.lr: interval(0.0001, 0.1)
+      model.num_experts: choice(2, 4)
+""")
+    result = mtlexp(["train", "--config-dir", str(tmp_path / "conf"), "hparams_search=template_optuna", *TINY,
+                     f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((tmp_path / "s" / "best_trial.yaml").read_text())
+    assert best["storage"] is None and set(best["best_params"]) == {"optimizer.lr", "model.num_experts"}
+    run = json.loads((Path(best["run_dir"]) / "metrics.json").read_text())
+    assert run["val"]["task1"]["mse"] == pytest.approx(best["best_value"])
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.isdigit()) == ["0", "1"]
+    assert "trial." not in (Path(best["run_dir"]) / ".hydra" / "overrides.yaml").read_text()  # no storage to report to
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["hydra/sweeper/sampler=nope"], "mtlexp: error: Could not find 'hydra/sweeper/sampler/nope'; the options in "
+                                     "hydra/sweeper/sampler: cmaes, gp, nsgaii, random, tpe"),
+    (["optimized_metric=[val/task1/mse,val/task2/mse]"],
+     "mtlexp: error: hydra.sweeper.direction: expected one direction per optimized_metric (2: val/task1/mse, "
+     "val/task2/mse), got 1: minimize"),
+    (["hydra/sweeper/pruner=median", "hydra.sweeper.storage=null"],
+     "mtlexp: error: hydra.sweeper.pruner: pruning needs a study in a storage the trials report to "
+     "(hydra.sweeper.storage=sqlite:///...)"),
+    (["optimizer.lr=interval(1, 0)"], "mtlexp: error: hydra.sweeper.params.optimizer.lr: "),
+])
+def test_a_bad_search_config_is_one_line_without_traceback(tmp_path, args, expected):
+    from tests.conftest import cli_in_fork
+
+    result = cli_in_fork(["train", "-m", "hparams_search=mmoe_optuna", f"hydra.sweep.dir={tmp_path / 's'}", *args],
+                         tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "s").exists() and not (tmp_path / "multirun").exists()

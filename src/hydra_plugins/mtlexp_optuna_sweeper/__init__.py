@@ -1,0 +1,1 @@
+"""mtlexp's Optuna sweeper for Hydra (hydra/sweeper=optuna)."""
