@@ -238,3 +238,10 @@ def expose_sweeper_plugin() -> None:
     folder = str(Path(next(iter(spec.submodule_search_locations))).parent)
     if folder not in list(hydra_plugins.__path__):
         hydra_plugins.__path__.append(folder)
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    if Plugins in Singleton._instances:  # scanned before the folder was added (a long-lived process): register it
+        from hydra_plugins.mtlexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+        Plugins.instance().register(OptunaSweeper)
