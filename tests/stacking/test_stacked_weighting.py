@@ -1,0 +1,77 @@
+"""Stacked runs (``stack=K``) with weightings that keep state or draw: each replica's weighting is its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtlexp.train import train
+from tests.conftest import cli_in_fork
+from tests.stacking.test_stacked import epoch_values
+
+# Four epochs without early stopping: DWA's weights leave 1 from the third epoch on.
+EPOCHS = ["trainer.max_epochs=4", "callbacks=no_early_stopping"]
+SEEDS = (4, 5)
+
+
+def stacked_and_single_runs(make_cfg, weighting: str) -> list[tuple[Path, dict, Path, dict]]:
+    """(replica folder, its metrics.json, the single run's folder, its record) for each seed of one stacked run."""
+    stacked_cfg = make_cfg("stack=2", f"seed={SEEDS[0]}", f"weighting={weighting}", *EPOCHS)
+    assert train(stacked_cfg)["status"] == "ok"
+    runs = []
+    for seed in SEEDS:
+        replica_dir = Path(stacked_cfg.paths.output_dir) / "replicas" / f"seed_{seed}"
+        single_cfg = make_cfg(f"seed={seed}", f"weighting={weighting}", *EPOCHS)
+        single = train(single_cfg)
+        runs.append((replica_dir, json.loads((replica_dir / "metrics.json").read_text()),
+                     Path(single_cfg.paths.output_dir), single))
+    return runs
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "rlw"])
+def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(make_cfg, weighting):
+    runs = stacked_and_single_runs(make_cfg, weighting)
+    for replica_dir, replica, single_dir, single in runs:
+        assert replica["status"] == "ok" and replica["weighting"]["method"] == single["weighting"]["method"]
+        assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"], single["epochs_trained"])
+        for split in ("val", "test"):
+            for task, values in single[split].items():
+                for name, value in values.items():
+                    assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (split, task, name)
+        assert replica["weighting"]["weights"] == pytest.approx(single["weighting"]["weights"], rel=1e-4)
+        # The loss includes what the weighting adds (uncertainty's log-variance term), epoch by epoch.
+        for column in ("train/loss_epoch", "train/weight/task1", "train/weight/task2", "val/norm_loss"):
+            replica_values = epoch_values(replica_dir / "csv" / "metrics.csv", column)
+            assert replica_values == pytest.approx(epoch_values(single_dir / "csv" / "metrics.csv", column), rel=1e-4)
+    # What makes each method's state matter was reached, so the equalities above say something.
+    last_weights = [epoch_values(replica_dir / "csv" / "metrics.csv", "train/weight/task1")[-1]
+                    for replica_dir, *_ in runs]
+    start = {"uncertainty": 0.5, "dwa": 1.0, "rlw": None}[weighting]
+    if start is not None:
+        assert all(abs(w - start) > 1e-4 for w in last_weights), last_weights
+    assert last_weights[0] != last_weights[1]
+
+
+def test_random_weights_differ_per_replica_are_positive_and_sum_as_a_single_runs(make_cfg):
+    cfg = make_cfg("stack=3", "weighting=rlw", "trainer.max_epochs=1")
+    train(cfg)
+    single = train(make_cfg("weighting=rlw", "trainer.max_epochs=1"))
+    recorded = [json.loads((Path(cfg.paths.output_dir) / "replicas" / f"seed_{s}" / "metrics.json").read_text())
+                ["weighting"]["weights"] for s in range(3)]
+    assert len({tuple(weights.values()) for weights in recorded}) == 3
+    for weights in recorded:
+        assert all(value > 0 for value in weights.values())
+        assert sum(weights.values()) == pytest.approx(sum(single["weighting"]["weights"].values()), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_weighting_that_needs_task_gradients_is_refused_in_one_line(tmp_path):
+    result = cli_in_fork(["train", "stack=2", "weighting=gradnorm", "data.num_train=512", "data.num_val=256",
+                          "data.num_test=256", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mtlexp: error: stack: weighting GradNorm cannot be stacked: its update needs each task's gradient of each "
+        "replica, which a stacked step (one backward pass of all replicas' objectives) does not compute; sweep the "
+        "seeds instead (seed=0,1,2)")
