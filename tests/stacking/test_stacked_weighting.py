@@ -16,35 +16,41 @@ EPOCHS = ["trainer.max_epochs=4", "callbacks=no_early_stopping"]
 SEEDS = (4, 5)
 
 
-def stacked_and_single_runs(make_cfg, weighting: str) -> list[tuple[Path, dict, Path, dict]]:
-    """(replica folder, its metrics.json, the single run's folder, its record) for each seed of one stacked run."""
-    stacked_cfg = make_cfg("stack=2", f"seed={SEEDS[0]}", f"weighting={weighting}", *EPOCHS)
+def stacked_and_single_runs(make_cfg, *overrides: str) -> list[tuple[Path, dict, Path, dict]]:
+    """(replica folder, its metrics.json, the single run's folder, its record) for each seed of one stacked run
+    of ``overrides`` (with 4 epochs, no early stopping) and the single runs of the same seeds."""
+    stacked_cfg = make_cfg("stack=2", f"seed={SEEDS[0]}", *overrides, *EPOCHS)
     assert train(stacked_cfg)["status"] == "ok"
     runs = []
     for seed in SEEDS:
         replica_dir = Path(stacked_cfg.paths.output_dir) / "replicas" / f"seed_{seed}"
-        single_cfg = make_cfg(f"seed={seed}", f"weighting={weighting}", *EPOCHS)
+        single_cfg = make_cfg(f"seed={seed}", *overrides, *EPOCHS)
         single = train(single_cfg)
         runs.append((replica_dir, json.loads((replica_dir / "metrics.json").read_text()),
                      Path(single_cfg.paths.output_dir), single))
     return runs
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "rlw"])
-def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(make_cfg, weighting):
-    runs = stacked_and_single_runs(make_cfg, weighting)
+def assert_replicas_are_their_single_runs(runs: list[tuple[Path, dict, Path, dict]], rel: float = 1e-4) -> None:
+    """Each replica's epochs, metrics, recorded weights and logged losses are its single run's, to ``rel``."""
     for replica_dir, replica, single_dir, single in runs:
         assert replica["status"] == "ok" and replica["weighting"]["method"] == single["weighting"]["method"]
         assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"], single["epochs_trained"])
         for split in ("val", "test"):
             for task, values in single[split].items():
                 for name, value in values.items():
-                    assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (split, task, name)
-        assert replica["weighting"]["weights"] == pytest.approx(single["weighting"]["weights"], rel=1e-4)
+                    assert replica[split][task][name] == pytest.approx(value, rel=rel, abs=1e-6), (split, task, name)
+        assert replica["weighting"]["weights"] == pytest.approx(single["weighting"]["weights"], rel=rel)
         # The loss includes what the weighting adds (uncertainty's log-variance term), epoch by epoch.
         for column in ("train/loss_epoch", "train/weight/task1", "train/weight/task2", "val/norm_loss"):
             replica_values = epoch_values(replica_dir / "csv" / "metrics.csv", column)
-            assert replica_values == pytest.approx(epoch_values(single_dir / "csv" / "metrics.csv", column), rel=1e-4)
+            assert replica_values == pytest.approx(epoch_values(single_dir / "csv" / "metrics.csv", column), rel=rel)
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "rlw"])
+def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(make_cfg, weighting):
+    runs = stacked_and_single_runs(make_cfg, f"weighting={weighting}")
+    assert_replicas_are_their_single_runs(runs)
     # What makes each method's state matter was reached, so the equalities above say something.
     last_weights = [epoch_values(replica_dir / "csv" / "metrics.csv", "train/weight/task1")[-1]
                     for replica_dir, *_ in runs]
