@@ -81,3 +81,21 @@ def test_a_weighting_that_needs_task_gradients_is_refused_in_one_line(tmp_path):
         "mtlexp: error: stack: weighting GradNorm cannot be stacked: its update needs each task's gradient of each "
         "replica, which a stacked step (one backward pass of all replicas' objectives) does not compute; sweep the "
         "seeds instead (seed=0,1,2)")
+
+
+def test_a_stacked_run_resumes_with_each_replicas_weighting_state(make_cfg):
+    # DWA's history after two epochs sets the third epoch's weights: a resume that lost it would restart at 1.
+    settings = ["stack=2", "weighting=dwa", "callbacks=no_early_stopping"]
+    straight = make_cfg(*settings, "trainer.max_epochs=3")
+    train(straight)
+    first = make_cfg(*settings, "trainer.max_epochs=2")
+    train(first)
+    resumed = make_cfg(*settings, "trainer.max_epochs=3",
+                       f"ckpt_path={Path(first.paths.output_dir) / 'checkpoints' / 'last.ckpt'}")
+    train(resumed)
+    for seed in (0, 1):
+        a, b = (json.loads((Path(c.paths.output_dir) / "replicas" / f"seed_{seed}" / "metrics.json").read_text())
+                for c in (straight, resumed))
+        assert b["weighting"]["weights"] == pytest.approx(a["weighting"]["weights"], rel=1e-5)
+        assert b["weighting"]["weights"]["task1"] != pytest.approx(1.0, abs=1e-4)
+        assert b["test"]["task1"]["mse"] == pytest.approx(a["test"]["task1"]["mse"], rel=1e-5)
