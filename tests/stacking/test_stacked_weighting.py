@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtlexp.train import train
 from tests.conftest import cli_in_fork
 from tests.stacking.test_stacked import epoch_values
 
+WEIGHTINGS = Path(__file__).resolve().parents[2] / "conf" / "weighting"
+STACKED = {"equal", "static", "uncertainty", "dwa", "rlw"}  # docs/weighting.md, "Stacked runs"
 # Four epochs without early stopping: DWA's weights leave 1 from the third epoch on.
 EPOCHS = ["trainer.max_epochs=4", "callbacks=no_early_stopping"]
 SEEDS = (4, 5)
@@ -70,6 +74,14 @@ def test_random_weights_differ_per_replica_are_positive_and_sum_as_a_single_runs
     for weights in recorded:
         assert all(value > 0 for value in weights.values())
         assert sum(weights.values()) == pytest.approx(sum(single["weighting"]["weights"].values()), abs=1e-5)
+
+
+def test_every_weighting_config_stacks_or_says_why_in_one_line():
+    for path in sorted(WEIGHTINGS.glob("*.yaml")):
+        module, name = yaml.safe_load(path.read_text())["_target_"].rsplit(".", 1)
+        refusal = getattr(importlib.import_module(module), name).stack_refusal
+        assert (refusal is None) == (path.stem in STACKED), path.stem
+        assert refusal is None or (refusal and "\n" not in refusal), path.stem
 
 
 @pytest.mark.slow
