@@ -51,9 +51,13 @@ def assert_replicas_are_their_single_runs(runs: list[tuple[Path, dict, Path, dic
             assert replica_values == pytest.approx(epoch_values(single_dir / "csv" / "metrics.csv", column), rel=rel)
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "rlw"])
-def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(make_cfg, weighting):
-    runs = stacked_and_single_runs(make_cfg, f"weighting={weighting}")
+@pytest.mark.parametrize(("weighting", "clip"), [("uncertainty", None), ("dwa", None), ("rlw", None),
+                                             ("uncertainty", 0.05)],
+                         ids=["uncertainty", "dwa", "rlw", "uncertainty-clip"])
+def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(make_cfg, weighting, clip):
+    # With a clip norm, the log-variances' gradient counts in each replica's norm, as in its single run.
+    clipping = [f"module.grad_clip_norm={clip}"] if clip else []
+    runs = stacked_and_single_runs(make_cfg, f"weighting={weighting}", *clipping)
     assert_replicas_are_their_single_runs(runs)
     # What makes each method's state matter was reached, so the equalities above say something.
     last_weights = [epoch_values(replica_dir / "csv" / "metrics.csv", "train/weight/task1")[-1]

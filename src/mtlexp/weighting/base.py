@@ -77,8 +77,8 @@ class StepInputs:
         """What a stacked run (``stack=K``) gives one replica's weighting: its own ``(T,)`` losses, the step and
         the epoch. The output, the model and the backward pass are the whole stack's, so they are left out: only
         a weighting without a ``stack_refusal`` is called with these, and it reads none of them."""
-        return cls(losses=losses, output=None, model=None, shared=(), backward=_stacked_backward,  # type: ignore[arg-type]
-                   step=step, epoch=epoch)
+        return cls(losses=losses, output=None, model=None,  # type: ignore[arg-type]
+                   shared=(), backward=_stacked_backward, step=step, epoch=epoch)
 
 
 def _stacked_backward(loss: Tensor) -> None:
