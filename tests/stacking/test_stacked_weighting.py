@@ -12,6 +12,7 @@ import yaml
 from mtlexp.train import train
 from tests.conftest import cli_in_fork
 from tests.stacking.test_stacked import epoch_values
+from tests.weighting.test_weighting_cli import TINY, mtlexp
 
 WEIGHTINGS = Path(__file__).resolve().parents[2] / "conf" / "weighting"
 STACKED = {"equal", "static", "uncertainty", "dwa", "rlw"}  # docs/weighting.md, "Stacked runs"
@@ -68,16 +69,19 @@ def test_each_replica_of_a_stateful_weighting_is_the_single_run_with_its_seed(ma
     assert last_weights[0] != last_weights[1]
 
 
-def test_random_weights_differ_per_replica_are_positive_and_sum_as_a_single_runs(make_cfg):
-    cfg = make_cfg("stack=3", "weighting=rlw", "trainer.max_epochs=1")
-    train(cfg)
-    single = train(make_cfg("weighting=rlw", "trainer.max_epochs=1"))
-    recorded = [json.loads((Path(cfg.paths.output_dir) / "replicas" / f"seed_{s}" / "metrics.json").read_text())
-                ["weighting"]["weights"] for s in range(3)]
+@pytest.mark.slow
+def test_random_weights_differ_per_replica_are_positive_and_sum_as_a_single_runs(tmp_path):
+    stacked, single = tmp_path / "stacked", tmp_path / "single"
+    for args in (["stack=3", f"hydra.run.dir={stacked}"], [f"hydra.run.dir={single}"]):
+        result = mtlexp(["train", "weighting=rlw", "trainer.max_epochs=1", *TINY, *args], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    recorded = [json.loads((stacked / "replicas" / f"seed_{s}" / "metrics.json").read_text())["weighting"]["weights"]
+                for s in range(3)]
+    single_sum = sum(json.loads((single / "metrics.json").read_text())["weighting"]["weights"].values())
     assert len({tuple(weights.values()) for weights in recorded}) == 3
     for weights in recorded:
         assert all(value > 0 for value in weights.values())
-        assert sum(weights.values()) == pytest.approx(sum(single["weighting"]["weights"].values()), abs=1e-5)
+        assert sum(weights.values()) == pytest.approx(single_sum, abs=1e-5)
 
 
 def test_every_weighting_config_stacks_or_says_why_in_one_line():
