@@ -130,7 +130,8 @@ def steps(python: str, logs: Path) -> list[Step]:
                                           "--workdir", str(logs / f"study_b{batch}")], 90, study_figures(batch))
                for batch in (128, 1024)]
     return [
-        Step("cuda", [python, "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'; "
+        Step("cuda", [python, "-c", "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} "
+                                    "sees no CUDA device (a CPU build, or no driver)'; "
                                     "print(torch.__version__, torch.cuda.get_device_name())"], 30),
         Step("gpu_tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "gpu",
                            str(ROOT / "tests")], 120, check=pytest_check),
