@@ -26,8 +26,8 @@ def test_a_bf16_run_on_cuda_records_finite_metrics_close_to_float32(make_cfg):
         for task, values in full[split].items():
             for name, value in values.items():
                 assert math.isfinite(bf16[split][task][name]), (split, task, name)
-                # bf16 keeps 8 bits of mantissa: two short epochs stay within a few percent of float32.
-                assert bf16[split][task][name] == pytest.approx(value, rel=0.05), (split, task, name)
+                # Two short epochs in bf16 autocast stay within 1e-3 of float32 on CPU (bf16-mixed there too).
+                assert bf16[split][task][name] == pytest.approx(value, rel=1e-2), (split, task, name)
 
 
 @pytest.mark.parametrize("gate", GATES)
