@@ -105,9 +105,10 @@ class Weighting(nn.Module):
     writes_gradients = False
     # Why a stacked run (stack=K) cannot train this method, or None where it can. A stacked step computes all
     # replicas' task losses at once and back-propagates the sum of their objectives in one pass, so it can
-    # call each replica's own weighting with that replica's losses, step and epoch (its parameters are then
-    # trained with the model by the same optimizer, its buffers and draws stay its own), but it never has one
-    # replica's task gradients. Methods declare it, so that a new method is refused until it is checked.
+    # call each replica's own LossWeighting (weights() and regularizer()) with that replica's losses, step and
+    # epoch (its parameters are then trained with the model by the same optimizer, its buffers and draws stay
+    # its own), but it never has one replica's task gradients. Methods declare it, so that a new method is
+    # refused until it is checked.
     stack_refusal: str | None = ("its update needs each task's gradient of each replica, which a stacked step "
                                  "(one backward pass of all replicas' objectives) does not compute")
     # Buffers whose shape is known only at the first step (a (T, P) gradient memory, P the number of shared
