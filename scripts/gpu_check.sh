@@ -10,9 +10,9 @@
 #                               without a package index: its own torch, the other dependencies installed from
 #                               carried wheels, PYTHONPATH=src); nothing is installed.
 #   otherwise .venv, set up by scripts/setup_env.sh. Where python3 already has a CUDA torch, .venv is first
-#                               made with --system-site-packages, so setup_env.sh finds that torch and installs
+#                               made to see python3's packages, so setup_env.sh finds that torch and installs
 #                               no CPU build; pip keeps it if it is in the project's range (pyproject.toml), else
-#                               replaces it with one from the index. MTLEXP_WHEELS=DIR: pip installs from that
+#                               installs one from the index into .venv. MTLEXP_WHEELS=DIR: pip installs from that
 #                               folder of wheels only (no index).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,8 +21,12 @@ mkdir -p "$LOGS"
 PY="${MTLEXP_GPU_PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ ! -x .venv/bin/python ] && python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-    echo "gpu_check: python3 has a CUDA torch: .venv made with --system-site-packages"
-    python3 -m venv --system-site-packages .venv
+    # A .pth file rather than --system-site-packages: python3 may itself be a venv's, whose packages
+    # --system-site-packages would not show. Packages installed into .venv still come first.
+    outer="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "gpu_check: python3 has a CUDA torch: .venv sees its packages ($outer)"
+    python3 -m venv .venv
+    echo "$outer" > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu-check-outer.pth"
   fi
   if [ -n "${MTLEXP_WHEELS:-}" ]; then
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$MTLEXP_WHEELS"
