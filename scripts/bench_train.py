@@ -34,6 +34,7 @@ Usage::
     .venv/bin/python scripts/bench_train.py                  # 200k samples, batch 128 and 1024
     .venv/bin/python scripts/bench_train.py --tensorboard    # also mtlexp with CSV + TensorBoard loggers
     .venv/bin/python scripts/bench_train.py --quick          # a smoke test (seconds), not a measurement
+    .venv/bin/python scripts/bench_train.py --accelerator gpu  # both sides on the GPU (trainer=gpu), synchronised
 
 Then every model config (and MMoE with each sparse gate) is trained through mtlexp at batch 1024 on the same
 data, printing its samples/s and its ratio to MMoE's (no lean loop: this axis compares architectures), and
@@ -85,15 +86,17 @@ DEFAULT_CENSUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" 
 class LeanLoop:
     """A hand-written training loop of the same model on the same tensors; ``epoch()`` appends its seconds."""
 
-    def __init__(self, data: MTLDataModule, batch_size: int, lr: float, seed: int) -> None:
+    def __init__(self, data: MTLDataModule, batch_size: int, lr: float, seed: int,
+                 device: torch.device = torch.device("cpu")) -> None:
         torch.manual_seed(seed)
-        self.model = MMoE(data.features, data.tasks, **MODEL)
+        self.device = device
+        self.model = MMoE(data.features, data.tasks, **MODEL).to(device)
         self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)
         self.names = [t.name for t in data.tasks]
         table = data.splits["train"]
-        self.x, self.c = table.numeric, table.categorical
-        self.y = torch.stack([table.labels[n] for n in self.names], dim=1)  # (N, T): one gather per batch
+        self.x, self.c = table.numeric.to(device), table.categorical.to(device)
+        self.y = torch.stack([table.labels[n] for n in self.names], dim=1).to(device)  # (N, T): one gather per batch
         losses = {"regression": F.mse_loss, "binary": F.binary_cross_entropy_with_logits}
         self.losses = [losses[t.kind] for t in data.tasks]
         self.batch_size = batch_size
@@ -104,7 +107,7 @@ class LeanLoop:
         model, optimizer, names, batch_size = self.model, self.optimizer, self.names, self.batch_size
         with torch.enable_grad():
             start = time.perf_counter()
-            order = torch.randperm(self.x.shape[0], generator=self.generator)
+            order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.device)
             for first in range(0, order.numel(), batch_size):
                 index = order[first : first + batch_size]
                 x, c, y = self.x[index], self.c[index], self.y[index]
@@ -113,7 +116,14 @@ class LeanLoop:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            synchronize()
             self.seconds.append(time.perf_counter() - start)
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (no-op on CPU), so that a wall-clock stamp includes it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 # --- the mtlexp side ---------------------------------------------------------------------------------
@@ -137,10 +147,12 @@ class EpochTimer(pl.Callback):
         run_val, save = val_loop.run, trainer.save_checkpoint
 
         def timed_val(*args: Any, **kwargs: Any) -> Any:
+            synchronize()
             start, ckpt_before = time.perf_counter(), self._ckpt_now()
             try:
                 return run_val(*args, **kwargs)
             finally:
+                synchronize()
                 if self.val:
                     self.val[-1] += time.perf_counter() - start - (self._ckpt_now() - ckpt_before)
 
@@ -159,6 +171,7 @@ class EpochTimer(pl.Callback):
         return self.ckpt[-1] if self.ckpt else 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
         if self.starts:
             self.stops.append(time.perf_counter())
         if self.between is not None and (self.between_first or self.starts):
@@ -168,6 +181,7 @@ class EpochTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
         self.stops.append(time.perf_counter())
         if self.between is not None and not self.between_first:
             self.between()
@@ -198,6 +212,7 @@ def compose_config(
         f"data.batch_size={batch_size}",
         f"trainer.max_epochs={1 + args.epochs}",
         "trainer.enable_progress_bar=false",
+        *(["trainer=gpu"] if args.accelerator == "gpu" else []),
     ]
     if args.chunk_steps is not None:
         overrides.append(f"data.chunk_steps={args.chunk_steps}")
@@ -224,10 +239,12 @@ def run_mtlexp(
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     # Lightning's deterministic=True switches this on for the whole process: the same state for both sides.
-    torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
+    deterministic = cfg.trainer.deterministic  # true, false, or "warn" (trainer=gpu), as Lightning reads it
+    torch.use_deterministic_algorithms(deterministic in (True, "warn"), warn_only=deterministic == "warn")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data, module = build_components(cfg)
-    lean = LeanLoop(data, batch_size, float(cfg.optimizer.lr), int(cfg.seed)) if with_lean else None
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    lean = LeanLoop(data, batch_size, float(cfg.optimizer.lr), int(cfg.seed), device) if with_lean else None
     timer = EpochTimer(between=lean.epoch if lean else None, between_first=lean_first)
     trainer = build_trainer(cfg, [*build_all(cfg.get("callbacks"), "callbacks"), timer])
     for logger in trainer.loggers:
@@ -352,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-steps", type=int, default=None, help="override data.chunk_steps (default: config)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, one per core)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                        help="where both sides train (gpu: trainer=gpu and the lean loop on cuda; default cpu)")
     parser.add_argument("--tensorboard", action="store_true", help="also run mtlexp with CSV + TensorBoard loggers")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, not a figure")
     parser.add_argument("--verbose", action="store_true", help="print every fit's per-epoch figures")
@@ -370,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if args.threads is None:
         args.threads = torch.get_num_threads()
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: torch sees no CUDA device")
     if args.samples < 2 or args.epochs < 1 or args.rounds < 1 or args.threads < 1 or not args.batch_sizes:
         parser.error("--samples >= 2, --epochs >= 1, --rounds >= 1, --threads >= 1 and a batch size are required")
     return args
@@ -394,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     print("mtlexp training benchmark: MMoE 8 experts x 16, towers 8, d=100, 2 regression tasks, Adam(fused=True)")
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__} with {args.threads} "
           f"thread(s); pytorch-lightning {pl.__version__}; python {platform.python_version()}")
+    if args.accelerator == "gpu":
+        print(f"both sides on the GPU: {torch.cuda.get_device_name()}")
     quick = " [--quick: a smoke test, not a measurement]" if args.quick else ""
     print(f"{args.samples:,} training samples; per fit 1 warm-up + {args.epochs} timed epochs on each side, lean "
           f"epochs interleaved; {args.rounds} fit(s) per batch size{quick}", flush=True)

@@ -105,9 +105,9 @@ def test_a_stacked_run_resumes_where_it_stopped(make_cfg):
     assert expected["status"] == "ok"
 
 
-def test_a_weighting_with_state_cannot_be_stacked(make_cfg):
-    with pytest.raises(MtlexpError, match="stack: weighting UncertaintyWeighting cannot be stacked"):
-        train(make_cfg("stack=2", "weighting=uncertainty"))
+def test_a_weighting_that_reads_task_gradients_cannot_be_stacked(make_cfg):
+    with pytest.raises(MtlexpError, match="stack: weighting GradNorm cannot be stacked: its update needs each task's"):
+        train(make_cfg("stack=2", "weighting=gradnorm"))
 
 
 def test_every_replica_diverging_fails_the_run_and_says_why(make_cfg):

@@ -7,8 +7,14 @@ statistics, task specs and checkpoint format. Every step runs all replicas' forw
 backward pass at once (``StackedModel.vectorised``); then each replica's metrics, model selection and early
 stopping are its own, as the ``ModelCheckpoint`` and ``EarlyStopping`` callbacks would have done them.
 
-What a stacked run does not do: weightings whose weights change (state, gradients, draws: only those with
-``fixed_weights``), task-gradient cosines, and several devices.
+Weightings: fixed weights (equal, static) are applied to every replica's losses at once. A weighting with
+state or draws (uncertainty, DWA, RLW: those with no ``stack_refusal``) stays each replica's own module,
+called at every step with that replica's losses, step and epoch as its single run calls it: its parameters
+(uncertainty's log-variances) are trained with the replica's slice of the model by the same optimizer, its
+buffers (DWA's loss history) take the replica's own epoch losses, its draws (RLW's) come from the replica's
+seed. Methods that need one replica's task gradients (GradNorm, the aggregators) are refused with their reason.
+
+What a stacked run does not do besides: task-gradient cosines, and several devices.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.trainer.states import TrainerFn
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError
@@ -34,6 +40,7 @@ from mtlexp.objective import batch_objective, divergence, plain_step_possible
 from mtlexp.redact import redact_values
 from mtlexp.specs import FeatureSpec
 from mtlexp.stacking.model import StackedModel
+from mtlexp.weighting.base import StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +79,20 @@ class StackedModule(pl.LightningModule):
         super().__init__()
         first = replicas[0]
         weights = [replica.weighting.fixed_weights() for replica in replicas]
-        if any(w is None for w in weights):
-            raise MtlexpError(
-                f"stack: weighting {type(first.weighting).__name__} cannot be stacked (its weights change: it keeps "
-                "state, reads gradients or draws them); use a weighting with fixed weights (weighting=equal or "
-                "weighting=static), or sweep the seeds (seed=0,1,2)")
+        for replica, fixed in zip(replicas, weights):
+            refusal = replica.weighting.stack_refusal
+            if fixed is None and refusal:
+                raise MtlexpError(f"stack: weighting {type(replica.weighting).__name__} cannot be stacked: {refusal}; "
+                                  "sweep the seeds instead (seed=0,1,2)")
         self.automatic_optimization = False
         self.replicas = list(replicas)  # plain list: their models' parameters are not the ones trained
         self.model = StackedModel([r.model for r in replicas])
+        # The replicas' own weightings are trained, moved and checkpointed with the stack (after the model, as in
+        # a single run's optimizer); their state is replica k's own, so its best checkpoint holds it as it is.
+        self.weightings = nn.ModuleList([r.weighting for r in replicas])
         self.tasks, self.trained = first.tasks, first.trained
-        self.register_buffer("task_weights", torch.stack(weights).float())
+        fixed_for_all = all(w is not None for w in weights)
+        self.register_buffer("task_weights", torch.stack(weights).float() if fixed_for_all else None)
         self.monitor, self.mode = monitor, mode
         self.on_best, self.on_epoch = on_best, on_epoch
         self.states = [ReplicaState() for _ in replicas]
@@ -123,7 +134,7 @@ class StackedModule(pl.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         first = self.replicas[0]
-        optimizer = first.optimizer_factory(list(self.model.parameters()))
+        optimizer = first.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if first.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": first.scheduler_factory(optimizer)}
@@ -161,15 +172,33 @@ class StackedModule(pl.LightningModule):
         inputs = [stacked["numeric"], stacked["categorical"], stacked["labels"], *([weight] if weight is not None else [])]
         return self.model.vectorised(one)(*inputs)
 
+    def _step_weights(self, losses: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
+        """This step's ``(K, T)`` task weights and ``(K,)`` weighting regularisers (None: none): the fixed weights,
+        or each replica's own weighting called with its own losses, as its single run calls it."""
+        if self.task_weights is not None:
+            return self.task_weights, None
+        weights, extras = [], []
+        for k, weighting in enumerate(self.weightings):
+            weights.append(weighting.weights(StepInputs.of_replica(losses[k], step, self.current_epoch)))
+            extras.append(weighting.regularizer())
+        if all(extra is None for extra in extras):
+            return torch.stack(weights), None
+        return torch.stack(weights), torch.stack([losses.new_zeros(()) if e is None else e for e in extras])
+
     def training_step(self, chunks: list[list[Batch]], batch_idx: int) -> None:
         opt = self.optimizers()
         active = torch.tensor([s.active for s in self.states], device=self.device)
         steps = len(chunks[0])
+        first_step = self.global_step  # Lightning's counter lags on the plain path: count from the chunk's start
         step_values: list[Tensor] = []
         logits_per_step: list[dict[str, Tensor]] = []
         for offset in range(steps):
             losses, aux, logits, _ = self._run([chunk[offset] for chunk in chunks], self.trained)
-            per_replica = (self.task_weights * losses).sum(1) + aux  # (K,)
+            weights, extra = self._step_weights(losses, first_step + offset)
+            per_replica = (weights * losses).sum(1)  # (K,), summed in the order of a single run's objective
+            if extra is not None:
+                per_replica = per_replica + extra
+            per_replica = per_replica + aux
             opt.zero_grad(set_to_none=True)
             # Replicas that stopped or failed keep stepping (their best checkpoint is already written), but
             # without a gradient from their loss, which may no longer be finite.
@@ -185,8 +214,10 @@ class StackedModule(pl.LightningModule):
                 opt.optimizer.step()
             else:
                 opt.step()
+            for weighting in self.weightings:
+                weighting.on_after_optimizer_step()
             step_values.append(torch.cat([per_replica.detach()[:, None], losses.detach(),
-                                          self.task_weights, aux.detach()[:, None]], 1))
+                                          weights.detach().to(losses), aux.detach()[:, None]], 1))
             logits_per_step.append({name: value.detach() for name, value in logits.items()})
         if self._plain_step:
             count_optimizer_steps(self.trainer, steps)
@@ -203,12 +234,19 @@ class StackedModule(pl.LightningModule):
             self._finish_training_epoch()
 
     def _clip_per_replica(self, max_norm: float) -> None:
-        """Each replica's gradient clipped to its own global norm, as its run's ``clip_gradients`` would."""
+        """Each replica's gradient clipped to its own global norm, as its run's ``clip_gradients`` would (its
+        weighting's parameters included: its single run's optimizer holds them too)."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
-        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        squares = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0)  # (K,)
+        own = [[p.grad for p in weighting.parameters() if p.grad is not None] for weighting in self.weightings]
+        if any(own):
+            squares = squares + torch.stack([sum((g.pow(2).sum() for g in gs), squares.new_zeros(())) for gs in own])
+        scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
         for grad in grads:
             grad.mul_(scale.view(-1, *([1] * (grad.dim() - 1))))
+        for k, gs in enumerate(own):
+            for grad in gs:
+                grad.mul_(scale[k])
 
     def _finish_training_epoch(self) -> None:
         means = self._epoch_sums / self._epoch_steps  # (K, 1 + 2T + 1)
@@ -229,6 +267,7 @@ class StackedModule(pl.LightningModule):
             state.history.append(values)
             self.replicas[k].results.setdefault("weighting", {})["weights"] = {
                 t.name: round(float(means[k, 1 + num + i]), 6) for i, t in enumerate(self.trained)}
+            self.weightings[k].on_train_epoch_end(means[k, 1: 1 + num])
         if all(s.failed for s in self.states):
             raise MtlexpError("every replica failed: " + self.states[0].failed)
         scheduler = self.lr_schedulers()

@@ -72,6 +72,19 @@ class StepInputs:
         aux = self.output.aux_loss
         return weighted if aux is None else weighted + aux
 
+    @classmethod
+    def of_replica(cls, losses: Tensor, step: int, epoch: int) -> StepInputs:
+        """What a stacked run (``stack=K``) gives one replica's weighting: its own ``(T,)`` losses, the step and
+        the epoch. The output, the model and the backward pass are the whole stack's, so they are left out: only
+        a weighting without a ``stack_refusal`` is called with these, and it reads none of them."""
+        return cls(losses=losses, output=None, model=None,  # type: ignore[arg-type]
+                   shared=(), backward=_stacked_backward, step=step, epoch=epoch)
+
+
+def _stacked_backward(loss: Tensor) -> None:
+    raise RuntimeError("a weighting called by a stacked run back-propagated itself; its stack_refusal must say why "
+                       "it cannot be stacked")
+
 
 @dataclass
 class StepResult:
@@ -90,6 +103,14 @@ class Weighting(nn.Module):
     """
 
     writes_gradients = False
+    # Why a stacked run (stack=K) cannot train this method, or None where it can. A stacked step computes all
+    # replicas' task losses at once and back-propagates the sum of their objectives in one pass, so it can
+    # call each replica's own LossWeighting (weights() and regularizer()) with that replica's losses, step and
+    # epoch (its parameters are then trained with the model by the same optimizer, its buffers and draws stay
+    # its own), but it never has one replica's task gradients. Methods declare it, so that a new method is
+    # refused until it is checked.
+    stack_refusal: str | None = ("its update needs each task's gradient of each replica, which a stacked step "
+                                 "(one backward pass of all replicas' objectives) does not compute")
     # Buffers whose shape is known only at the first step (a (T, P) gradient memory, P the number of shared
     # values): registered empty, and given the saved shape when a checkpoint is loaded.
     lazy_buffers: tuple[str, ...] = ()
@@ -111,8 +132,8 @@ class Weighting(nn.Module):
 
     def fixed_weights(self) -> Tensor | None:
         """The ``(T,)`` weights of every step, for a weighting whose weights never change (no state, no gradients,
-        no draws); None otherwise. A stacked run (``stack=K``) trains only such weightings: it applies these
-        weights to every replica's losses in one vectorised step."""
+        no draws); None otherwise. A stacked run (``stack=K``) whose replicas all have them applies them to every
+        replica's losses at once, without calling the weighting at each step."""
         return None
 
     def on_train_epoch_end(self, mean_losses: Tensor) -> None:
@@ -176,6 +197,9 @@ class LossScalarization(Weighting):
     objective is exactly ``sum_t w_t grad L_t``, which is what is back-propagated (one small autograd call on
     the ``(T,)`` losses, then a weighted sum, rather than the objective's graph through every loss).
     """
+
+    stack_refusal = ("its weights are the derivative of a nonlinear function of its losses, which a stacked step "
+                     "does not compute per replica")
 
     def scalarize(self, losses: Tensor, inputs: StepInputs) -> Tensor:
         """The objective, a scalar function of the ``(T,)`` losses (detached: its parameters are the method's

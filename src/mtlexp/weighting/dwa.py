@@ -19,6 +19,9 @@ class DynamicWeightAverage(LossWeighting):
     losses; weights are 1 in the first two epochs, when there is no history yet.
     """
 
+    # Stacked, each replica's history holds its own epoch losses.
+    stack_refusal = None
+
     def __init__(self, tasks: Sequence[TaskSpec], temperature: float = 2.0, seed: int = 0) -> None:
         super().__init__(tasks, seed)
         require(temperature > 0, "temperature", "a number > 0", temperature)

@@ -14,6 +14,8 @@ from mtlexp.weighting.base import LossWeighting, StepInputs, StepResult
 class EqualWeighting(LossWeighting):
     """Sum of the per-task losses, each with weight 1."""
 
+    stack_refusal = None
+
     def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
         super().__init__(tasks, seed)
         self.register_buffer("ones", torch.ones(self.num_tasks), persistent=False)

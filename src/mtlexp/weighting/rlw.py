@@ -14,5 +14,8 @@ class RandomLossWeighting(LossWeighting):
     would have, and every DDP rank draws the same weights.
     """
 
+    # Stacked, each replica draws from its own seed: the draws of its single run.
+    stack_refusal = None
+
     def weights(self, inputs: StepInputs) -> Tensor:
         return self.random_weights(inputs.step).to(inputs.losses)

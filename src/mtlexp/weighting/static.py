@@ -19,6 +19,8 @@ class StaticWeighting(LossWeighting):
     :param weights: ``{task: weight}`` (tasks left out weigh 1), or one weight per task in task order.
     """
 
+    stack_refusal = None
+
     def __init__(self, tasks: Sequence[TaskSpec], weights: Mapping[str, float] | Sequence[float] | None = None,
                  seed: int = 0) -> None:
         super().__init__(tasks, seed)

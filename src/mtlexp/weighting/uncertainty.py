@@ -18,6 +18,9 @@ class UncertaintyWeighting(LossWeighting):
     optimised with the model; the weight of task t is ``1 / (2 sigma_t^2)``, 0.5 at the start.
     """
 
+    # Stacked, each replica keeps its own log-variances, trained with its slice of the stacked model.
+    stack_refusal = None
+
     def __init__(self, tasks: Sequence[TaskSpec], seed: int = 0) -> None:
         super().__init__(tasks, seed)
         self.log_variance = nn.Parameter(torch.zeros(self.num_tasks))
