@@ -51,7 +51,7 @@ from mtlexp.run_record import STATUS, Status
 from mtlexp.specs import MAX
 
 # With the run-folder readers from records.py, which runner.py and older callers import from here.
-__all__ = ["Report", "build_report", "config_name", "delta_m", "find_runs", "main",
+__all__ = ["Report", "build_report", "config_name", "delta_m", "find_runs", "main", "markdown_table",
            "run_overrides", "run_state", "swept_only", "write_report"]
 
 DELTA_M = "delta_m"  # the metric name of the Delta-m rows in report.csv (task "*")
@@ -392,7 +392,7 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None, se
     if study.others is not None:
         lines.append(f"Grouped by {', '.join(study.swept)} only: each group's other settings are listed under "
                      "'Settings of each group'.")
-    lines += ["", _markdown_table(report.header, report.rows)]
+    lines += ["", markdown_table(report.header, report.rows)]
     if study.others is not None:
         lines += ["", *_settings_section(study)]
     lines += ["", "## Failed runs", ""]
@@ -400,13 +400,13 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None, se
     if failed.empty:
         lines.append("None: every run is ok" + (" or pruned." if len(pruned) else "."))
     else:
-        lines.append(_markdown_table(
+        lines.append(markdown_table(
             ["run", "group", "seed", STATUS, "error"],
             [[r["run"], r["group"], _cell(r["seed"]), r[STATUS], r["error"] or "-"] for _, r in failed.iterrows()]))
     if not pruned.empty:  # only a search with a pruner has any: no empty section in every other report
         lines += ["", "## Pruned runs", "",
                   "Search trials their study stopped early (hydra.sweeper.pruner): left out of the tables above."]
-        lines += ["", _markdown_table(
+        lines += ["", markdown_table(
             ["run", "group", "seed", "pruned after epoch", "best epoch"],
             [[r["run"], r["group"], _cell(r["seed"]), _cell(r["pruned_epoch"]), _cell(r["best_epoch"])]
              for _, r in pruned.iterrows()])]
@@ -415,7 +415,7 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None, se
         lines += ["", f"## Pareto front: {search.folder}", "",
                   f"{len(search.front)} trials no other beats on every objective ({objectives}), of "
                   f"{len(search.trials)} completed; from its best_trials.yaml.", "",
-                  _markdown_table(*front_table(search, with_command=True))]
+                  markdown_table(*front_table(search, with_command=True))]
     if figures is not None:
         lines += ["", "## Figures"]
         for line in figures:  # a paragraph each: images on consecutive lines would run into one row
@@ -434,7 +434,7 @@ def _settings_section(study: Study) -> list[str]:
     return ["## Settings of each group", "",
             "The keys the runs differ in beyond the grouping keys, per group: the settings its runs share, and "
             "those that differ between its runs (each table cell above then pools those configurations).", "",
-            _markdown_table(["group", "settings", "differ within the group"], rows)]
+            markdown_table(["group", "settings", "differ within the group"], rows)]
 
 
 def _cell(value: Any) -> Any:
@@ -445,7 +445,9 @@ def _cell(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (also what scripts/tuned_study.py writes its summary with)."""
+
     def cell(value: Any) -> str:  # one line, and a | inside a cell would end it
         return " ".join(str(value).split()).replace("|", "\\|")
 
