@@ -32,7 +32,8 @@ space() {
   case "$1" in
     shared_bottom) SPACE=('model.bottom_hidden=choice([64], [128], [256], [512], [1024])') ;;
     omoe|mmoe) SPACE=("${EXPERTS[@]}" 'model.num_experts=choice(4, 8, 16)') ;;
-    cgc|ple) SPACE=("${EXPERTS[@]}" 'model.num_task_experts=choice(1, 2, 4)' 'model.num_shared_experts=choice(2, 4, 8)') ;;
+    cgc|ple) SPACE=("${EXPERTS[@]}" 'model.num_task_experts=choice(1, 2, 4)'
+                    'model.num_shared_experts=choice(2, 4, 8)') ;;
   esac
 }
 
@@ -59,13 +60,16 @@ for model in "${MODELS[@]}"; do
 done
 
 for model in "${MODELS[@]}"; do
-  mapfile -t BEST < <("$PYTHON" "$HELPER" best-params "$ROOT/search/$model/$STAMP/best_trial.yaml")
+  # An assignment, not a process substitution: set -e then stops the script when a study has no best trial.
+  best="$("$PYTHON" "$HELPER" best-params "$ROOT/search/$model")"
+  mapfile -t BEST <<< "$best"
   echo "== rerun: $model ${BEST[*]}"
+  # overwrite=true: a second call reruns into the same folder, and the study's best may have changed since.
   timed "rerun $model" mtlexp train hparams_search=census_tuned model="$model" "${COMMON[@]}" "${BEST[@]}" \
     seed="$RERUN_FIRST" stack="$RERUN_SEEDS" hydra.run.dir="$ROOT/rerun/$model" overwrite=true "$@"
 done
 
 echo "== report"
 timed report mtlexp report "$ROOT/rerun" --group-by model --baseline model=shared_bottom --out "$ROOT/report"
-"$PYTHON" "$HELPER" summary "$ROOT" --stamp "$STAMP" --models "${MODELS[@]}" --trials "$TRIALS" --seeds "$SEEDS" \
+"$PYTHON" "$HELPER" summary "$ROOT" --models "${MODELS[@]}" --trials "$TRIALS" --seeds "$SEEDS" \
   --epochs "$EPOCHS" --rerun-seeds "$RERUN_FIRST" "$RERUN_SEEDS" --data "$DATA" --overrides "$*"

@@ -1,7 +1,7 @@
 """The parts of scripts/study_tuned.sh that read files: a study's best parameters as overrides, and summary.md.
 
-    python scripts/tuned_study.py best-params <best_trial.yaml>       one override per line (key=value)
-    python scripts/tuned_study.py summary <study folder> --stamp ... --models ... (see study_tuned.sh)
+    python scripts/tuned_study.py best-params <search folder>     one override per line (key=value)
+    python scripts/tuned_study.py summary <study folder> --models ... (see study_tuned.sh)
 
 summary.md holds what a reader of the tuned table needs beside it: the budget, each phase's wall time (from
 timings.tsv, written by the script), each model's trials by state (from its Optuna storage: a resumed study
@@ -21,11 +21,19 @@ import yaml
 
 
 
-def best_params(path: Path) -> list[str]:
+def best_trial(search: Path) -> dict[str, Any]:
+    """A model's study's best trial: its newest best_trial.yaml (the sweeper writes one over the whole study into
+    each command's sweep folder, named by its start time; a command that found the study complete writes none)."""
+    found = sorted(search.glob("*/best_trial.yaml"))
+    if not found:
+        raise SystemExit(f"tuned_study.py: error: no best_trial.yaml under {search}: the search did not finish")
+    return yaml.safe_load(found[-1].read_text())
+
+
+def best_params(search: Path) -> list[str]:
     """The overrides that set a study's best parameters; list values are kept as the override text
     Optuna stored (``[32]``)."""
-    best = yaml.safe_load(path.read_text())
-    return [f"{key}={value}" for key, value in best["best_params"].items()]
+    return [f"{key}={value}" for key, value in best_trial(search)["best_params"].items()]
 
 
 def trial_states(storage: str, study_name: str) -> dict[str, int]:
@@ -69,7 +77,7 @@ def summary(args: argparse.Namespace) -> str:
     for model in args.models:
         search = root / "search" / model
         states = trial_states(f"sqlite:///{search / 'optuna.db'}", f"tuned_{model}")
-        best = yaml.safe_load((search / args.stamp / "best_trial.yaml").read_text())
+        best = best_trial(search)
         pruned += states.get("pruned", 0)
         counted += states.get("complete", 0) + states.get("pruned", 0)
         params = num_params(root / "rerun" / model)
@@ -85,7 +93,8 @@ def summary(args: argparse.Namespace) -> str:
     totals = {kind: sum(s for phase, s in times if phase.split()[0] == kind) for kind in ("search", "rerun")}
     total = sum(s for _, s in times)
     rows_time = [*([phase, seconds, _minutes(seconds)] for phase, seconds in times),
-                 *([f"{kind} (all models)", s, _minutes(s)] for kind, s in totals.items()), ["total", total, _minutes(total)]]
+                 *([f"{kind} (all models)", s, _minutes(s)] for kind, s in totals.items()),
+                 ["total", total, _minutes(total)]]
     lines += ["", "## Wall time", "", markdown_table(["phase", "seconds", "minutes"], rows_time)]
     print(format_table(["model", "complete", "pruned", "failed", "best val/norm_loss", "best configuration",
                         "parameters"], rows))
@@ -106,10 +115,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     best = commands.add_parser("best-params")
-    best.add_argument("best_trial", type=Path)
+    best.add_argument("search", type=Path, help="a model's search folder (<study folder>/search/<model>)")
     summarize = commands.add_parser("summary")
     summarize.add_argument("root", type=Path)
-    summarize.add_argument("--stamp", required=True, help="the sweep folder of this call, under search/<model>/")
     summarize.add_argument("--models", nargs="+", required=True)
     for name in ("--trials", "--seeds", "--epochs"):
         summarize.add_argument(name, type=int, required=True)
@@ -118,7 +126,7 @@ def main(argv: list[str]) -> int:
     summarize.add_argument("--overrides", default="", help="the overrides the study's runs were given, as one line")
     args = parser.parse_args(argv)
     if args.command == "best-params":
-        print("\n".join(best_params(args.best_trial)))
+        print("\n".join(best_params(args.search)))
         return 0
     path = args.root / "summary.md"
     path.write_text(summary(args))

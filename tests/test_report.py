@@ -447,8 +447,8 @@ def test_a_report_without_pruned_runs_has_no_pruned_section(sweep, tmp_path):
 
 
 # Each arm's best configuration, rerun with seeds 101..103: the arms differ in the model and in what was tuned.
-TUNED = {"shared_bottom": ({"_name_": "shared_bottom", "_target_": "mtlexp.models.SharedBottom", "bottom_hidden": [256]},
-                           0.003, 1024),
+SHARED_BOTTOM = {"_name_": "shared_bottom", "_target_": "mtlexp.models.SharedBottom", "bottom_hidden": [256]}
+TUNED = {"shared_bottom": (SHARED_BOTTOM, 0.003, 1024),
          "mmoe": ({"_name_": "mmoe", "_target_": "mtlexp.models.MMoE", "num_experts": 8, "expert_hidden": [32]},
                   0.001, 512)}
 

@@ -25,8 +25,9 @@ MODELS = ["shared_bottom", "omoe", "mmoe", "cgc", "ple"]
 
 def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_reports_it(tmp_path, make_census):
     census = make_census()
-    env = {**os.environ, "MTLEXP_TUNED_QUICK": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
+    # The script calls mtlexp and python by name: this interpreter's environment's.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "MTLEXP_TUNED_QUICK": "1", "PATH": path, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run(["bash", str(SCRIPT), str(census)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -35,7 +36,8 @@ def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_
 
     best = {}
     for model in MODELS:
-        study = optuna.load_study(study_name=f"tuned_{model}", storage=f"sqlite:///{root / 'search' / model / 'optuna.db'}")
+        storage = f"sqlite:///{root / 'search' / model / 'optuna.db'}"
+        study = optuna.load_study(study_name=f"tuned_{model}", storage=storage)
         assert len(study.trials) == 2 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
         (found,) = (root / "search" / model).glob("*/best_trial.yaml")
         best[model] = yaml.safe_load(found.read_text())
@@ -66,7 +68,8 @@ def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_
     assert "Budget per model: 2 trials x 3 stacked seeds x 1 epochs" in summary
     assert "seeds 101-102 (stack=2)" in summary and " of 10 trials pruned (" in summary
     for model in MODELS:
-        params = json.loads((root / "rerun" / model / "replicas" / "seed_101" / "metrics.json").read_text())["num_params"]
+        record = root / "rerun" / model / "replicas" / "seed_101" / "metrics.json"
+        params = json.loads(record.read_text())["num_params"]
         assert f"| {model} | " in summary and f"| {params:,} |" in summary
         assert f"| search {model} | " in summary and f"| rerun {model} | " in summary
     assert "| total | " in summary
