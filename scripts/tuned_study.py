@@ -85,9 +85,8 @@ def summary(args: argparse.Namespace) -> str:
                      f"{best['best_value']:.5f}", " ".join(f"{k}={_short(v)}" for k, v in best["best_params"].items()),
                      "-" if params is None else f"{params:,}"])
     share = f"{pruned} of {counted} trials pruned ({100 * pruned / counted:.0f}%)" if counted else "no trials"
-    lines += ["## Searches", "", share + ".", "",
-              markdown_table(["model", "complete", "pruned", "failed", "best val/norm_loss", "best configuration",
-                         "parameters"], rows)]
+    header = ["model", "complete", "pruned", "failed", "best val/norm_loss", "best configuration", "parameters"]
+    lines += ["## Searches", "", share + ".", "", markdown_table(header, rows)]
     times = [(phase, int(seconds)) for phase, seconds in
              (line.split("\t") for line in (root / "timings.tsv").read_text().splitlines() if line)]
     totals = {kind: sum(s for phase, s in times if phase.split()[0] == kind) for kind in ("search", "rerun")}
@@ -96,9 +95,9 @@ def summary(args: argparse.Namespace) -> str:
                  *([f"{kind} (all models)", s, _minutes(s)] for kind, s in totals.items()),
                  ["total", total, _minutes(total)]]
     lines += ["", "## Wall time", "", markdown_table(["phase", "seconds", "minutes"], rows_time)]
-    print(format_table(["model", "complete", "pruned", "failed", "best val/norm_loss", "best configuration",
-                        "parameters"], rows))
-    print(f"{share}; wall time {total} s ({_minutes(total)} min)")
+    print(format_table(header, rows))
+    print(share)
+    print(format_table(["phase", "seconds", "minutes"], rows_time))
     return "\n".join(lines) + "\n"
 
 

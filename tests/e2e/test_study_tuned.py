@@ -4,6 +4,7 @@ rerun with unseen seeds, the tuned table against shared-bottom, and summary.md."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,13 +17,34 @@ import yaml
 
 from tests.data.conftest import make_census  # noqa: F401 (the fixture, shared with the data tests)
 
-pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "study_tuned.sh"
 MODELS = ["shared_bottom", "omoe", "mmoe", "cgc", "ple"]
 
 
+def helper():
+    """scripts/tuned_study.py, the script's file reader, as a module."""
+    spec = importlib.util.spec_from_file_location("tuned_study", SCRIPT.parent / "tuned_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rerun_takes_the_newest_best_trial_of_a_resumed_study_and_a_study_without_one_stops_it(tmp_path):
+    # Each command that runs trials writes best_trial.yaml over the whole study into its own sweep folder; one that
+    # finds the study complete writes none: the newest file is the study's best.
+    for stamp, lr in (("2026-12-06_10-00-00", 0.01), ("2026-12-07_09-00-00", 0.002)):
+        (tmp_path / stamp).mkdir()
+        (tmp_path / stamp / "best_trial.yaml").write_text(yaml.safe_dump(
+            {"best_value": 0.5, "best_params": {"optimizer.lr": lr, "model.expert_hidden": "[32]"}}, sort_keys=False))
+    (tmp_path / "2026-12-08_09-00-00").mkdir()
+    assert helper().best_params(tmp_path) == ["optimizer.lr=0.002", "model.expert_hidden=[32]"]
+    with pytest.raises(SystemExit, match="no best_trial.yaml under .*: the search did not finish"):
+        helper().best_params(tmp_path / "2026-12-08_09-00-00")
+
+
+@pytest.mark.slow
 def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_reports_it(tmp_path, make_census):
     census = make_census()
     # The script calls mtlexp and python by name: this interpreter's environment's.
