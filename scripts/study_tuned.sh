@@ -25,8 +25,9 @@ if [ "${MTLEXP_TUNED_QUICK:-0}" = 1 ]; then
 fi
 
 # The dimensions each model adds to the shared space. Experts: 4-16 in every MoE (CGC/PLE: 1-4 per task for
-# two tasks plus 2-8 shared), each 16-64 wide. Shared-bottom's bottom width spans 64-1024 units: 64 x 16 to
-# 1024 x 16 expert units, so its parameter counts cover the range the MoE models' do (docs/studies.md).
+# two tasks plus 2-8 shared), each 16-64 wide. Shared-bottom's bottom width spans the MoE banks' total units,
+# 4 x 16 = 64 to 16 x 64 = 1024, so its parameter counts cover the range the MoE models' do (docs/studies.md).
+# Overrides given to the script come after these and win (hydra.sweeper.n_trials=48 raises every budget).
 EXPERTS=('model.expert_hidden=choice([16], [32], [64])')
 space() {
   case "$1" in
