@@ -443,6 +443,96 @@ def test_a_report_without_pruned_runs_has_no_pruned_section(sweep, tmp_path):
     assert "Pruned" not in (tmp_path / "report.md").read_text()
 
 
+# -- a tuned study: arms that differ in more than the compared key (--group-by) ---------------------------------
+
+
+# Each arm's best configuration, rerun with seeds 101..103: the arms differ in the model and in what was tuned.
+SHARED_BOTTOM = {"_name_": "shared_bottom", "_target_": "mtlexp.models.SharedBottom", "bottom_hidden": [256]}
+TUNED = {"shared_bottom": (SHARED_BOTTOM, 0.003, 1024),
+         "mmoe": ({"_name_": "mmoe", "_target_": "mtlexp.models.MMoE", "num_experts": 8, "expert_hidden": [32]},
+                  0.001, 512)}
+
+
+GAIN = {101: 0.02, 102: 0.03, 103: 0.01}  # mmoe's click AUROC over shared_bottom's, per seed
+
+
+def tuned_study(root: Path, pooled_lr: float | None = None) -> Path:
+    """The reruns of a tuned study: mmoe's click AUROC is shared_bottom's + ``GAIN``. ``pooled_lr``:
+    one more mmoe run (seed 104) at another learning rate, as if two reruns had been read together."""
+    runs = [(model, seed, lr) for model, (_, lr, _) in TUNED.items() for seed in (101, 102, 103)]
+    if pooled_lr is not None:
+        runs.append(("mmoe", 104, pooled_lr))
+    for model, seed, lr in runs:
+        node, _, batch_size = TUNED[model]
+        folder = root / model / "replicas" / f"seed_{seed}"
+        auroc = 0.80 + 0.01 * (seed - 100) + (GAIN.get(seed, 0.0) if model == "mmoe" else 0.0)
+        write_run(folder, {"data": {"batch_size": batch_size}, "model": node, "optimizer": {"lr": lr},
+                           "paths": {"output_dir": str(folder)}, "seed": seed, "stack": 1},
+                  metrics(model, seed, auroc, 1.0), [f"model={model}", f"optimizer.lr={lr}", f"seed={seed}"])
+    return root
+
+
+def test_by_default_a_tuned_study_is_grouped_by_every_key_its_arms_differ_in(tmp_path, capsys):
+    # Unchanged default: the arms differ in lr and batch size too, so no group differs from another only in model.
+    root = tuned_study(tmp_path / "tuned")
+    study = load_runs(find_runs([root]))
+    assert study.swept == ["model", "optimizer.lr", "data.batch_size"] and study.others is None
+    assert main([str(root), "--baseline", "model=shared_bottom", "--out", str(tmp_path / "out"), "--no-figures"]) == 0
+    csv = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert csv.loc[(csv["model"] == "mmoe") & (csv["metric"] == "delta_m"), "rel_change_pct"].isna().all()
+    assert "Settings of each group" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_group_by_model_compares_the_arms_of_a_tuned_study_and_lists_their_other_settings(tmp_path, capsys):
+    root = tuned_study(tmp_path / "tuned")
+    out = tmp_path / "out"
+    assert main([str(root), "--group-by", "model", "--baseline", "model=shared_bottom", "--out", str(out),
+                 "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "pool runs" not in printed  # every group is one configuration
+    csv = pd.read_csv(out / "report.csv")
+    assert list(csv.columns[:4]) == ["schema", "split", "group", "model"] and "optimizer.lr" not in csv.columns
+    click = csv[(csv["group"] == "model=mmoe") & (csv["task"] == "click")].iloc[0]
+    assert click["n"] == 3 and click["n_pairs"] == 3
+    assert click["rel_change_pct"] == pytest.approx(100 * 0.02 / 0.82)
+    assert click["p_value"] == pytest.approx(scipy_stats.ttest_rel([0.83, 0.85, 0.84], [0.81, 0.82, 0.83]).pvalue)
+
+    md = (out / "report.md").read_text()
+    assert "Grouped by model only" in md
+    settings = md.split("## Settings of each group", 1)[1].split("## Failed runs", 1)[0]
+    # What was tuned is in plain sight: each arm's lr, batch size and widths (a key an arm lacks is left out).
+    assert ("| model=mmoe | optimizer.lr=0.001, data.batch_size=512, model.num_experts=8, model.expert_hidden=[32] "
+            "| - |") in settings
+    assert ("| model=shared_bottom | optimizer.lr=0.003, data.batch_size=1024, model.bottom_hidden=[256] | - |"
+            in settings)
+
+
+def test_group_by_names_the_keys_that_differ_inside_a_group(tmp_path, capsys):
+    root = tuned_study(tmp_path / "tuned", pooled_lr=0.01)
+    out = tmp_path / "out"
+    assert main([str(root), "--group-by", "model", "--out", str(out), "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 group(s) pool runs that differ in optimizer.lr: listed under 'Settings of each group'" in printed
+    md = (out / "report.md").read_text()
+    assert "| model=mmoe | 4 |" in md
+    assert ("| model=mmoe | data.batch_size=512, model.num_experts=8, model.expert_hidden=[32] "
+            "| optimizer.lr in {0.001, 0.01} |") in md
+    # Runs pooled by --group-by are still listed one by one, under the group they were pooled into.
+    assert load_runs(find_runs([root]), ["model"]).runs["group"].value_counts()["model=mmoe"] == 4
+
+
+@pytest.mark.parametrize("value,message", [
+    ("nope", "--group-by: 'nope' is not a key these runs differ in; they differ in: model, optimizer.lr, "
+             "data.batch_size, model.num_experts, model.expert_hidden, model.bottom_hidden"),
+    ("model,,seed", "--group-by: expected config keys separated by commas (e.g. model), got 'model,,seed'"),
+])
+def test_a_group_by_key_the_runs_do_not_differ_in_is_one_line(tmp_path, capsys, value, message):
+    root = tuned_study(tmp_path / "tuned")
+    assert main([str(root), "--group-by", value, "--no-figures"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mtlexp: error: {message}") and err.count("\n") == 1
+
+
 OBJECTIVES = ["val/income/auroc", "val/never_married/auroc"]
 # (income, never_married) validation AUROC per trial: 1, 3 and 4 are the front (maximising both), 0 and 2 are
 # dominated (by 1 and by 3), 5 failed and 6 was pruned (no objectives).

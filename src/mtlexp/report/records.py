@@ -10,7 +10,7 @@ what an ``experiment=`` file changed; they only order the swept keys as the swee
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,11 +62,16 @@ class Study:
     ``swept``: the swept keys, as dotted config keys (``model``, ``data.correlation``), in the order the
     overrides name them, then in config order. A value is as the config has it (a list as a tuple); a key a
     run's config lacks is None. A run whose config cannot be read is in group ``(unknown)``, failed.
+    ``others``: None, unless the runs were grouped by named keys only (``load_runs(group_by=...)``); then
+    ``swept`` is those keys, and ``others`` holds, per group, every other key the runs differ in with the values
+    the group's runs have (formatted, sorted; a key none of them sets is left out): one value is a setting of the
+    group, several mean that the group pools runs of different configurations.
     """
 
     runs: pd.DataFrame
     values: pd.DataFrame
     swept: list[str]
+    others: dict[str, dict[str, list[str]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,20 @@ class _Folder:
     problem: str
 
 
-def load_runs(run_dirs: Iterable[Path]) -> Study:
-    """Read run folders (see ``find_runs``) into a ``Study``."""
+def load_runs(run_dirs: Iterable[Path], group_by: Sequence[str] = ()) -> Study:
+    """Read run folders (see ``find_runs``) into a ``Study``. ``group_by``: group the runs by these keys only
+    (among those the runs differ in), not by every key that differs; the others are kept in ``Study.others``.
+    Raises MtlexpError for a ``group_by`` key the runs do not differ in."""
     folders = [_read_folder(Path(run)) for run in run_dirs]
     swept = _swept_keys(folders)
+    other_keys: list[str] = []
+    if group_by:
+        differing = list(dict.fromkeys([*swept, *_differing_keys(folders)]))
+        unknown = [key for key in group_by if key not in differing]
+        if unknown:
+            raise MtlexpError(f"--group-by: {unknown[0]!r} is not a key these runs differ in; they differ in: "
+                              f"{', '.join(differing) or 'nothing'}")
+        swept, other_keys = list(group_by), [key for key in differing if key not in group_by]
     rows = []
     for folder in folders:
         setting = _setting(folder, swept)
@@ -104,7 +119,8 @@ def load_runs(run_dirs: Iterable[Path]) -> Study:
     values = runs[["run", "group", "seed", *swept]].merge(pd.DataFrame(measured, columns=["run", *VALUE_COLUMNS]),
                                                          on="run", how="inner")
     values["value"] = values["value"].astype(float)
-    return Study(runs=runs, values=values, swept=swept)
+    others = _other_settings(folders, [row["group"] for row in rows], other_keys) if group_by else None
+    return Study(runs=runs, values=values, swept=swept, others=others)
 
 
 def format_value(value: Any) -> str:
@@ -206,6 +222,32 @@ def _swept_keys(folders: list[_Folder]) -> list[str]:
             swept.append(key)
     typed = list(dict.fromkeys(o.split("=", 1)[0].lstrip("+~") for f in folders for o in run_overrides(f.run)))
     return sorted(swept, key=lambda key: _typed_position(key, typed))
+
+
+def _differing_keys(folders: list[_Folder]) -> list[str]:
+    """Every key the readable runs differ in, unfolded: a named node by its name and each of its leaves that
+    differs (``model``, ``model.num_experts``), but not its ``_target_`` and ``_name_``, which its name says."""
+    readable = [f for f in folders if f.leaves is not None]
+    keys = [node for node in NAMED_NODES if len({_node_name(f, node) for f in readable}) > 1]
+    for key in dict.fromkeys(key for f in readable for key in f.leaves):
+        named = any(key.startswith(f"{node}.") for node in NAMED_NODES)
+        if _never_swept(key) or (named and key.rsplit(".", 1)[-1] in ("_target_", "_name_")):
+            continue
+        if len({repr(f.leaves.get(key)) for f in readable}) > 1:
+            keys.append(key)
+    return keys
+
+
+def _other_settings(folders: list[_Folder], groups: list[str], keys: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Per group, the values its readable runs have of each of ``keys`` (a key none of them sets left out)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for folder, group in zip(folders, groups):
+        if folder.leaves is None:
+            continue
+        for key, value in _setting(folder, keys).items():
+            seen.setdefault(group, {}).setdefault(key, set()).add(format_value(value))
+    return {group: {key: sorted(values) for key, values in settings.items() if values != {"null"}}
+            for group, settings in seen.items()}
 
 
 def _never_swept(key: str) -> bool:

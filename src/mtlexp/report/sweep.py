@@ -51,7 +51,7 @@ from mtlexp.run_record import STATUS, Status
 from mtlexp.specs import MAX
 
 # With the run-folder readers from records.py, which runner.py and older callers import from here.
-__all__ = ["Report", "build_report", "config_name", "delta_m", "find_runs", "main",
+__all__ = ["Report", "build_report", "config_name", "delta_m", "find_runs", "main", "markdown_table",
            "run_overrides", "run_state", "swept_only", "write_report"]
 
 DELTA_M = "delta_m"  # the metric name of the Delta-m rows in report.csv (task "*")
@@ -146,6 +146,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline", default=None,
                         help="a swept key=value (e.g. weighting=equal): compare every group with the one that "
                              "differs from it only there (relative change, paired test over seeds, Delta-m)")
+    parser.add_argument("--group-by", default=None, metavar="KEY[,KEY...]",
+                        help="group runs by these keys only (e.g. model, for a tuned study whose arms differ in lr "
+                             "and widths too); report.md lists each group's other settings")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired tests")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md/.csv (default: the first DIR)")
     parser.add_argument("--no-figures", action="store_true", help="tables only (figures/ takes a few seconds)")
@@ -158,8 +161,8 @@ def main(argv: list[str]) -> int:
     runs = find_runs(args.dirs)
     if not runs:
         return _fail(f"no run folders (metrics.json + .hydra/) under {', '.join(map(str, args.dirs))}")
-    study = load_runs(runs)
     try:
+        study = load_runs(runs, _keys(args.group_by) if args.group_by is not None else ())
         searches = [search for search in map(read_search, args.dirs) if search is not None]
         report = build_report(study, args.split, args.metric, args.baseline, args.alpha)
         paths = write_report(study, report, args.out or args.dirs[0], figures=not args.no_figures, searches=searches)
@@ -170,6 +173,11 @@ def main(argv: list[str]) -> int:
         print(f"Pareto front of the search in {search.folder} ({len(search.front)} of {len(search.trials)} "
               "completed trials):")
         print(format_table(*front_table(search)))
+    pooled = _pooled(study)
+    if pooled:
+        keys = ", ".join(dict.fromkeys(key for group in pooled.values() for key in group))
+        print(f"{len(pooled)} group(s) pool runs that differ in {keys}: listed under 'Settings of each group' in "
+              f"{paths[0]}")
     failed, pruned = len(_failed(study.runs)), len(_pruned(study.runs))
     if failed:
         print(f"{failed} run(s) not ok: listed under 'Failed runs' in {paths[0]}")
@@ -177,6 +185,19 @@ def main(argv: list[str]) -> int:
         print(f"{pruned} run(s) pruned by their study: listed under 'Pruned runs' in {paths[0]}")
     print(f"report: {paths[0]}" + (f" (+ {len(paths) - 2} figure files in {paths[2].parent})" if len(paths) > 2 else ""))
     return 0
+
+
+def _keys(text: str) -> list[str]:
+    keys = [key.strip() for key in text.split(",")]
+    if not all(keys):
+        raise MtlexpError(f"--group-by: expected config keys separated by commas (e.g. model), got {text!r}")
+    return list(dict.fromkeys(keys))
+
+
+def _pooled(study: Study) -> dict[str, list[str]]:
+    """The groups of a study grouped by chosen keys whose runs differ in some other key, with those keys."""
+    return {group: [key for key, values in settings.items() if len(values) > 1]
+            for group, settings in (study.others or {}).items() if any(len(v) > 1 for v in settings.values())}
 
 
 def _failed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -368,18 +389,24 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None, se
                      "Δ%: relative change, positive = better whatever the metric's direction (a bias: nearer 0); "
                      "Δm: its mean over "
                      f"tasks; p: paired t-test over seeds; * p < {report.alpha}.")
-    lines += ["", _markdown_table(report.header, report.rows), "", "## Failed runs", ""]
+    if study.others is not None:
+        lines.append(f"Grouped by {', '.join(study.swept)} only: each group's other settings are listed under "
+                     "'Settings of each group'.")
+    lines += ["", markdown_table(report.header, report.rows)]
+    if study.others is not None:
+        lines += ["", *_settings_section(study)]
+    lines += ["", "## Failed runs", ""]
     failed, pruned = _failed(runs), _pruned(runs)
     if failed.empty:
         lines.append("None: every run is ok" + (" or pruned." if len(pruned) else "."))
     else:
-        lines.append(_markdown_table(
+        lines.append(markdown_table(
             ["run", "group", "seed", STATUS, "error"],
             [[r["run"], r["group"], _cell(r["seed"]), r[STATUS], r["error"] or "-"] for _, r in failed.iterrows()]))
     if not pruned.empty:  # only a search with a pruner has any: no empty section in every other report
         lines += ["", "## Pruned runs", "",
                   "Search trials their study stopped early (hydra.sweeper.pruner): left out of the tables above."]
-        lines += ["", _markdown_table(
+        lines += ["", markdown_table(
             ["run", "group", "seed", "pruned after epoch", "best epoch"],
             [[r["run"], r["group"], _cell(r["seed"]), _cell(r["pruned_epoch"]), _cell(r["best_epoch"])]
              for _, r in pruned.iterrows()])]
@@ -388,12 +415,26 @@ def _markdown(study: Study, report: Report, figures: list[str] | None = None, se
         lines += ["", f"## Pareto front: {search.folder}", "",
                   f"{len(search.front)} trials no other beats on every objective ({objectives}), of "
                   f"{len(search.trials)} completed; from its best_trials.yaml.", "",
-                  _markdown_table(*front_table(search, with_command=True))]
+                  markdown_table(*front_table(search, with_command=True))]
     if figures is not None:
         lines += ["", "## Figures"]
         for line in figures:  # a paragraph each: images on consecutive lines would run into one row
             lines += ["", line]
     return "\n".join(lines) + "\n"
+
+
+def _settings_section(study: Study) -> list[str]:
+    """report.md's account of what ``--group-by`` left out of the group names: per group, the keys its runs
+    agree on, and the keys whose values differ between its runs (whose table cells pool those configurations)."""
+    rows = []
+    for group, settings in sorted((study.others or {}).items()):
+        fixed = [f"{key}={values[0]}" for key, values in settings.items() if len(values) == 1]
+        mixed = [f"{key} in {{{', '.join(values)}}}" for key, values in settings.items() if len(values) > 1]
+        rows.append([group, ", ".join(fixed) or "-", "; ".join(mixed) or "-"])
+    return ["## Settings of each group", "",
+            "The keys the runs differ in beyond the grouping keys, per group: the settings its runs share, and "
+            "those that differ between its runs (each table cell above then pools those configurations).", "",
+            markdown_table(["group", "settings", "differ within the group"], rows)]
 
 
 def _cell(value: Any) -> Any:
@@ -404,7 +445,9 @@ def _cell(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (also what scripts/tuned_study.py writes its summary with)."""
+
     def cell(value: Any) -> str:  # one line, and a | inside a cell would end it
         return " ".join(str(value).split()).replace("|", "\\|")
 
