@@ -12,13 +12,15 @@
 # The overrides go to every run of both phases. TUNED_DIR (default multirun/tuned) is the study folder; a second
 # call resumes each model's study (n_trials is its total) and reruns the best configurations again.
 # MTLEXP_TUNED_QUICK=1: 2 trials of 1 epoch, 2 rerun seeds (a smoke test: give it small census files).
+# MTLEXP_TUNED_MODELS="shared_bottom cgc": the models to compare (default: all five; the baseline, shared_bottom,
+# must be one of them).
 # Needs the environment mtlexp is installed in (mtlexp and python on PATH) with the hpo extra.
 set -euo pipefail
 DATA="${1:?usage: study_tuned.sh <census folder> [overrides]}"; shift
 ROOT="${TUNED_DIR:-multirun/tuned}"
 PYTHON="${PYTHON:-python}"
 HELPER="$(dirname "${BASH_SOURCE[0]}")/tuned_study.py"
-MODELS=(shared_bottom omoe mmoe cgc ple)
+read -r -a MODELS <<< "${MTLEXP_TUNED_MODELS:-shared_bottom omoe mmoe cgc ple}"
 TRIALS=24 EPOCHS=10 SEEDS=3 RERUN_FIRST=101 RERUN_SEEDS=10
 if [ "${MTLEXP_TUNED_QUICK:-0}" = 1 ]; then
   TRIALS=2 EPOCHS=1 RERUN_SEEDS=2

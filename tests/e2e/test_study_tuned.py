@@ -20,7 +20,9 @@ from tests.data.conftest import make_census  # noqa: F401 (the fixture, shared w
 optuna = pytest.importorskip("optuna")
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "study_tuned.sh"
-MODELS = ["shared_bottom", "omoe", "mmoe", "cgc", "ple"]
+# Two of the five, one per kind of search space the script adds (a bottom width; experts per task and shared):
+# every model is another two processes of the same code path (OMoE/MMoE's space is composed in test_hpo.py).
+MODELS = ["shared_bottom", "cgc"]
 
 
 def helper():
@@ -49,11 +51,12 @@ def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_
     census = make_census()
     # The script calls mtlexp and python by name: this interpreter's environment's.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "MTLEXP_TUNED_QUICK": "1", "PATH": path, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "MTLEXP_TUNED_QUICK": "1", "MTLEXP_TUNED_MODELS": " ".join(MODELS), "PATH": path,
+           "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run(["bash", str(SCRIPT), str(census)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "== budget: 5 models x 2 trials x 3 stacked seeds x 1 epochs" in result.stdout
+    assert "== budget: 2 models x 2 trials x 3 stacked seeds x 1 epochs" in result.stdout
     root = tmp_path / "multirun" / "tuned"
 
     best = {}
@@ -88,7 +91,7 @@ def test_the_tuned_study_searches_every_model_reruns_its_best_configuration_and_
 
     summary = (root / "summary.md").read_text()
     assert "Budget per model: 2 trials x 3 stacked seeds x 1 epochs" in summary
-    assert "seeds 101-102 (stack=2)" in summary and " of 10 trials pruned (" in summary
+    assert "seeds 101-102 (stack=2)" in summary and " of 4 trials pruned (" in summary
     for model in MODELS:
         record = root / "rerun" / model / "replicas" / "seed_101" / "metrics.json"
         params = json.loads(record.read_text())["num_params"]
