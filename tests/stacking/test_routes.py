@@ -51,33 +51,37 @@ def loss_of(logits: dict[str, Tensor], labels: dict[str, Tensor], aux: Tensor) -
     return sum(task_losses(logits, labels).values()) + aux
 
 
-@pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(("name", "gate", "sizes"), CASES, ids=IDS)
-def test_each_replica_is_its_single_model_on_both_routes(name, gate, sizes, training, route):
+def test_each_replica_is_its_single_model_on_both_routes(name, gate, sizes):
     models = replicas(name, gate, sizes)
-    stacked = StackedModel(models).train(training)
-    assert stacked.native_unsupported is None  # every shipped model runs natively: none stays on vmap
     numeric, categorical, labels = batch(5)
     pair = (torch.stack([numeric, numeric + 1]), torch.stack([categorical, categorical.flip(0)]))
-    logits, gates, aux = run_route(stacked, route, *pair)
-    sum(loss_of({t: v[k] for t, v in logits.items()}, labels, aux[k]) for k in range(2)).backward()
-    grads = dict(zip(stacked.param_names, (p.grad for p in stacked.stacked)))
-    for k, model in enumerate(models):
-        model.train(training)
-        expected = model(pair[0][k], pair[1][k])
-        for task, value in expected.logits.items():
-            torch.testing.assert_close(logits[task][k], value, rtol=1e-5, atol=1e-6)
-        assert gates.keys() == expected.gates.keys()
-        for gate_name, value in expected.gates.items():
-            torch.testing.assert_close(gates[gate_name][k], value, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(aux[k], parts(expected)[2], rtol=1e-5, atol=1e-6)
-        model.zero_grad()
-        loss_of(expected.logits, labels, parts(expected)[2]).backward()
-        for param_name, param in model.named_parameters():
-            grad = torch.zeros_like(param) if param.grad is None else param.grad
-            got = torch.zeros_like(param) if grads[param_name] is None else grads[param_name][k]
-            torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=f"{param_name} of replica {k}")
+    for training in (False, True):  # eval: no auxiliary loss; training: the gates' and penalties' too
+        singles = []
+        for k, model in enumerate(models):
+            model.train(training).zero_grad()
+            out = model(pair[0][k], pair[1][k])
+            loss_of(out.logits, labels, parts(out)[2]).backward()
+            singles.append((out, {n: p.grad for n, p in model.named_parameters()}))
+        for route in ROUTES:
+            stacked = StackedModel(models).train(training)
+            assert stacked.native_unsupported is None  # every shipped model runs natively: none stays on vmap
+            logits, gates, aux = run_route(stacked, route, *pair)
+            sum(loss_of({t: v[k] for t, v in logits.items()}, labels, aux[k]) for k in range(2)).backward()
+            grads = dict(zip(stacked.param_names, (p.grad for p in stacked.stacked)))
+            for k, (expected, expected_grads) in enumerate(singles):
+                where = f"replica {k}, {route} route, {'training' if training else 'eval'}"
+                for task, value in expected.logits.items():
+                    torch.testing.assert_close(logits[task][k], value, rtol=1e-5, atol=1e-6, msg=f"{task}: {where}")
+                assert gates.keys() == expected.gates.keys()
+                for gate_name, value in expected.gates.items():
+                    torch.testing.assert_close(gates[gate_name][k], value, rtol=1e-5, atol=1e-6, msg=f"{gate_name}: {where}")
+                torch.testing.assert_close(aux[k], parts(expected)[2], rtol=1e-5, atol=1e-6, msg=f"aux: {where}")
+                for param_name, grad in expected_grads.items():
+                    want = torch.zeros_like(models[k].get_parameter(param_name)) if grad is None else grad
+                    got = torch.zeros_like(want) if grads[param_name] is None else grads[param_name][k]
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"gradient of {param_name}: {where}")
+                assert stacked.replica_state_dict(k).keys() == models[k].state_dict().keys()
 
 
 class Doubler(nn.Module):
