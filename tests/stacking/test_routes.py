@@ -75,12 +75,14 @@ def test_each_replica_is_its_single_model_on_both_routes(name, gate, sizes):
                     torch.testing.assert_close(logits[task][k], value, rtol=1e-5, atol=1e-6, msg=f"{task}: {where}")
                 assert gates.keys() == expected.gates.keys()
                 for gate_name, value in expected.gates.items():
-                    torch.testing.assert_close(gates[gate_name][k], value, rtol=1e-5, atol=1e-6, msg=f"{gate_name}: {where}")
+                    torch.testing.assert_close(gates[gate_name][k], value, rtol=1e-5, atol=1e-6,
+                                               msg=f"{gate_name}: {where}")
                 torch.testing.assert_close(aux[k], parts(expected)[2], rtol=1e-5, atol=1e-6, msg=f"aux: {where}")
                 for param_name, grad in expected_grads.items():
                     want = torch.zeros_like(models[k].get_parameter(param_name)) if grad is None else grad
                     got = torch.zeros_like(want) if grads[param_name] is None else grads[param_name][k]
-                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"gradient of {param_name}: {where}")
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6,
+                                               msg=f"gradient of {param_name}: {where}")
                 assert stacked.replica_state_dict(k).keys() == models[k].state_dict().keys()
 
 

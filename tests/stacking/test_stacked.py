@@ -47,17 +47,20 @@ def test_every_replica_is_the_single_run_with_its_seed(make_cfg, caplog):
             replica_dir = root / "replicas" / f"seed_{seed}"
             replica = json.loads((replica_dir / "metrics.json").read_text())
             assert replica["status"] == "ok" and replica["seed"] == seed
-            assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"], single["epochs_trained"])
+            assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"],
+                                                                          single["epochs_trained"])
             trained.add(replica["epochs_trained"])
             for split in ("val", "test"):
                 for task, values in single[split].items():
                     for name, value in values.items():
-                        assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (route, seed, split, task, name)
+                        assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
+                            route, seed, split, task, name)
             assert replica["gates"].keys() == single["gates"].keys()
             # The logs hold the same epochs, at the same steps, with the same values.
             replica_csv = replica_dir / "csv" / "metrics.csv"
             for column in ("train/loss_epoch", "val/norm_loss", "val/task1/mse", "train/task2/mse"):
-                assert epoch_values(replica_csv, column) == pytest.approx(epoch_values(single_csv, column), rel=1e-4), column
+                expected = epoch_values(single_csv, column)
+                assert epoch_values(replica_csv, column) == pytest.approx(expected, rel=1e-4), (route, column)
             assert epoch_values(replica_csv, "step") [:2] == epoch_values(single_csv, "step")[:2]
             assert any((replica_dir / "tensorboard").glob("events.out.tfevents.*"))
             # The replica's best checkpoint is an ordinary one: mtlexp eval reads it and finds the same test metrics.

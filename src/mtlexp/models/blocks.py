@@ -5,8 +5,8 @@ Shapes use B = batch, E = experts, G = gates, D = feature width, T = tasks, R = 
 The replica dimension: a stacked run (``stack=K``) may run K replicas of a model as one model whose every
 parameter has a leading R (``mtlexp.stacking.model``, the native route). A block that declares
 ``carries_replicas = True`` has one forward for both: its parameters are its single shapes or (R, ...), and its
-inputs then carry the same leading R; every index counts from the end. ``replica_leaf`` gives the torch layers
-the blocks compose (``nn.Linear``, ``nn.Embedding``) the same ability.
+inputs then carry the same leading R; every index counts from the end. ``prepare_for_replicas`` gives the
+torch layers the blocks compose (``nn.Linear``, ``nn.Embedding``) the same ability.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ REPLICA_LEAVES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: ReplicaLine
 REPLICA_NEUTRAL = (nn.ReLU, nn.Dropout, nn.Identity, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList)
 
 
-def replica_leaf(module: nn.Module) -> bool:
+def prepare_for_replicas(module: nn.Module) -> bool:
     """Swap ``module``'s class for its replica-carrying version when it is a torch layer that has one;
     whether ``module`` (on its own, not its children) then runs with a replica dimension."""
     swapped = REPLICA_LEAVES.get(type(module))

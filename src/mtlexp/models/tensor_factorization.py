@@ -43,7 +43,8 @@ class TuckerLayer(nn.Module):
     def weight(self) -> Tensor:
         """The per-task weights, (T, D_in, D_out)."""
         per_task = torch.einsum("...tp,...rqp->...trq", self.task_factor, self.core)  # (T, r_in, r_out)
-        return self.in_factor.unsqueeze(-3) @ per_task @ self.out_factor.transpose(-1, -2).unsqueeze(-3)  # (T, D_in, D_out)
+        # (T, D_in, D_out); the factors get a task dimension of 1, so a leading replica dimension lines up.
+        return self.in_factor.unsqueeze(-3) @ per_task @ self.out_factor.transpose(-1, -2).unsqueeze(-3)
 
     def forward(self, h: Tensor) -> Tensor:
         return batched_linear(h, self.weight(), self.bias)

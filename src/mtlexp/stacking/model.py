@@ -10,8 +10,8 @@ one forward pass runs them all, by one of two routes over the same stacked tenso
   are one batched product of R * E experts, with none of vmap's per-op batching rules in between.
 
 Either way there is nothing to write per architecture, and the parameters, their names, checkpoints and the
-optimizer are the same. Replica k keeps exactly the initial parameters of model k, and its gradient is the gradient of
-its own loss (the replicas' losses are summed, and d(sum)/d(replica k) touches only replica k's slice), so
+optimizer are the same. Replica k keeps exactly the initial parameters of model k, and its gradient is the
+gradient of its own loss (the replicas' losses are summed, and d(sum)/d(replica k) touches only replica k's slice), so
 an element-wise optimizer (Adam, SGD with momentum, weight decay) over the stacked tensors takes, for every
 replica, the step its own optimizer would have taken.
 """
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mtlexp.models.base import MTLModel
-from mtlexp.models.blocks import replica_leaf
+from mtlexp.models.blocks import prepare_for_replicas
 
 
 class StackedModel(nn.Module):
@@ -50,8 +50,9 @@ class StackedModel(nn.Module):
         # layers become their replica-carrying versions, which run single shapes (vmap) as before.
         self._template = [copy.deepcopy(models[0])]
         lacking = [f"{name or 'the model'} ({type(module).__name__})"
-                   for name, module in self.template.named_modules() if not replica_leaf(module)]
-        differing = [name for name in self.buffer_names if not all(torch.equal(b, buffers[name][0]) for b in buffers[name])]
+                   for name, module in self.template.named_modules() if not prepare_for_replicas(module)]
+        differing = [name for name in self.buffer_names
+                     if not all(torch.equal(b, buffers[name][0]) for b in buffers[name])]
         # Why the native route cannot run this model (None: it can): it keeps one copy of the buffers, the template's.
         self.native_unsupported: str | None = (
             f"{lacking[0]} does not carry a replica dimension" if lacking

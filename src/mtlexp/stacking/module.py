@@ -184,7 +184,8 @@ class StackedModule(pl.LightningModule):
     def _run(self, batches: Sequence[Batch], tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """Every replica's ``_losses`` on its own batch, at once: (K, T), (K,), {task: (K, B, ...)}, {gate: (K, B, E)}."""
         stacked = _stack_batches(batches)
-        numeric, categorical, labels, weight = stacked["numeric"], stacked["categorical"], stacked["labels"], stacked.get("weight")
+        numeric, categorical, labels = stacked["numeric"], stacked["categorical"], stacked["labels"]
+        weight = stacked.get("weight")
         if self.route == "native":
             out = self.model.native(numeric, categorical)
 
