@@ -7,6 +7,9 @@ either route are those of its single model.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,3 +149,16 @@ def test_auto_falls_back_to_vmap_on_such_a_model_and_says_which_route_ran(make_c
 def test_stack_route_rejects_an_unknown_route(make_cfg):
     with pytest.raises(MtlexpError, match=r"^stack_route: expected 'auto', 'native' or 'vmap', got 'fast'$"):
         train(make_cfg("stack=2", "stack_route=fast"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["auto", "vmap"])
+def test_the_cli_says_which_route_a_stacked_run_took(tmp_path, route):
+    run_dir = tmp_path / "run"
+    sizes = ["data.num_train=256", "data.num_val=128", "data.num_test=128", "trainer.max_epochs=1"]
+    result = subprocess.run([sys.executable, "-m", "mtlexp", "train", "stack=2", f"stack_route={route}", *sizes,
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    took = "native" if route == "auto" else route  # the default model (mmoe) carries the replica dimension
+    assert f"stack: 2 replicas of model mmoe on the {took} route" in result.stdout + result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
