@@ -17,9 +17,8 @@ Usage::
 
 Besides the wall times, each study prints the ratio of the runs' own ``duration_s`` (metrics.json: the run
 without starting the process, importing torch and Lightning and composing the config), and ``--routes`` times
-one optimizer step of MMoE three ways in this process: K single models one after another, the ``vmap`` route
-``stack=K`` uses, and the route of blocks that carry the replica dimension themselves (a hand-written MMoE of
-the same sizes: what rewriting every block would buy).
+one optimizer step of MMoE three ways in this process: K single models one after another, and ``stack=K``'s
+two routes (``stack_route``): ``vmap``, and ``native``, whose blocks carry the replica dimension themselves.
 
 The last line printed is ``stacked_speedup_b128=<x> stacked_speedup_b1024=<y>[ stacked_speedup_census=<z>]``:
 sequential wall time over stacked wall time (median over ``--rounds``).
@@ -80,7 +79,7 @@ def study(name: str, overrides: list[str], seeds: int, rounds: int, workdir: Pat
 
 def routes(seeds: int, batch: int, steps: int = 200) -> None:
     """Milliseconds per optimizer step (forward, backward, Adam) of MMoE with the synthetic task's sizes: one
-    model at a time for every seed, ``stack``'s vmap route, and blocks with their own replica dimension."""
+    model at a time for every seed, and ``stack``'s vmap and native routes."""
     import torch
 
     from mtlexp.specs import FeatureSpec
@@ -104,34 +103,19 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
             mse(model(x[k], empty[k]).logits, k).backward()
             opt.step()
 
-    stacked = StackedModel(models)
-    forward = stacked.vectorised(lambda call, n, c: call(n, c).logits)
-    stacked_opt = torch.optim.Adam(stacked.parameters())
+    stacked = {route: StackedModel(models) for route in ("vmap", "native")}
+    forwards = {"vmap": stacked["vmap"].vectorised(lambda call, n, c: call(n, c).logits),
+                "native": lambda n, c: stacked["native"].native(n, c).logits}
+    optimizers = {route: torch.optim.Adam(model.parameters()) for route, model in stacked.items()}
 
-    def vmap_route() -> None:
-        stacked_opt.zero_grad(set_to_none=True)
-        mse(forward(x, empty)).sum().backward()
-        stacked_opt.step()
-
-    e, h, th, t = 8, 16, 8, len(tasks)  # MMoE's defaults: 8 experts of 16 units, towers of 8
-    shapes = {"we": (d, e * h), "be": (1, e * h), "wg": (d, t * e), "bg": (1, t * e), "wt": (t, h, th),
-              "bt": (t, 1, th), "wo": (t, th, 1), "bo": (t, 1, 1)}
-    native = {name: torch.nn.Parameter(0.1 * torch.randn(seeds, *shape)) for name, shape in shapes.items()}
-    native_opt = torch.optim.Adam(native.values())
-
-    def native_route() -> None:
-        experts = torch.relu(torch.baddbmm(native["be"], x, native["we"])).view(seeds, batch, e, h)
-        gates = torch.softmax(torch.baddbmm(native["bg"], x, native["wg"]).view(seeds, batch, t, e), -1)
-        mixed = torch.matmul(gates, experts).transpose(1, 2)  # (K, T, B, H)
-        towers = torch.relu(torch.matmul(mixed, native["wt"]) + native["bt"])
-        out = (torch.matmul(towers, native["wo"]) + native["bo"]).squeeze(-1)  # (K, T, B)
-        native_opt.zero_grad(set_to_none=True)
-        ((out - y) ** 2).mean(-1).sum().backward()
-        native_opt.step()
+    def stacked_step(route: str) -> None:
+        optimizers[route].zero_grad(set_to_none=True)
+        mse(forwards[route](x, empty)).sum().backward()
+        optimizers[route].step()
 
     timings = {}
-    for label, step in [("one model at a time", one_at_a_time), ("vmap (stack=K)", vmap_route),
-                        ("blocks with a replica dimension", native_route)]:
+    for label, step in [("one model at a time", one_at_a_time), ("vmap route", lambda: stacked_step("vmap")),
+                        ("native route", lambda: stacked_step("native"))]:
         for _ in range(10):
             step()
         started = time.perf_counter()
@@ -151,15 +135,18 @@ def main() -> None:
     parser.add_argument("--census", type=Path, default=ROOT.parent / "shared" / "data" / "census-income")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--routes", action="store_true", help="also time one step of the vectorisation routes")
+    parser.add_argument("--routes-only", action="store_true", help="time the routes (at --seeds) and stop")
     args = parser.parse_args()
     print(f"bench_stacked: {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
     sizes = ["data.num_train=1024", "data.num_val=256", "data.num_test=256"] if args.quick else []
     epochs = 1 if args.quick else args.epochs
     seeds = 2 if args.quick else args.seeds
     figures = {}
-    if args.routes:
+    if args.routes or args.routes_only:
         for batch in (128, 1024):
-            routes(seeds, batch, steps=5 if args.quick else 200)
+            routes(args.seeds if args.routes_only else seeds, batch, steps=5 if args.quick else 200)
+        if args.routes_only:
+            return
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
         workdir = Path(tmp)
         for batch in (128, 1024):

@@ -43,6 +43,7 @@ class RunConfig:
     paths: Any = MISSING
     seed: int = 0
     stack: int = 1
+    stack_route: str = "auto"
     ckpt_path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
     monitor: str = "val/norm_loss"
     monitor_mode: str = "min"
@@ -62,6 +63,8 @@ class RunConfig:
             raise MtlexpError(f"seed: expected an integer >= 0, got {self.seed}")
         if self.stack < 1:
             raise MtlexpError(f"stack: expected an integer >= 1 (seeds seed .. seed+stack-1 in one run), got {self.stack}")
+        if self.stack_route not in ("auto", "native", "vmap"):
+            raise MtlexpError(f"stack_route: expected 'auto', 'native' or 'vmap', got {self.stack_route!r}")
         if self.monitor_mode not in ("min", "max"):
             raise MtlexpError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
         if not self.monitor.startswith("val/"):

@@ -1,7 +1,8 @@
 """One batch's objective: the model's outputs with the derived tasks, the per-task losses and the auxiliary loss.
 
 A single run (``MTLModule``) calls ``batch_objective`` on its model; a stacked run (``StackedModule``) calls it on
-one replica's functional call under ``vmap``. Either way a batch means the same thing, so a change to what a
+one replica's functional call under ``vmap``, or (its native route) ``output_losses`` on one replica's share
+of every replica's forward pass. Either way a batch means the same thing, so a change to what a
 task's loss is (masks, derived tasks, a model's extra loss) is made here once and reaches both.
 """
 
@@ -31,7 +32,13 @@ def batch_objective(forward: Callable[[Tensor, Tensor], MTLOutput], model: MTLMo
     :param tasks: every task, in the data's order: derived tasks get their logits from the others'.
     :param training: whether the model's ``extra_loss`` joins the output's ``aux_loss`` (training only).
     """
-    out = forward(numeric, categorical)
+    return output_losses(forward(numeric, categorical), model, tasks, scored, labels, weight, training)
+
+
+def output_losses(out: MTLOutput, model: MTLModel, tasks: Sequence[TaskSpec], scored: Sequence[TaskSpec],
+                  labels: dict[str, Tensor], weight: Tensor | None, training: bool) -> tuple[MTLOutput, Tensor]:
+    """``batch_objective`` after the forward pass: a stacked run's native route runs every replica's forward
+    at once, then this for each replica."""
     for task in tasks:  # derived tasks have no tower: their prediction is a product of others'
         if task.derived:
             out.logits[task.name] = product_logit([out.logits[name] for name in task.product])

@@ -1,8 +1,8 @@
-"""Stacked runs (``stack=K``): every replica is the single run with its seed, folder and all."""
+"""Stacked runs (``stack=K``): every replica is the single run with its seed, folder and all (each architecture's
+replicas on both routes: ``test_routes.py``)."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from pathlib import Path
@@ -13,12 +13,7 @@ import torch
 from mtlexp.errors import MtlexpError
 from mtlexp.evaluate import evaluate
 from mtlexp.report.sweep import find_runs, run_overrides
-from mtlexp.stacking.model import StackedModel
 from mtlexp.train import train
-from tests.models.test_contract import CASES, IDS, batch, make_model
-
-# Every architecture with its default gate, and MMoE with every gate (the contract tests cover the rest).
-STACK_CASES = [(case, case_id) for case, case_id in zip(CASES, IDS) if case[1] in (None, "softmax") or case[0] == "mmoe"]
 
 # Early stopping with patience 1 at a high learning rate, so that replicas stop at different epochs.
 STOPPING = ["trainer.max_epochs=6", "callbacks.early_stopping.patience=1", "optimizer.lr=0.03"]
@@ -34,39 +29,48 @@ def epoch_values(path: Path, column: str) -> list[float]:
 
 
 @pytest.mark.newest
-def test_every_replica_is_the_single_run_with_its_seed(make_cfg):
-    stacked_cfg = make_cfg("stack=3", "seed=4", *STOPPING)
-    record = train(stacked_cfg)
-    root = Path(stacked_cfg.paths.output_dir)
-    assert record["status"] == "ok" and record["replicas"] == [f"replicas/seed_{s}" for s in (4, 5, 6)]
-    trained = set()
+def test_every_replica_is_the_single_run_with_its_seed(make_cfg, caplog):
+    singles = {}
     for seed in (4, 5, 6):
         single_cfg = make_cfg(f"seed={seed}", *STOPPING)
-        single = train(single_cfg)
-        replica_dir = root / "replicas" / f"seed_{seed}"
-        replica = json.loads((replica_dir / "metrics.json").read_text())
-        assert replica["status"] == "ok" and replica["seed"] == seed
-        assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"], single["epochs_trained"])
-        trained.add(replica["epochs_trained"])
-        for split in ("val", "test"):
-            for task, values in single[split].items():
-                for name, value in values.items():
-                    assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (seed, split, task, name)
-        assert replica["gates"].keys() == single["gates"].keys()
-        # The logs hold the same epochs, at the same steps, with the same values.
-        single_csv, replica_csv = Path(single_cfg.paths.output_dir) / "csv" / "metrics.csv", replica_dir / "csv" / "metrics.csv"
-        for column in ("train/loss_epoch", "val/norm_loss", "val/task1/mse", "train/task2/mse"):
-            assert epoch_values(replica_csv, column) == pytest.approx(epoch_values(single_csv, column), rel=1e-4), column
-        assert epoch_values(replica_csv, "step") [:2] == epoch_values(single_csv, "step")[:2]
-        assert any((replica_dir / "tensorboard").glob("events.out.tfevents.*"))
-        # The replica's best checkpoint is an ordinary one: mtlexp eval reads it and finds the same test metrics.
-        eval_cfg = make_cfg(f"ckpt_path={replica_dir / 'checkpoints' / 'best.ckpt'}",
-                            config_name="eval")
-        evaluated = evaluate(eval_cfg)
-        assert evaluated["seed"] == seed
-        for task, values in replica["test"].items():
-            assert evaluated["test"][task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
-    assert min(trained) < 6, "no replica stopped early: the test does not exercise per-replica early stopping"
+        singles[seed] = (train(single_cfg), Path(single_cfg.paths.output_dir) / "csv" / "metrics.csv")
+    for route in ("native", "vmap"):  # mmoe runs on both; auto picks native
+        stacked_cfg = make_cfg("stack=3", "seed=4", f"stack_route={route}", *STOPPING)
+        with caplog.at_level("INFO", logger="mtlexp.stacking.module"):
+            record = train(stacked_cfg)
+        assert f"stack: 3 replicas of model mmoe on the {route} route" in caplog.text
+        caplog.clear()
+        root = Path(stacked_cfg.paths.output_dir)
+        assert record["status"] == "ok" and record["replicas"] == [f"replicas/seed_{s}" for s in (4, 5, 6)]
+        trained = set()
+        for seed, (single, single_csv) in singles.items():
+            replica_dir = root / "replicas" / f"seed_{seed}"
+            replica = json.loads((replica_dir / "metrics.json").read_text())
+            assert replica["status"] == "ok" and replica["seed"] == seed
+            assert (replica["best_epoch"], replica["epochs_trained"]) == (single["best_epoch"],
+                                                                          single["epochs_trained"])
+            trained.add(replica["epochs_trained"])
+            for split in ("val", "test"):
+                for task, values in single[split].items():
+                    for name, value in values.items():
+                        assert replica[split][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
+                            route, seed, split, task, name)
+            assert replica["gates"].keys() == single["gates"].keys()
+            # The logs hold the same epochs, at the same steps, with the same values.
+            replica_csv = replica_dir / "csv" / "metrics.csv"
+            for column in ("train/loss_epoch", "val/norm_loss", "val/task1/mse", "train/task2/mse"):
+                expected = epoch_values(single_csv, column)
+                assert epoch_values(replica_csv, column) == pytest.approx(expected, rel=1e-4), (route, column)
+            assert epoch_values(replica_csv, "step") [:2] == epoch_values(single_csv, "step")[:2]
+            assert any((replica_dir / "tensorboard").glob("events.out.tfevents.*"))
+            # The replica's best checkpoint is an ordinary one: mtlexp eval reads it and finds the same test metrics.
+            eval_cfg = make_cfg(f"ckpt_path={replica_dir / 'checkpoints' / 'best.ckpt'}",
+                                config_name="eval")
+            evaluated = evaluate(eval_cfg)
+            assert evaluated["seed"] == seed
+            for task, values in replica["test"].items():
+                assert evaluated["test"][task]["mse"] == pytest.approx(values["mse"], rel=1e-5)
+        assert min(trained) < 6, "no replica stopped early: the test does not exercise per-replica early stopping"
 
 
 def test_replica_folders_read_like_sequential_runs(make_cfg):
@@ -116,25 +120,6 @@ def test_every_replica_diverging_fails_the_run_and_says_why(make_cfg):
         train(cfg)
     replica = json.loads((Path(cfg.paths.output_dir) / "replicas" / "seed_0" / "metrics.json").read_text())
     assert replica["status"] == "running"  # the runner marks the run folder; the replica records how far it got
-
-
-@pytest.mark.parametrize(("name", "gate", "sizes"), [c for c, _ in STACK_CASES], ids=[i for _, i in STACK_CASES])
-def test_every_architecture_stacks_to_its_replicas_outputs(name, gate, sizes):
-    first = make_model(name, gate, **sizes).eval()
-    second = copy.deepcopy(first)
-    with torch.no_grad():  # another replica: other values in every parameter
-        for param in second.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    models = [first, second]
-    stacked = StackedModel(models).eval()
-    numeric, categorical, _ = batch(4)
-    pair = (torch.stack([numeric, numeric + 1]), torch.stack([categorical, categorical]))
-    logits = stacked.vectorised(lambda call, n, c: call(n, c).logits)(*pair)
-    for k, model in enumerate(models):
-        expected = model(pair[0][k], pair[1][k]).logits
-        for task, value in expected.items():
-            torch.testing.assert_close(logits[task][k], value, rtol=1e-5, atol=1e-6)
-        assert stacked.replica_state_dict(k).keys() == model.state_dict().keys()
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

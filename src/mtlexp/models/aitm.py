@@ -35,16 +35,18 @@ from mtlexp.specs import FeatureSpec, TaskSpec
 class AdaptiveTransfer(nn.Module):
     """The AIT unit: attention over the transferred information ``p`` and the task's own encoding ``q``."""
 
+    carries_replicas = True
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.scale = 1.0 / math.sqrt(dim)
 
     def forward(self, p: Tensor, q: Tensor) -> Tensor:
-        inputs = torch.stack([p, q], dim=1)  # (B, 2, d)
+        inputs = torch.stack([p, q], dim=-2)  # (B, 2, d)
         scores = (self.query(inputs) * self.key(inputs)).sum(-1) * self.scale  # (B, 2)
-        weights = torch.softmax(scores, dim=1)
-        return (weights.unsqueeze(-1) * self.value(inputs)).sum(1)
+        weights = torch.softmax(scores, dim=-1)
+        return (weights.unsqueeze(-1) * self.value(inputs)).sum(-2)
 
 
 class AITM(MTLModel):
@@ -54,6 +56,8 @@ class AITM(MTLModel):
     :param tower_hidden: hidden widths of every task tower after the AIT unit.
     :param calibrator_weight: weight of the behavioural expectation calibrator (0: off).
     """
+
+    carries_replicas = True
 
     def __init__(
         self,
@@ -89,9 +93,9 @@ class AITM(MTLModel):
         """The calibrator over consecutive binary tasks (None when it is off or no pair is binary)."""
         if self.calibrator_weight == 0:
             return None
-        terms = [torch.relu(kind_of(b).predict(b, logits[b.name]) - kind_of(a).predict(a, logits[a.name])).mean()
+        terms = [torch.relu(kind_of(b).predict(b, logits[b.name]) - kind_of(a).predict(a, logits[a.name])).mean(-1)
                  for a, b in zip(self.tasks, self.tasks[1:]) if kind_of(a).indicator and kind_of(b).indicator]
-        return self.calibrator_weight * torch.stack(terms).sum() if terms else None
+        return self.calibrator_weight * torch.stack(terms).sum(0) if terms else None
 
     def declare_ownership(self) -> dict[str, Owner]:
         # Task t's representation feeds every later task through the chain, so what builds it (its encoder, and

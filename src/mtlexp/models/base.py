@@ -89,6 +89,9 @@ class MTLModel(nn.Module):
     # The model config's name (``model=naive_cvr``), which errors must use: the user never typed the class or
     # its arguments. Set by the instantiation helper from ``_name_``; None for a model built by hand.
     config_name: str | None = None
+    # Whether ``forward`` runs with a replica dimension (``mtlexp.models.blocks``); each architecture that does
+    # says so, since a subclass's forward is its own.
+    carries_replicas = False
 
     def __init__(
         self, features: FeatureSpec, tasks: Sequence[TaskSpec], tower_hidden: Sequence[int], dropout: float

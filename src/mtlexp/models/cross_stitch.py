@@ -27,6 +27,8 @@ class CrossStitch(MTLModel):
     :param stitch_init: initial weight a column gives itself (1.0: exactly independent columns).
     """
 
+    carries_replicas = True
+
     def __init__(
         self,
         features: FeatureSpec,
@@ -56,8 +58,8 @@ class CrossStitch(MTLModel):
     def forward(self, numeric: Tensor, categorical: Tensor) -> MTLOutput:
         h = self.input(numeric, categorical)  # (T, B, D)
         for index, unit in enumerate(self.stitches):
-            h = torch.einsum("ts,sbh->tbh", unit, self.columns.layer(h, index))  # (T, B, H)
-        return MTLOutput(self.towers({name: h[t] for t, name in enumerate(self.task_names)}))
+            h = torch.einsum("...ts,...sbh->...tbh", unit, self.columns.layer(h, index))  # (T, B, H)
+        return MTLOutput(self.towers({name: h[..., t, :, :] for t, name in enumerate(self.task_names)}))
 
     def diagnostics(self) -> dict[str, Tensor]:
         return {f"stitch_{index}": unit.detach() for index, unit in enumerate(self.stitches)}

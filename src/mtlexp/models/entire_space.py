@@ -154,6 +154,8 @@ class EntireSpace(MTLModel):
         the module docstring).
     """
 
+    carries_replicas = True  # its forward is the bottom's and the objective's modules' (each checked on its own)
+
     def __init__(
         self,
         features: FeatureSpec,

@@ -20,20 +20,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlexp.errors import require
+from mtlexp.models.blocks import batched_linear
 
 
 def grouped_linear(x: Tensor, linear: nn.Linear, groups: int) -> Tensor:
     """One linear layer of ``groups * n`` outputs read as ``groups`` layers of ``n``: (B, D) or (G, B, D) ->
-    (B, G, n). With a per-group input, group g reads ``x[g]`` through its own rows only."""
-    if x.dim() == 2:
-        return linear(x).view(x.shape[0], groups, -1)
-    n = linear.out_features // groups
-    weight = linear.weight.view(groups, n, -1).transpose(1, 2)  # (G, D, n)
-    return torch.baddbmm(linear.bias.view(groups, 1, n), x, weight).transpose(0, 1)  # (B, G, n)
+    (B, G, n). With a per-group input, group g reads ``x[g]`` through its own rows only. With a replica
+    dimension (the layer's weight (R, G * n, D)), every shape gains a leading R."""
+    if x.dim() == linear.weight.dim():  # one input read by every group
+        return linear(x).unflatten(-1, (groups, -1))
+    n = linear.weight.shape[-2] // groups
+    weight = linear.weight.unflatten(-2, (groups, n)).transpose(-1, -2)  # (G, D, n)
+    bias = linear.bias.unflatten(-1, (groups, 1, n))  # (G, 1, n)
+    return batched_linear(x, weight, bias).transpose(-3, -2)  # (G, B, n) -> (B, G, n)
 
 
 class Gate(nn.Module):
-    """Base of the gates: checks the sizes; subclasses implement ``forward(x) -> (weights, aux_loss)``."""
+    """Base of the gates: checks the sizes; subclasses implement ``forward(x) -> (weights, aux_loss)``.
+
+    Every gate here carries a replica dimension (``mtlexp.models.blocks``): with (R, ...) parameters and inputs,
+    its weights are (R, B, G, E) and its auxiliary loss (R,), each replica's own.
+    """
+
+    carries_replicas = True
 
     def __init__(self, input_dim: int, num_experts: int, num_gates: int) -> None:
         super().__init__()
@@ -64,8 +73,8 @@ class SoftmaxGate(Gate):
 
 
 def _cv_squared(values: Tensor) -> Tensor:
-    """Squared coefficient of variation along the last dimension, summed over the rest."""
-    return (values.var(dim=-1, unbiased=False) / (values.mean(dim=-1) ** 2 + 1e-10)).sum()
+    """Squared coefficient of variation along the last dimension, summed over the gates: (..., G, E) -> (...)."""
+    return (values.var(dim=-1, unbiased=False) / (values.mean(dim=-1) ** 2 + 1e-10)).sum(-1)
 
 
 class NoisyTopKGate(Gate):
@@ -110,14 +119,14 @@ class NoisyTopKGate(Gate):
         )
         if not self.training or self.balance_weight == 0:
             return weights, None
-        importance = weights.sum(0)  # (G, E)
+        importance = weights.sum(-3)  # (G, E): summed over the batch
         if std is not None and self.k < self.num_experts:
             # P(expert e stays in the top k if only its own noise were redrawn) (the paper's Eq. 8-9).
             selected = logits > top.values[..., self.k : self.k + 1]
             threshold = torch.where(selected, top.values[..., self.k : self.k + 1], top.values[..., self.k - 1 : self.k])
-            load = torch.special.ndtr((clean - threshold) / std).sum(0)  # the standard normal CDF
+            load = torch.special.ndtr((clean - threshold) / std).sum(-3)  # the standard normal CDF
         else:
-            load = (weights > 0).to(weights.dtype).sum(0)
+            load = (weights > 0).to(weights.dtype).sum(-3)
         return weights, self.balance_weight * (_cv_squared(importance) + _cv_squared(load))
 
 
@@ -168,5 +177,5 @@ class DSelectKGate(Gate):
         weights = (alpha.unsqueeze(-1) * folded).sum(-2)  # (B, G, E)
         if not self.training or self.entropy_weight == 0:
             return weights, None
-        entropy = -(codes * torch.log(codes.clamp_min(1e-12))).sum(-1).mean()
+        entropy = -(codes * torch.log(codes.clamp_min(1e-12))).sum(-1).flatten(-3).mean(-1)  # over (B, G, k)
         return weights, self.entropy_weight * entropy

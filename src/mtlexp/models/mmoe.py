@@ -27,6 +27,8 @@ class MMoE(MTLModel):
     :param gate: the gate factory (``model.gate``); softmax gates when not given.
     """
 
+    carries_replicas = True
+
     def __init__(
         self,
         features: FeatureSpec,
@@ -61,10 +63,10 @@ class MMoE(MTLModel):
         x = self.input(numeric, categorical)  # (B, D)
         gates, aux_loss = self.gate(x)  # (B, G, E)
         mixed = mix_experts(gates, self.experts(x))  # (B, G, H)
-        last = gates.shape[1] - 1
+        last = gates.shape[-2] - 1
         per_task = {name: min(t, last) for t, name in enumerate(self.task_names)}
         return MTLOutput(
-            logits=self.towers({name: mixed[:, g] for name, g in per_task.items()}),
-            gates={name: gates[:, g] for name, g in per_task.items()},
+            logits=self.towers({name: mixed[..., g, :] for name, g in per_task.items()}),
+            gates={name: gates[..., g, :] for name, g in per_task.items()},
             aux_loss=aux_loss,
         )

@@ -1,7 +1,8 @@
 """Soft parameter sharing as penalties on the corresponding weights of per-task networks.
 
-A penalty takes a list of stacked weights, each ``(T, ...)`` with task t's copy of one layer at index t, and
-returns ``weight * value``. ``SingleTask(penalty=...)`` adds it to the model's auxiliary loss.
+A penalty takes a list of stacked weights, each ``(T, a, b)`` with task t's copy of one layer at index t, and
+returns ``weight * value``. With a replica dimension the weights are ``(R, T, a, b)`` and the value ``(R,)``,
+each replica's own. ``SingleTask(penalty=...)`` adds it to the model's auxiliary loss.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Penalty:
         raise NotImplementedError
 
     def __call__(self, layers: Sequence[Tensor]) -> Tensor:
-        return self.weight * torch.stack([self.value(w) for w in layers]).sum()
+        return self.weight * torch.stack([self.value(w) for w in layers]).sum(0)
 
 
 class L2Distance(Penalty):
@@ -35,7 +36,7 @@ class L2Distance(Penalty):
     Computed as ``T * sum_t ||W_t - mean_t W||^2``, which equals ``sum_{t<s} ||W_t - W_s||^2``."""
 
     def value(self, stacked: Tensor) -> Tensor:
-        return stacked.shape[0] * (stacked - stacked.mean(0, keepdim=True)).pow(2).sum()
+        return stacked.shape[-3] * (stacked - stacked.mean(-3, keepdim=True)).pow(2).flatten(-3).sum(-1)
 
 
 class TraceNorm(Penalty):
@@ -44,4 +45,4 @@ class TraceNorm(Penalty):
     row t of a (T, N) matrix, penalised by the sum of its singular values (low rank = shared structure)."""
 
     def value(self, stacked: Tensor) -> Tensor:
-        return torch.linalg.svdvals(stacked.reshape(stacked.shape[0], -1).float()).sum()
+        return torch.linalg.svdvals(stacked.flatten(-2).float()).sum(-1)

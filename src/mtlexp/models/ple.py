@@ -33,6 +33,8 @@ class ExtractionLevel(nn.Module):
     gates (B, T, E_own + E_shared), the shared gate (B, E_all) or ``None``, and the gates' auxiliary loss.
     """
 
+    carries_replicas = True
+
     def __init__(
         self, input_dim: int, num_tasks: int, num_task_experts: int, num_shared_experts: int,
         hidden: Sequence[int], dropout: float, gate: Callable[..., Gate], with_shared_gate: bool,
@@ -47,25 +49,26 @@ class ExtractionLevel(nn.Module):
         self.output_dim = list(hidden)[-1]
 
     def forward(self, task_inputs: Tensor, shared_input: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None]:
-        b, t, own = shared_input.shape[0], self.num_tasks, self.num_task_experts
+        t, own = self.num_tasks, self.num_task_experts
         parts = []  # (B, T, E_own + E_shared, H): each task's candidates, own experts first
         if self.task_experts is not None:
-            x = task_inputs if task_inputs.dim() == 2 else task_inputs.repeat_interleave(own, dim=0)
+            per_task = task_inputs.dim() > shared_input.dim()
+            x = task_inputs.repeat_interleave(own, dim=-3) if per_task else task_inputs
             mine = self.task_experts(x)  # (B, T * E_own, H), task t's experts at [t*E_own, (t+1)*E_own)
-            parts.append(mine.view(b, t, own, -1))
+            parts.append(mine.unflatten(-2, (t, own)))
         if self.shared_experts is not None:
             shared = self.shared_experts(shared_input)  # (B, E_shared, H)
-            parts.append(shared.unsqueeze(1).expand(b, t, -1, -1))
-        candidates = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+            parts.append(shared.unsqueeze(-3).expand(*shared.shape[:-2], t, *shared.shape[-2:]))
+        candidates = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
         task_gates, aux = self.task_gates(task_inputs)  # (B, T, E_own + E_shared)
-        task_out = torch.einsum("bte,bteh->tbh", task_gates, candidates)  # (T, B, H)
+        task_out = torch.einsum("...bte,...bteh->...tbh", task_gates, candidates)  # (T, B, H)
         if self.shared_gate is None:
             return task_out, None, task_gates, None, aux
         every = [mine] if self.task_experts is not None else []
         every += [shared] if self.shared_experts is not None else []
         shared_gate, shared_aux = self.shared_gate(shared_input)  # (B, 1, E_all)
-        shared_out = torch.bmm(shared_gate, torch.cat(every, dim=1)).squeeze(1)  # (B, H)
-        return task_out, shared_out, task_gates, shared_gate.squeeze(1), add_aux(aux, shared_aux)
+        shared_out = torch.matmul(shared_gate, torch.cat(every, dim=-2)).squeeze(-2)  # (B, H)
+        return task_out, shared_out, task_gates, shared_gate.squeeze(-2), add_aux(aux, shared_aux)
 
 
 class PLE(MTLModel):
@@ -78,6 +81,8 @@ class PLE(MTLModel):
     :param tower_hidden: hidden widths of every task tower.
     :param gate: the gate factory (``model.gate``); softmax gates when not given.
     """
+
+    carries_replicas = True
 
     def __init__(
         self,
@@ -151,9 +156,9 @@ class PLE(MTLModel):
             task_inputs, shared_out, task_gates, shared_gate, aux = level(task_inputs, shared_input)
             aux_loss = add_aux(aux_loss, aux)
             prefix = "" if index == top else f"level{index}/"
-            gates.update({f"{prefix}{name}": task_gates[:, t] for t, name in enumerate(self.task_names)})
+            gates.update({f"{prefix}{name}": task_gates[..., t, :] for t, name in enumerate(self.task_names)})
             if shared_gate is not None:
                 gates[f"level{index}/shared"] = shared_gate
                 shared_input = shared_out
-        logits = self.towers({name: task_inputs[t] for t, name in enumerate(self.task_names)})
+        logits = self.towers({name: task_inputs[..., t, :, :] for t, name in enumerate(self.task_names)})
         return MTLOutput(logits=logits, gates=gates, aux_loss=aux_loss)

@@ -19,6 +19,8 @@ class SharedBottom(MTLModel):
     :param tower_hidden: hidden widths of every task tower.
     """
 
+    carries_replicas = True
+
     def __init__(
         self,
         features: FeatureSpec,

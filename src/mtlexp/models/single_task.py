@@ -31,6 +31,8 @@ class SingleTask(MTLModel):
         auxiliary loss. ``None``: independent networks.
     """
 
+    carries_replicas = True
+
     def __init__(
         self,
         features: FeatureSpec,
@@ -54,19 +56,21 @@ class SingleTask(MTLModel):
         return owners
 
     def coupled_weights(self) -> list[Tensor]:
-        """Each layer's weights stacked over tasks, (T, ...): what a soft-sharing penalty ties together."""
-        layers = [torch.stack([block.embeddings[g].weight for block in self.input]) for g in range(len(self.input[0].embeddings))]
+        """Each layer's weights stacked over tasks, (T, a, b) (with a leading R when the model carries replicas):
+        what a soft-sharing penalty ties together."""
+        layers = [torch.stack([block.embeddings[g].weight for block in self.input], dim=-3)
+                  for g in range(len(self.input[0].embeddings))]
         layers += list(self.bottoms.weights)
         towers = [self.towers.towers[name][0] for name in self.task_names]  # each tower's hidden MLP
         for index, module in enumerate(towers[0]):
             if isinstance(module, torch.nn.Linear):
-                layers.append(torch.stack([tower[index].weight for tower in towers]))
+                layers.append(torch.stack([tower[index].weight for tower in towers], dim=-3))
         return layers
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> MTLOutput:
         h = self.bottoms(self.input(numeric, categorical))  # (T, B, D) -> (B, T, H)
         aux_loss = self.penalty(self.coupled_weights()) if self.penalty is not None and self.training else None
-        return MTLOutput(self.towers({name: h[:, t] for t, name in enumerate(self.task_names)}), aux_loss=aux_loss)
+        return MTLOutput(self.towers({name: h[..., t, :] for t, name in enumerate(self.task_names)}), aux_loss=aux_loss)
 
     def diagnostics(self) -> dict[str, Tensor]:
         if self.penalty is None:

@@ -19,12 +19,14 @@ from torch import Tensor, nn
 
 from mtlexp.errors import require
 from mtlexp.models.base import MTLModel, MTLOutput, Owner
-from mtlexp.models.blocks import TaskInputs, _check_sizes
+from mtlexp.models.blocks import TaskInputs, _check_sizes, batched_linear
 from mtlexp.specs import FeatureSpec, TaskSpec
 
 
 class TuckerLayer(nn.Module):
     """T per-task linear layers whose weights come from one Tucker factorisation: (T, B, D_in) -> (T, B, D_out)."""
+
+    carries_replicas = True
 
     def __init__(self, input_dim: int, output_dim: int, num_tasks: int, rank: int) -> None:
         super().__init__()
@@ -40,11 +42,12 @@ class TuckerLayer(nn.Module):
 
     def weight(self) -> Tensor:
         """The per-task weights, (T, D_in, D_out)."""
-        per_task = torch.einsum("tp,rqp->trq", self.task_factor, self.core)  # (T, r_in, r_out)
-        return self.in_factor @ per_task @ self.out_factor.T  # (T, D_in, D_out)
+        per_task = torch.einsum("...tp,...rqp->...trq", self.task_factor, self.core)  # (T, r_in, r_out)
+        # (T, D_in, D_out); the factors get a task dimension of 1, so a leading replica dimension lines up.
+        return self.in_factor.unsqueeze(-3) @ per_task @ self.out_factor.transpose(-1, -2).unsqueeze(-3)
 
     def forward(self, h: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, h, self.weight())
+        return batched_linear(h, self.weight(), self.bias)
 
 
 class TensorFactorization(MTLModel):
@@ -54,6 +57,8 @@ class TensorFactorization(MTLModel):
     :param tower_hidden: hidden widths of every task tower, on top of its network.
     :param rank: Tucker rank of the input and output modes of every layer (capped at the layer's widths).
     """
+
+    carries_replicas = True
 
     def __init__(
         self,
@@ -88,4 +93,4 @@ class TensorFactorization(MTLModel):
         h = self.input(numeric, categorical)  # (T, B, D)
         for layer in self.layers:
             h = self.dropout(torch.relu(layer(h)))  # (T, B, H)
-        return MTLOutput(self.towers({name: h[t] for t, name in enumerate(self.task_names)}))
+        return MTLOutput(self.towers({name: h[..., t, :, :] for t, name in enumerate(self.task_names)}))

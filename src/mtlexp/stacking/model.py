@@ -1,10 +1,17 @@
 """K replicas of one architecture as one vectorised model.
 
 The replicas' parameters are stacked along a new leading dimension (``torch.func.stack_module_state``) and
-one forward pass runs them all (``torch.func.vmap`` over ``functional_call`` of a template copy). Every
-architecture works unchanged: its blocks never see the replica dimension, so there is nothing to write per
-architecture. Replica k keeps exactly the initial parameters of model k, and its gradient is the gradient of
-its own loss (the replicas' losses are summed, and d(sum)/d(replica k) touches only replica k's slice), so
+one forward pass runs them all, by one of two routes over the same stacked tensors:
+
+* ``vmap``: ``torch.func.vmap`` over ``functional_call`` of a template copy. Every architecture works
+  unchanged: its blocks never see the replica dimension.
+* ``native``: ``functional_call`` of the template with the stacked tensors themselves, for models whose every
+  block carries the replica dimension (``carries_replicas``, ``mtlexp.models.blocks``): R replicas of E experts
+  are one batched product of R * E experts, with none of vmap's per-op batching rules in between.
+
+Either way there is nothing to write per architecture, and the parameters, their names, checkpoints and the
+optimizer are the same. Replica k keeps exactly the initial parameters of model k, and its gradient is the
+gradient of its own loss (the replicas' losses are summed, and d(sum)/d(replica k) touches only replica k's slice), so
 an element-wise optimizer (Adam, SGD with momentum, weight decay) over the stacked tensors takes, for every
 replica, the step its own optimizer would have taken.
 """
@@ -20,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mtlexp.models.base import MTLModel
+from mtlexp.models.blocks import prepare_for_replicas
 
 
 class StackedModel(nn.Module):
@@ -38,8 +46,17 @@ class StackedModel(nn.Module):
             self.register_buffer(f"buffer_{i}", buffers[name].clone())
         self.num_replicas = len(models)
         # A plain attribute, not a submodule: functional_call swaps in the stacked tensors, so the template's
-        # own parameters are never trained or saved; it carries the architecture and its methods.
+        # own parameters are never trained or saved; it carries the architecture and its methods. Its torch
+        # layers become their replica-carrying versions, which run single shapes (vmap) as before.
         self._template = [copy.deepcopy(models[0])]
+        lacking = [f"{name or 'the model'} ({type(module).__name__})"
+                   for name, module in self.template.named_modules() if not prepare_for_replicas(module)]
+        differing = [name for name in self.buffer_names
+                     if not all(torch.equal(b, buffers[name][0]) for b in buffers[name])]
+        # Why the native route cannot run this model (None: it can): it keeps one copy of the buffers, the template's.
+        self.native_unsupported: str | None = (
+            f"{lacking[0]} does not carry a replica dimension" if lacking
+            else f"buffer {differing[0]} differs between replicas" if differing else None)
 
     @property
     def template(self) -> MTLModel:
@@ -75,6 +92,14 @@ class StackedModel(nn.Module):
 
         mapped = vmap(one, randomness="different")
         return lambda *inputs: mapped(*self.tensors(), *inputs)
+
+    def native(self, *inputs: Any) -> Any:
+        """The template's forward pass with every replica's parameters at once: inputs and outputs carry a
+        leading K. Only for a model without ``native_unsupported``.
+
+        Random draws (dropout, noisy gates) differ between replicas but are not the draws a single run makes.
+        """
+        return functional_call(self.template, self.tensors()[0], inputs)
 
     def replica_state_dict(self, k: int) -> dict[str, Tensor]:
         """Replica k's state dict, under the single model's keys (as ``model.state_dict()`` would give it)."""

@@ -4,7 +4,8 @@ Each replica has what a single run with its seed has: its initial parameters and
 where the seed generates data, and its training order), all built exactly as that single run builds them.
 A ``Replica`` keeps replica k's own ``MTLModule`` for everything but the arithmetic: its metrics, gate
 statistics, task specs and checkpoint format. Every step runs all replicas' forward passes, losses and
-backward pass at once (``StackedModel.vectorised``); then each replica's metrics, model selection and early
+backward pass at once (``StackedModel.native`` when every block of the model carries the replica dimension,
+``StackedModel.vectorised`` otherwise: ``stack_route``); then each replica's metrics, model selection and early
 stopping are its own, as the ``ModelCheckpoint`` and ``EarlyStopping`` callbacks would have done them.
 
 Weightings: fixed weights (equal, static) are applied to every replica's losses at once. A weighting with
@@ -36,7 +37,8 @@ from mtlexp.data.tensors import Batch
 from mtlexp.errors import MtlexpError
 from mtlexp.lightning_compat import count_optimizer_steps, early_stopping_says_stop, is_last_batch, logging_step
 from mtlexp.module import MTLModule
-from mtlexp.objective import batch_objective, divergence, plain_step_possible
+from mtlexp.models.base import MTLOutput
+from mtlexp.objective import divergence, output_losses, plain_step_possible
 from mtlexp.redact import redact_values
 from mtlexp.specs import FeatureSpec
 from mtlexp.stacking.model import StackedModel
@@ -102,34 +104,53 @@ class StackedModule(pl.LightningModule):
         self._epoch_steps = 0
         self._eval_sums: dict[str, Tensor] = {}
         self.epoch_means: dict[str, float] = {}  # the last validation epoch's values, by name, over active replicas
-        self._check_vectorises(features)
+        self.route = self._check_vectorises(features)
 
     @property
     def num_replicas(self) -> int:
         return len(self.replicas)
 
-    def _check_vectorises(self, features: FeatureSpec) -> None:
-        """Two vectorised training-mode forward passes on a tiny batch now: an architecture that cannot run under
-        vmap fails here with its name, not in the middle of the first epoch; one that draws random numbers
-        (dropout, noisy gates) gets a warning, since its replicas' draws are not their single runs'. The global
-        random state is left as it was, so that the replicas still train as their single runs do."""
+    def _check_vectorises(self, features: FeatureSpec) -> str:
+        """The route (``stack_route``: native when asked or, on ``auto``, when every block of the model carries the
+        replica dimension; vmap otherwise), checked by two training-mode forward passes on a tiny batch now: an
+        architecture that cannot run on it fails here with its name, not in the middle of the first epoch; one
+        that draws random numbers (dropout, noisy gates) gets a warning, since its replicas' draws are not their
+        single runs'. The global random state is left as it was, so that the replicas still train as their
+        single runs do."""
         first = self.replicas[0]
         name = first.run_config.get("model", {}).get("_name_") or type(first.model).__name__
+        wanted = str(first.run_config.get("stack_route", "auto"))
+        unsupported = self.model.native_unsupported
+        if wanted == "native" and unsupported is not None:
+            raise MtlexpError(f"stack_route: native needs every block of model {name} to carry the replica "
+                              f"dimension, but {unsupported}; use stack_route=auto (or vmap)")
+        routes = ["native", "vmap"] if wanted != "vmap" and unsupported is None else ["vmap"]
         k = self.num_replicas
         numeric = torch.linspace(-1, 1, k * 2 * features.num_numeric).view(k, 2, features.num_numeric)
         categorical = torch.zeros(k, 2, len(features.categorical), dtype=torch.long)
-        forward = self.model.vectorised(lambda call, n, c: call(n, c).logits)
-        with torch.random.fork_rng(devices=[]):
-            try:
-                outputs = [forward(numeric, categorical) for _ in range(2)]
-            except MtlexpError:
-                raise
-            except Exception as error:  # noqa: BLE001 - any failure under vmap means the model cannot be stacked
-                raise MtlexpError(f"stack: model {name} cannot be vectorised with torch.func.vmap "
-                                  f"({type(error).__name__}: {str(error).splitlines()[0]}); use stack=1") from None
+        for route in routes:
+            forward = (self.model.vectorised(lambda call, n, c: call(n, c).logits) if route == "vmap"
+                       else lambda n, c: self.model.native(n, c).logits)
+            with torch.random.fork_rng(devices=[]):
+                try:
+                    outputs = [forward(numeric, categorical) for _ in range(2)]
+                    break
+                except MtlexpError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - any failure here means the route cannot run the model
+                    reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                    if route == "vmap":
+                        raise MtlexpError(f"stack: model {name} cannot be vectorised with torch.func.vmap "
+                                          f"({reason}); use stack=1") from None
+                    if wanted == "native":
+                        raise MtlexpError(f"stack_route: native cannot run model {name} ({reason}); use "
+                                          "stack_route=vmap") from None
+                    log.warning("stack: the native route cannot run model %s (%s); falling back to vmap", name, reason)
+        log.info("stack: %d replicas of model %s on the %s route", k, name, route)
         if any(not torch.equal(outputs[0][task], outputs[1][task]) for task in outputs[0]):
             log.warning("stack: model %s draws random numbers in training (dropout or noisy gates): each replica "
                         "draws its own, but not the draws of the single run with its seed", name)
+        return route
 
     # --- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -152,25 +173,33 @@ class StackedModule(pl.LightningModule):
             loader.set_epoch(self.current_epoch)
         self._epoch_sums, self._epoch_steps = None, 0
 
-    def _losses(self, call: Any, numeric: Tensor, categorical: Tensor, labels: dict[str, Tensor],
-                weight: Tensor | None, tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """One replica's ``batch_objective`` (under vmap), as tensors: (task losses (T,), aux (), logits, gates)."""
+    def _losses(self, out: MTLOutput, labels: dict[str, Tensor], weight: Tensor | None,
+                tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """One replica's ``output_losses`` (under vmap), as tensors: (task losses (T,), aux (), logits, gates)."""
         template = self.model.template
-        out, losses = batch_objective(call, template, self.tasks, tasks, numeric, categorical, labels, weight,
-                                      template.training)
+        out, losses = output_losses(out, template, self.tasks, tasks, labels, weight, template.training)
         aux = out.aux_loss
         return losses, losses.new_zeros(()) if aux is None else aux, out.logits, out.gates
 
     def _run(self, batches: Sequence[Batch], tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """Every replica's ``_losses`` on its own batch, at once: (K, T), (K,), {task: (K, B, ...)}, {gate: (K, B, E)}."""
         stacked = _stack_batches(batches)
+        numeric, categorical, labels = stacked["numeric"], stacked["categorical"], stacked["labels"]
         weight = stacked.get("weight")
+        if self.route == "native":
+            out = self.model.native(numeric, categorical)
+
+            def losses(logits: Any, gates: Any, aux: Any, extras: Any, labels: Any, weight: Any) -> Any:
+                return self._losses(MTLOutput(logits, gates, aux, extras), labels, weight, tasks)
+
+            # The losses (masks, derived tasks, a model's extra loss) stay one replica's code, vmapped: cheap ops.
+            inputs = (out.logits, out.gates, out.aux_loss, out.extras, labels, weight)
+            return torch.func.vmap(losses, in_dims=tuple(None if x is None else 0 for x in inputs))(*inputs)
 
         def one(call: Any, numeric: Tensor, categorical: Tensor, labels: dict[str, Tensor], *rest: Tensor) -> Any:
-            return self._losses(call, numeric, categorical, labels, rest[0] if rest else None, tasks)
+            return self._losses(call(numeric, categorical), labels, rest[0] if rest else None, tasks)
 
-        inputs = [stacked["numeric"], stacked["categorical"], stacked["labels"], *([weight] if weight is not None else [])]
-        return self.model.vectorised(one)(*inputs)
+        return self.model.vectorised(one)(numeric, categorical, labels, *([weight] if weight is not None else []))
 
     def _step_weights(self, losses: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
         """This step's ``(K, T)`` task weights and ``(K,)`` weighting regularisers (None: none): the fixed weights,
