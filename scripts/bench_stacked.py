@@ -31,6 +31,12 @@ with 3 seeds, against ``stack=3``; and the paper's census table as stacked runs 
 ``stack=3``: 8 stacked runs in 2 commands), timed in total. It ends with
 ``study_speedup_synthetic=<x> study_speedup_census=<y> census_table_s=<z>`` (``skipped`` without the census
 files, and always with ``--quick``, which shrinks the synthetic study to a smoke test).
+
+``--overhead`` runs one stacked run (``experiment=paper_synthetic model=mmoe stack=10``, the user's defaults:
+CSV and TensorBoard logs, checkpoints, progress bar) in this process and splits its wall time into what is not
+training or evaluation, each measured around the functions that do it (self time: a timed call inside another
+counts once), and the rest: the steps' and evaluations' arithmetic, data loading and Lightning's loop. It ends
+with ``stacked_overhead_share=<x>`` (outputs and building over the run's wall time; imports are printed apart).
 """
 
 from __future__ import annotations
@@ -120,6 +126,83 @@ def studies(args: argparse.Namespace, workdir: Path) -> str:
     return f"study_speedup_synthetic={speedup:.2f} study_speedup_census={census} census_table_s={table}"
 
 
+# What a stacked run does besides training and evaluation, by where it happens (module, attribute): timed around.
+OVERHEAD = {
+    "building the replicas (data, models)": [("mtlexp.stacking.train", "build_components"),
+                                             ("mtlexp.data.base.MTLDataModule", "fingerprint"),
+                                             ("mtlexp.data.synthetic.SyntheticDataModule", "describe")],
+    "run folders, provenance, hyperparameters": [
+        ("mtlexp.stacking.train", name) for name in ("start_run_folder", "write_hydra_folder", "provenance",
+                                                     "write_json", "log_hyperparams")],
+    "per-replica metric updates": [("mtlexp.module.MTLModule", "update_metrics")],
+    "per-replica metric compute": [("mtlexp.module.MTLModule", "split_results")],
+    "per-replica logger writes": [("mtlexp.stacking.module.StackedModule", "_emit")],
+    # _select: ModelCheckpoint's and EarlyStopping's rule, and the best checkpoint it writes.
+    "checkpoints (best per replica, last)": [("mtlexp.stacking.module.StackedModule", "_select"),
+                                            ("pytorch_lightning.Trainer", "save_checkpoint"),
+                                            ("mtlexp.stacking.train", "_best_state")],
+    "records, gate figures, logger close": [("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"),
+                                            ("mtlexp.stacking.train", "_log_summary")],
+}
+
+
+def overhead(quick: bool) -> float:
+    """Seconds of one stacked run in this process by what they went to; returns the share that is not training or
+    evaluation."""
+    import importlib
+
+    started = time.perf_counter()
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    from mtlexp.config import register_configs
+    from mtlexp.train import train
+
+    imports = time.perf_counter() - started
+    spent = dict.fromkeys(OVERHEAD, 0.0)
+    stack: list[float] = []  # per open timed call: the time of the timed calls inside it
+
+    def timed(category: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            stack.append(0.0)
+            begin = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - begin
+                spent[category] += elapsed - stack.pop()
+                if stack:
+                    stack[-1] += elapsed
+        return wrapper
+
+    for category, places in OVERHEAD.items():
+        for where, name in places:
+            try:
+                target = importlib.import_module(where)
+            except ModuleNotFoundError:  # a class: import its module and take the class
+                module_name, class_name = where.rsplit(".", 1)
+                target = getattr(importlib.import_module(module_name), class_name)
+            setattr(target, name, timed(category, getattr(target, name)))
+    sizes = ["data.num_train=2048", "data.num_val=512", "data.num_test=512", "trainer.max_epochs=2"] if quick else []
+    register_configs()
+    with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
+        with initialize_config_module("mtlexp.conf", version_base="1.3"):
+            cfg = compose("config", overrides=["experiment=paper_synthetic", "model=mmoe", "stack=10", *sizes])
+        with open_dict(cfg):
+            cfg.paths.output_dir = tmp
+        started = time.perf_counter()
+        train(cfg)
+        total = time.perf_counter() - started
+    outside = sum(spent.values())
+    print(f"overhead: one stacked run, experiment=paper_synthetic model=mmoe stack=10{' (quick sizes)' if quick else ''}: "
+          f"{total:.1f} s (imports before it {imports:.1f} s)")
+    for category, seconds in spent.items():
+        print(f"  {category:<42} {seconds:7.2f} s {100 * seconds / total:5.1f}%")
+    print(f"  {'training and evaluation (the rest)':<42} {total - outside:7.2f} s {100 * (total - outside) / total:5.1f}%",
+          flush=True)
+    return outside / total
+
+
 def routes(seeds: int, batch: int, steps: int = 200) -> None:
     """Milliseconds per optimizer step (forward, backward, Adam) of MMoE with the synthetic task's sizes: one
     model at a time for every seed, ``stack``'s vmap route, and blocks with their own replica dimension."""
@@ -194,8 +277,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--routes", action="store_true", help="also time one step of the vectorisation routes")
     parser.add_argument("--studies", action="store_true", help="time the shipped studies instead of the micro ones")
+    parser.add_argument("--overhead", action="store_true", help="split one stacked run's time instead")
     args = parser.parse_args()
     print(f"bench_stacked: {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
+    if args.overhead:
+        print(f"stacked_overhead_share={overhead(args.quick):.3f}")
+        return
     if args.studies:
         with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
             print(studies(args, Path(tmp)))

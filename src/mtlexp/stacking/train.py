@@ -27,14 +27,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import CombinedLoader
 
-from mtlexp.artefacts import format_table
+from mtlexp.artefacts import format_table, plot_gates
 from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.components import build_components
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import write_atomic, write_json
 from mtlexp.models.names import model_name
-from mtlexp.provenance import provenance
+from mtlexp.provenance import environment, provenance
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.redact import redact
 from mtlexp.run_record import STATUS, RunRecord, Status, update_record, write_record
@@ -118,6 +118,7 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     replicas = [str(f.relative_to(output_dir)) for f in folders]
     write_record(output_dir, RunRecord(status=Status.RUNNING, stack=len(seeds), replicas=replicas))
     configs, datas, modules, loggers, summaries = [], [], [], [], []
+    env = environment()
     for (varied, seed), folder in zip(settings, folders):
         replica_cfg = replica_config(cfg, seed, folder, varied)
         start_run_folder(replica_cfg)
@@ -125,7 +126,7 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(seed, workers=True, verbose=False)  # what the single run seeds before it builds
         data, module = build_components(replica_cfg)
         summary = data.describe()
-        write_json(folder / "provenance.json", provenance(data.fingerprint(), summary))
+        write_json(folder / "provenance.json", provenance(data.fingerprint(), summary, env))
         replica_loggers = build_all(replica_cfg.get("logger"), "logger")
         log_hyperparams(replica_cfg, replica_loggers, module)
         configs.append(replica_cfg), datas.append(data), modules.append(module)
@@ -154,7 +155,6 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     def log_epoch(k: int, values: dict[str, float], step: int) -> None:
         for logger in loggers[k]:
             logger.log_metrics(values, step)
-            logger.save()
 
     selecting, stopping = _selection_callbacks(cfg)
     # trainer.enable_checkpointing=false (debug=default): no checkpoint at all, as in a single run; the final
@@ -167,7 +167,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     _check_replicas_agree(datas)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
                            enable_version_counter=False)
-    trainer = build(cfg.trainer, "trainer", callbacks=[last] if checkpointing else [], logger=False,
+    flush = _SaveLoggers([logger for replica in loggers for logger in replica])
+    trainer = build(cfg.trainer, "trainer", callbacks=[*([last] if checkpointing else []), flush], logger=False,
                     plugins=[AtomicCheckpointIO()])
     trainer.fit(stacked,
                 train_dataloaders=CombinedLoader([d.train_dataloader() for d in datas], "min_size"),
@@ -184,17 +185,20 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
         if state.failed:
             failures.append((names[k], state.failed))
             update_record(folder, status=Status.FAILED, error=state.failed)
+            for logger in loggers[k]:  # its logs up to the failure
+                logger.finalize("failed")
             continue
         best = folder / "checkpoints" / "best.ckpt"
         epochs = state.stopped_epoch + 1 if state.stopped_epoch is not None else trainer.current_epoch
         modules[k].results["replica"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
         replica = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
                              state.best_epoch if state.best_epoch is not None else trainer.current_epoch, epochs,
-                             started, summaries[k], announce=False)
+                             started, summaries[k], announce=False, gate_figure=False)
         for logger in loggers[k]:
             logger.finalize("success")
         results.append((names[k], replica))
     _log_summary(results, failures, output_dir)
+    _plot_mean_gates([replica for _, replica in results], output_dir / "figures" / "gates.png")
     record = RunRecord(
         status=Status.FAILED if failures else Status.OK, stack=len(seeds), model=name, replicas=replicas,
         # Means over the replicas: what a sweeper optimises (hparams_search with stack=K: the mean over K seeds).
@@ -208,6 +212,31 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     if record.error:
         raise MtlexpError(record.error)
     return record.to_json()
+
+
+class _SaveLoggers(pl.Callback):
+    """Writes the replicas' logs out once an epoch, when the next one starts (finalize writes the last): each
+    logger's save() rewrites its files, once per logged value it cost a stacked run as much as its metrics."""
+
+    def __init__(self, loggers: list[Any]) -> None:
+        self.loggers = loggers
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in self.loggers:
+            logger.save()
+
+
+def _plot_mean_gates(records: list[RunRecord], path: Path) -> None:
+    """One gate figure for the whole run, of the replicas' mean gate weights: drawing one per replica was the
+    largest cost of a stacked run besides training. Each replica's own gates stay in its metrics.json, from which
+    ``mtlexp report`` draws its figures."""
+    gated = [record for record in records if record.gates]
+    if not gated:
+        return
+    means = {gate: [sum(r.gates[gate][e] for r in gated) / len(gated) for e in range(len(values))]
+             for gate, values in gated[0].gates.items()}
+    plot_gates(means, path, title=f"{gated[0].model}: mean gate weights (val), mean of {len(gated)} replicas",
+               experts=gated[0].gate_experts)
 
 
 def _selection_callbacks(cfg: DictConfig) -> tuple[ModelCheckpoint | None, EarlyStopping | None]:
