@@ -132,17 +132,21 @@ OVERHEAD = {
                                              ("mtlexp.data.base.MTLDataModule", "fingerprint"),
                                              ("mtlexp.data.synthetic.SyntheticDataModule", "describe")],
     "run folders, provenance, hyperparameters": [
-        ("mtlexp.stacking.train", name) for name in ("start_run_folder", "write_hydra_folder", "provenance",
-                                                     "write_json", "log_hyperparams")],
-    "per-replica metric updates": [("mtlexp.module.MTLModule", "update_metrics")],
+        ("mtlexp.stacking.train", name) for name in ("start_run_folder", "write_hydra_folder", "environment",
+                                                     "provenance", "write_json", "log_hyperparams")],
+    "per-replica metric updates": [("mtlexp.module.MTLModule", "update_metrics"),
+                                   ("mtlexp.stacking.module.StackedModule", "_update_train_metrics")],
     "per-replica metric compute": [("mtlexp.module.MTLModule", "split_results")],
-    "per-replica logger writes": [("mtlexp.stacking.module.StackedModule", "_emit")],
+    "per-replica logger writes": [("mtlexp.stacking.module.StackedModule", "_emit"),
+                                  ("mtlexp.stacking.train._SaveLoggers", "on_train_epoch_start")],
     # _select: ModelCheckpoint's and EarlyStopping's rule, and the best checkpoint it writes.
     "checkpoints (best per replica, last)": [("mtlexp.stacking.module.StackedModule", "_select"),
                                             ("pytorch_lightning.Trainer", "save_checkpoint"),
                                             ("mtlexp.stacking.train", "_best_state")],
-    "records, gate figures, logger close": [("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"),
-                                            ("mtlexp.stacking.train", "_log_summary")],
+    "records, gate figures, logger close": [
+        ("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"), ("mtlexp.stacking.train", "plot_gates"),
+        ("mtlexp.stacking.train", "_log_summary"), ("pytorch_lightning.loggers.CSVLogger", "finalize"),
+        ("pytorch_lightning.loggers.TensorBoardLogger", "finalize")],
 }
 
 
@@ -181,8 +185,9 @@ def overhead(quick: bool) -> float:
                 target = importlib.import_module(where)
             except ModuleNotFoundError:  # a class: import its module and take the class
                 module_name, class_name = where.rsplit(".", 1)
-                target = getattr(importlib.import_module(module_name), class_name)
-            setattr(target, name, timed(category, getattr(target, name)))
+                target = getattr(importlib.import_module(module_name), class_name, None)
+            if hasattr(target, name):  # the code before a change may lack it
+                setattr(target, name, timed(category, getattr(target, name)))
     sizes = ["data.num_train=2048", "data.num_val=512", "data.num_test=512", "trainer.max_epochs=2"] if quick else []
     register_configs()
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:

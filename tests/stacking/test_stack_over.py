@@ -73,6 +73,8 @@ def test_a_varied_stacked_run_is_the_sweep_over_its_values(tmp_path):
                                   "changes the optimizer (one steps every replica)"),
     ("{data.corelation:[0.5,1.0]}", "stack_over.data.corelation: not a key of the config"),
     ("{data.correlation:[0.5,0.5]}", "stack_over.data.correlation: expected distinct values"),
+    ("{data.correlation:0.5}", "stack_over.data.correlation: expected a list of values, got 0.5"),
+    ("3", "stack_over: expected a mapping {key: [values]}"),
 ])
 def test_a_key_the_replicas_share_is_refused_in_one_line(tmp_path, over, line):
     result = cli_in_fork(["train", "stack=2", f"stack_over={over}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
