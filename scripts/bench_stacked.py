@@ -150,7 +150,7 @@ OVERHEAD = {
 }
 
 
-def overhead(quick: bool) -> float:
+def overhead(quick: bool, extra: list[str]) -> float:
     """Seconds of one stacked run in this process by what they went to; returns the share that is not training or
     evaluation."""
     import importlib
@@ -189,10 +189,12 @@ def overhead(quick: bool) -> float:
             if hasattr(target, name):  # the code before a change may lack it
                 setattr(target, name, timed(category, getattr(target, name)))
     sizes = ["data.num_train=2048", "data.num_val=512", "data.num_test=512", "trainer.max_epochs=2"] if quick else []
+    sizes += extra
     register_configs()
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
             cfg = compose("config", overrides=["experiment=paper_synthetic", "model=mmoe", "stack=10", *sizes])
+    print(f"overhead: overrides {' '.join(sizes) or '(none)'}", flush=True)
         with open_dict(cfg):
             cfg.paths.output_dir = tmp
         started = time.perf_counter()
@@ -283,10 +285,11 @@ def main() -> None:
     parser.add_argument("--routes", action="store_true", help="also time one step of the vectorisation routes")
     parser.add_argument("--studies", action="store_true", help="time the shipped studies instead of the micro ones")
     parser.add_argument("--overhead", action="store_true", help="split one stacked run's time instead")
+    parser.add_argument("--override", action="append", default=[], help="--overhead: a config override (repeat)")
     args = parser.parse_args()
     print(f"bench_stacked: {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
     if args.overhead:
-        print(f"stacked_overhead_share={overhead(args.quick):.3f}")
+        print(f"stacked_overhead_share={overhead(args.quick, args.override):.3f}")
         return
     if args.studies:
         with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
