@@ -190,11 +190,11 @@ def overhead(quick: bool, extra: list[str]) -> float:
                 setattr(target, name, timed(category, getattr(target, name)))
     sizes = ["data.num_train=2048", "data.num_val=512", "data.num_test=512", "trainer.max_epochs=2"] if quick else []
     sizes += extra
+    print(f"overhead: overrides {' '.join(sizes) or '(none)'}", flush=True)
     register_configs()
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
         with initialize_config_module("mtlexp.conf", version_base="1.3"):
             cfg = compose("config", overrides=["experiment=paper_synthetic", "model=mmoe", "stack=10", *sizes])
-    print(f"overhead: overrides {' '.join(sizes) or '(none)'}", flush=True)
         with open_dict(cfg):
             cfg.paths.output_dir = tmp
         started = time.perf_counter()
