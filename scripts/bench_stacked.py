@@ -144,7 +144,8 @@ OVERHEAD = {
                                             ("pytorch_lightning.Trainer", "save_checkpoint"),
                                             ("mtlexp.stacking.train", "_best_state")],
     "records, gate figures, logger close": [
-        ("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"), ("mtlexp.stacking.train", "plot_gates"),
+        ("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"),
+        ("mtlexp.stacking.train", "plot_gates"),
         ("mtlexp.stacking.train", "_log_summary"), ("pytorch_lightning.loggers.CSVLogger", "finalize"),
         ("pytorch_lightning.loggers.TensorBoardLogger", "finalize")],
 }
@@ -201,12 +202,12 @@ def overhead(quick: bool, extra: list[str]) -> float:
         train(cfg)
         total = time.perf_counter() - started
     outside = sum(spent.values())
-    print(f"overhead: one stacked run, experiment=paper_synthetic model=mmoe stack=10{' (quick sizes)' if quick else ''}: "
-          f"{total:.1f} s (imports before it {imports:.1f} s)")
+    print(f"overhead: one stacked run, experiment=paper_synthetic model=mmoe stack=10: {total:.1f} s "
+          f"(imports before it {imports:.1f} s)")
     for category, seconds in spent.items():
         print(f"  {category:<42} {seconds:7.2f} s {100 * seconds / total:5.1f}%")
-    print(f"  {'training and evaluation (the rest)':<42} {total - outside:7.2f} s {100 * (total - outside) / total:5.1f}%",
-          flush=True)
+    rest = total - outside
+    print(f"  {'training and evaluation (the rest)':<42} {rest:7.2f} s {100 * rest / total:5.1f}%", flush=True)
     return outside / total
 
 

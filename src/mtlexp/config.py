@@ -86,7 +86,7 @@ def check_stack_over(stack_over: Any) -> None:
     if stack_over is None:
         return
     if not isinstance(stack_over, Mapping):
-        raise MtlexpError(f"stack_over: expected a mapping {{key: [values]}} (stack_over={{data.correlation:[0.5,1.0]}}), "
+        raise MtlexpError("stack_over: expected a mapping {key: [values]} (stack_over={data.correlation:[0.5,1.0]}), "
                           f"got {stack_over!r}")
     for key, values in stack_over.items():
         if not isinstance(values, list):

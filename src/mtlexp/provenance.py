@@ -58,5 +58,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def provenance(data_fingerprint: str, data_summary: dict[str, Any], env: dict[str, Any] | None = None) -> dict[str, Any]:
+def provenance(data_fingerprint: str, data_summary: dict[str, Any],
+               env: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**(environment() if env is None else env), "data": {"sha256": data_fingerprint, **data_summary}}

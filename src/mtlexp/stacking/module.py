@@ -222,8 +222,8 @@ class StackedModule(pl.LightningModule):
         when updated chunk by chunk. Each replica still sees every row its single run's metrics see."""
         if not self._train_outputs:
             return
-        logits = {name: torch.cat([out[0][name] for out in self._train_outputs], 1) for name in self._train_outputs[0][0]}
-        labels = {name: torch.cat([out[1][name] for out in self._train_outputs], 1) for name in self._train_outputs[0][1]}
+        logits, labels = ({name: torch.cat([out[i][name] for out in self._train_outputs], 1)
+                           for name in self._train_outputs[0][i]} for i in (0, 1))
         self._train_outputs, self._train_rows = [], 0
         for k, replica in enumerate(self.replicas):
             if self.states[k].active:

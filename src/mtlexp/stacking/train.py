@@ -3,10 +3,11 @@ values ``stack_over`` gives keys that change neither shapes nor the optimizer (`
 
 Every replica gets the run folder its single run would have (``replicas/seed_<n>/`` under the run folder, or
 ``replicas/<key>_<value>/seed_<n>/`` with ``stack_over``): ``.hydra/`` with its own config and overrides (its
-varied values and seed, as a ``-m`` sweep over them would write them), metrics.json, provenance.json, CSV and TensorBoard logs,
-``checkpoints/best.ckpt`` in the single-run format (``mtlexp eval`` reads it) and the gate figure, so
+varied values and seed, as a ``-m`` sweep over them would write them), metrics.json, provenance.json, CSV and
+TensorBoard logs and ``checkpoints/best.ckpt`` in the single-run format (``mtlexp eval`` reads it), so
 ``mtlexp report`` cannot tell them from sequential runs. The run folder itself keeps the stacked run's
-``checkpoints/last.ckpt`` (resume with ``ckpt_path=``) and a metrics.json that lists the replicas.
+``checkpoints/last.ckpt`` (resume with ``ckpt_path=``), a metrics.json that lists the replicas, and one gate
+figure of the replicas' mean gates (a replica's gates are in its metrics.json).
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
         val_norm_loss=_mean([m.val_norm_loss for _, m in results]),
         test_norm_loss=_mean([m.test_norm_loss for _, m in results]),
         duration_s=round(time.time() - started, 2),
-        error=f"{len(failures)} of {len(seeds)} replicas failed; {failures[0][0]}: {failures[0][1]}" if failures else None)
+        error=f"{len(failures)} of {len(seeds)} replicas failed; {failures[0][0]}: {failures[0][1]}"
+        if failures else None)
     write_record(output_dir, record)
     if record.error:
         raise MtlexpError(record.error)
