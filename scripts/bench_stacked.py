@@ -22,6 +22,20 @@ two routes (``stack_route``): ``vmap``, and ``native``, whose blocks carry the r
 
 The last line printed is ``stacked_speedup_b128=<x> stacked_speedup_b1024=<y>[ stacked_speedup_census=<z>]``:
 sequential wall time over stacked wall time (median over ``--rounds``).
+
+``--studies`` times the studies the project ships instead (issue #24's table), with the flags
+``scripts/reproduce_paper.sh`` gives every run (no progress bar, CSV logging): ``experiment=paper_synthetic
+model=mmoe`` with 10 seeds, a seed sweep against ``stack=10``; ``experiment=paper_census_group1 model=mmoe``
+with 3 seeds, against ``stack=3``; and the paper's census table as stacked runs (4 models x 2 task groups,
+``stack=3``: 8 stacked runs in 2 commands), timed in total. It ends with
+``study_speedup_synthetic=<x> study_speedup_census=<y> census_table_s=<z>`` (``skipped`` without the census
+files, and always with ``--quick``, which shrinks the synthetic study to a smoke test).
+
+``--overhead`` runs one stacked run (``experiment=paper_synthetic model=mmoe stack=10``, the user's defaults:
+CSV and TensorBoard logs, checkpoints, progress bar) in this process and splits its wall time into what is not
+training or evaluation, each measured around the functions that do it (self time: a timed call inside another
+counts once), and the rest: the steps' and evaluations' arithmetic, data loading and Lightning's loop. It ends
+with ``stacked_overhead_share=<x>`` (outputs and building over the run's wall time; imports are printed apart).
 """
 
 from __future__ import annotations
@@ -38,12 +52,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The micro studies: a fixed number of epochs whatever the config, CSV logging only.
+MICRO = ["logger=csv", "callbacks=no_early_stopping", "trainer.enable_progress_bar=false"]
+# The shipped studies: what scripts/reproduce_paper.sh adds to every run (the experiments fix the epochs).
+SHIPPED = ["trainer.enable_progress_bar=false", "logger=csv"]
+# The fourth model of the paper's census table (scripts/reproduce_paper.sh): a tower per task on its own.
+CENSUS_TABLE_MODELS = "single_task,shared_bottom,omoe,mmoe"
 
 
-def run(overrides: list[str], workdir: Path) -> float:
+def run(overrides: list[str], workdir: Path, common: list[str] = MICRO) -> float:
     """Wall seconds of one ``mtlexp train`` command (it must succeed)."""
-    command = [sys.executable, "-m", "mtlexp", "train", *overrides, "logger=csv", "callbacks=no_early_stopping",
-               "trainer.enable_progress_bar=false"]
+    command = [sys.executable, "-m", "mtlexp", "train", *overrides, *common]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -58,7 +77,7 @@ def run_seconds(folder: Path) -> float:
     return sum(json.loads(path.read_text())["duration_s"] for path in records)
 
 
-def study(name: str, overrides: list[str], seeds: int, rounds: int, workdir: Path) -> float:
+def study(name: str, overrides: list[str], seeds: int, rounds: int, workdir: Path, common: list[str] = MICRO) -> float:
     """Median over rounds of sequential / stacked wall time for ``seeds`` seeds of one config."""
     ratios = []
     for r in range(rounds):
@@ -66,15 +85,129 @@ def study(name: str, overrides: list[str], seeds: int, rounds: int, workdir: Pat
         sequential = ["-m", f"seed={','.join(map(str, range(seeds)))}", *overrides, f"hydra.sweep.dir={seq_dir}"]
         stacked = [f"stack={seeds}", *overrides, f"hydra.run.dir={stack_dir}"]
         if r % 2 == 0:
-            seq_s, stack_s = run(sequential, workdir), run(stacked, workdir)
+            seq_s, stack_s = run(sequential, workdir, common), run(stacked, workdir, common)
         else:
-            stack_s, seq_s = run(stacked, workdir), run(sequential, workdir)
+            stack_s, seq_s = run(stacked, workdir, common), run(sequential, workdir, common)
         ratios.append(seq_s / stack_s)
         seq_runs, stack_runs = run_seconds(seq_dir), run_seconds(stack_dir)
         print(f"{name}: round {r}: {seeds} seeds sequential {seq_s:.1f} s, stacked {stack_s:.1f} s, "
               f"speedup {seq_s / stack_s:.2f}x; without process start and imports {seq_runs:.1f} s vs "
               f"{stack_runs:.1f} s, {seq_runs / stack_runs:.2f}x", flush=True)
     return statistics.median(ratios)
+
+
+def census_table(census: Path, workdir: Path) -> float:
+    """Wall seconds of the paper's census table as stacked runs: per task group, one multirun over the models,
+    each job ``stack=3`` (seeds 1-3)."""
+    total = 0.0
+    for group in (1, 2):
+        seconds = run(["-m", f"experiment=paper_census_group{group}", f"data.path={census}",
+                       f"model={CENSUS_TABLE_MODELS}", "seed=1", "stack=3",
+                       f"hydra.sweep.dir={workdir / f'census-table-group{group}'}"], workdir, SHIPPED)
+        print(f"census table, group {group}: {len(CENSUS_TABLE_MODELS.split(','))} models x 3 seeds as stacked runs "
+              f"{seconds:.1f} s", flush=True)
+        total += seconds
+    return total
+
+
+def studies(args: argparse.Namespace, workdir: Path) -> str:
+    """The shipped studies, timed as whole commands; returns the closing line."""
+    quick = ["data.num_train=1024", "data.num_val=256", "data.num_test=256", "trainer.max_epochs=1"]
+    synthetic = ["experiment=paper_synthetic", "model=mmoe", *(quick if args.quick else [])]
+    speedup = study("study-synthetic", synthetic, 2 if args.quick else 10, args.rounds, workdir, SHIPPED)
+    census, table = "skipped", "skipped"
+    if args.quick or not (args.census / "census-income.data.gz").is_file():
+        print(f"census studies: skipped ({'--quick' if args.quick else f'no census-income.data.gz in {args.census}'})")
+    else:
+        group1 = ["experiment=paper_census_group1", f"data.path={args.census}", "model=mmoe"]
+        census = f"{study('study-census', group1, 3, args.rounds, workdir, SHIPPED):.2f}"
+        table = f"{census_table(args.census, workdir):.1f}"
+    return f"study_speedup_synthetic={speedup:.2f} study_speedup_census={census} census_table_s={table}"
+
+
+# What a stacked run does besides training and evaluation, by where it happens (module, attribute): timed around.
+OVERHEAD = {
+    "building the replicas (data, models)": [("mtlexp.stacking.train", "build_components"),
+                                             ("mtlexp.data.base.MTLDataModule", "fingerprint"),
+                                             ("mtlexp.data.synthetic.SyntheticDataModule", "describe")],
+    "run folders, provenance, hyperparameters": [
+        ("mtlexp.stacking.train", name) for name in ("start_run_folder", "write_hydra_folder", "environment",
+                                                     "provenance", "write_json", "log_hyperparams")],
+    "per-replica metric updates": [("mtlexp.module.MTLModule", "update_metrics"),
+                                   ("mtlexp.stacking.module.StackedModule", "_update_train_metrics")],
+    "per-replica metric compute": [("mtlexp.module.MTLModule", "split_results")],
+    "per-replica logger writes": [("mtlexp.stacking.module.StackedModule", "_emit"),
+                                  ("mtlexp.stacking.train._SaveLoggers", "on_train_epoch_start")],
+    # _select: ModelCheckpoint's and EarlyStopping's rule, and the best checkpoint it writes.
+    "checkpoints (best per replica, last)": [("mtlexp.stacking.module.StackedModule", "_select"),
+                                            ("pytorch_lightning.Trainer", "save_checkpoint"),
+                                            ("mtlexp.stacking.train", "_best_state")],
+    "records, gate figures, logger close": [
+        ("mtlexp.stacking.train", "record_run"), ("mtlexp.record", "plot_gates"),
+        ("mtlexp.stacking.train", "plot_gates"),
+        ("mtlexp.stacking.train", "_log_summary"), ("pytorch_lightning.loggers.CSVLogger", "finalize"),
+        ("pytorch_lightning.loggers.TensorBoardLogger", "finalize")],
+}
+
+
+def overhead(quick: bool, extra: list[str]) -> float:
+    """Seconds of one stacked run in this process by what they went to; returns the share that is not training or
+    evaluation."""
+    import importlib
+
+    started = time.perf_counter()
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    from mtlexp.config import register_configs
+    from mtlexp.train import train
+
+    imports = time.perf_counter() - started
+    spent = dict.fromkeys(OVERHEAD, 0.0)
+    stack: list[float] = []  # per open timed call: the time of the timed calls inside it
+
+    def timed(category: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            stack.append(0.0)
+            begin = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - begin
+                spent[category] += elapsed - stack.pop()
+                if stack:
+                    stack[-1] += elapsed
+        return wrapper
+
+    for category, places in OVERHEAD.items():
+        for where, name in places:
+            try:
+                target = importlib.import_module(where)
+            except ModuleNotFoundError:  # a class: import its module and take the class
+                module_name, class_name = where.rsplit(".", 1)
+                target = getattr(importlib.import_module(module_name), class_name, None)
+            if hasattr(target, name):  # the code before a change may lack it
+                setattr(target, name, timed(category, getattr(target, name)))
+    sizes = ["data.num_train=2048", "data.num_val=512", "data.num_test=512", "trainer.max_epochs=2"] if quick else []
+    sizes += extra
+    print(f"overhead: overrides {' '.join(sizes) or '(none)'}", flush=True)
+    register_configs()
+    with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
+        with initialize_config_module("mtlexp.conf", version_base="1.3"):
+            cfg = compose("config", overrides=["experiment=paper_synthetic", "model=mmoe", "stack=10", *sizes])
+        with open_dict(cfg):
+            cfg.paths.output_dir = tmp
+        started = time.perf_counter()
+        train(cfg)
+        total = time.perf_counter() - started
+    outside = sum(spent.values())
+    print(f"overhead: one stacked run, experiment=paper_synthetic model=mmoe stack=10: {total:.1f} s "
+          f"(imports before it {imports:.1f} s)")
+    for category, seconds in spent.items():
+        print(f"  {category:<42} {seconds:7.2f} s {100 * seconds / total:5.1f}%")
+    rest = total - outside
+    print(f"  {'training and evaluation (the rest)':<42} {rest:7.2f} s {100 * rest / total:5.1f}%", flush=True)
+    return outside / total
 
 
 def routes(seeds: int, batch: int, steps: int = 200) -> None:
@@ -136,8 +269,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--routes", action="store_true", help="also time one step of the vectorisation routes")
     parser.add_argument("--routes-only", action="store_true", help="time the routes (at --seeds) and stop")
+    parser.add_argument("--studies", action="store_true", help="time the shipped studies instead of the micro ones")
+    parser.add_argument("--overhead", action="store_true", help="split one stacked run's time instead")
+    parser.add_argument("--override", action="append", default=[], help="--overhead: a config override (repeat)")
     args = parser.parse_args()
     print(f"bench_stacked: {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
+    if args.overhead:
+        print(f"stacked_overhead_share={overhead(args.quick, args.override):.3f}")
+        return
+    if args.studies:
+        with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:
+            print(studies(args, Path(tmp)))
+        return
     sizes = ["data.num_train=1024", "data.num_val=256", "data.num_test=256"] if args.quick else []
     epochs = 1 if args.quick else args.epochs
     seeds = 2 if args.quick else args.seeds

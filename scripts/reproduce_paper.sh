@@ -2,10 +2,11 @@
 # The MMoE paper's evidence (Ma et al., KDD 2018), at a size that finishes on 2 CPU cores in under an hour:
 #   1. synthetic correlation study (Sec. 5, Fig. 4): shared-bottom, OMoE and MMoE at task correlations
 #      p = 0.5 / 0.9 / 1.0, 10 paired seeds each (one function, alpha/beta fixed by data.data_seed; the seed
-#      draws the samples, the initialisation and the order), each 10 seeds as one stacked run;
+#      draws the samples, the initialisation and the order): one stacked run per model, its 3 x 10 replicas the
+#      correlations crossed with the seeds (stack_over);
 #   2. trainability (Sec. 5, Fig. 5): the distribution of the final loss over many seeds (stack=$TRAIN_SEEDS);
-#   3. census-income task groups 1 and 2 (Sec. 6, Tables 2-3): single-task, shared-bottom, OMoE, MMoE x 3 seeds
-#      (a seed sweep: on census a stacked run is no faster here, docs/benchmarks.md), when the UCI files are there;
+#   3. census-income task groups 1 and 2 (Sec. 6, Tables 2-3): single-task, shared-bottom, OMoE, MMoE x 3 seeds,
+#      each model's seeds as one stacked run, when the UCI files are there;
 # then `mtlexp report` on each, into docs/results/ (tables, CSV, figures).
 #
 # Usage: bash scripts/reproduce_paper.sh [census folder] [overrides for every run]
@@ -27,7 +28,7 @@ COMMON=(trainer.enable_progress_bar=false logger=csv)
 mkdir -p "$OUT"
 
 echo "== 1. synthetic: loss against task correlation, $SYN_SEEDS paired seeds, $SYN_TRAIN samples"
-mtlexp train -m experiment=paper_synthetic model=$MODELS data.correlation=0.5,0.9,1.0 \
+mtlexp train -m experiment=paper_synthetic model=$MODELS 'stack_over={data.correlation:[0.5,0.9,1.0]}' \
   data.num_train="$SYN_TRAIN" trainer.max_epochs="$EPOCHS" seed=1 stack="$SYN_SEEDS" "${COMMON[@]}" \
   hydra.sweep.dir="$RUNS/synthetic" "$@"
 mtlexp report "$RUNS/synthetic" --baseline model=shared_bottom --out "$OUT/synthetic"
@@ -42,7 +43,7 @@ if [ -f "$CENSUS/census-income.data.gz" ]; then
   for group in 1 2; do
     echo "== 3. census-income, task group $group"
     mtlexp train -m experiment=paper_census_group$group data.path="$CENSUS" model=single_task,$MODELS \
-      seed=1,2,3 "${COMMON[@]}" hydra.sweep.dir="$RUNS/census_group$group" "$@"
+      seed=1 stack=3 "${COMMON[@]}" hydra.sweep.dir="$RUNS/census_group$group" "$@"
     mtlexp report "$RUNS/census_group$group" --baseline model=shared_bottom --out "$OUT/census_group$group"
   done
 else

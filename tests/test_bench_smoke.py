@@ -46,3 +46,17 @@ def test_bench_stacked_times_one_model_at_a_time_and_both_routes_of_a_step(capsy
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(r"routes, MMoE, 2 seeds, batch 16, ms per optimizer step of every seed: one model at a time "
                         r"[\d.]+ \(1\.00x\), vmap route [\d.]+ \([\d.]+x\), native route [\d.]+ \([\d.]+x\)", line), line
+
+
+@pytest.mark.slow
+def test_bench_stacked_studies_quick_prints_the_study_line(tmp_path):
+    # --quick shrinks the synthetic study to a smoke test and skips the census studies (a real census epoch is long).
+    script = SCRIPT.with_name("bench_stacked.py")
+    result = subprocess.run([sys.executable, str(script), "--studies", "--quick"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"study_speedup_synthetic=\d+\.\d\d study_speedup_census=skipped census_table_s=skipped",
+                        lines[-1]), lines[-1]
+    assert re.search(r"study-synthetic: round 0: 2 seeds sequential [\d.]+ s, stacked [\d.]+ s", result.stdout)
+    assert "census studies: skipped (--quick)" in result.stdout

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtlexp.errors import MtlexpError
 
@@ -44,6 +44,10 @@ class RunConfig:
     seed: int = 0
     stack: int = 1
     stack_route: str = "auto"
+    # Values a stacked run's replicas take besides their seeds: {key: [value, ...]}, crossed with the seeds.
+    # {key: [value, ...]} or None, checked in __post_init__: typed as a dict it would be an empty node in struct
+    # mode, and Hydra would refuse `stack_over={data.correlation:[...]}` as a merge of an unknown key.
+    stack_over: Any = None
     ckpt_path: Optional[str] = None  # noqa: UP045 - OmegaConf needs typing.Optional
     monitor: str = "val/norm_loss"
     monitor_mode: str = "min"
@@ -65,6 +69,7 @@ class RunConfig:
             raise MtlexpError(f"stack: expected an integer >= 1 (seeds seed .. seed+stack-1 in one run), got {self.stack}")
         if self.stack_route not in ("auto", "native", "vmap"):
             raise MtlexpError(f"stack_route: expected 'auto', 'native' or 'vmap', got {self.stack_route!r}")
+        check_stack_over(self.stack_over)
         if self.monitor_mode not in ("min", "max"):
             raise MtlexpError(f"monitor_mode: expected 'min' or 'max', got {self.monitor_mode!r}")
         if not self.monitor.startswith("val/"):
@@ -77,10 +82,59 @@ class RunConfig:
                               f"'val/<task>/<metric>') or a list of them, got {metrics!r}")
 
 
+# Where a stacked run's replicas may differ: their data modules and their (fixed) task weights are their own,
+# built from each replica's config. Everything else they share, so ``stack_over`` may not vary it: one model
+# template runs every replica, one optimizer steps them all, one trainer drives them, and they are vectorised
+# batch by batch (equal batch shapes). What varying a shared key would change, by key prefix:
+STACKED_OVER = ("data.", "weighting.")
+SHARED_BY_REPLICAS = {
+    "data.batch_size": "the batch shapes",
+    "data.eval_batch_size": "the batch shapes",
+    "data.chunk_steps": "the batch shapes",
+    "model": "the model (one architecture, with its sizes, runs every replica)",
+    "optimizer": "the optimizer (one steps every replica)",
+    "seed": "the seeds (seed .. seed+stack-1)",
+    "stack": "the seeds (seed .. seed+stack-1)",
+}
+
+
+def check_stack_over(stack_over: Any) -> None:
+    """Refuse, in one line naming it, a ``stack_over`` that is not ``{key: [values]}``, a key the replicas of a
+    stacked run share, or values that are not distinct."""
+    if stack_over is None:
+        return
+    if not isinstance(stack_over, Mapping):
+        raise MtlexpError("stack_over: expected a mapping {key: [values]} (stack_over={data.correlation:[0.5,1.0]}), "
+                          f"got {stack_over!r}")
+    for key, values in stack_over.items():
+        if not isinstance(values, list):
+            raise MtlexpError(f"stack_over.{key}: expected a list of values, got {values!r}")
+        shared = next((what for prefix, what in SHARED_BY_REPLICAS.items()
+                       if key == prefix or key.startswith(f"{prefix}.")), None)
+        if shared is None and not key.startswith(STACKED_OVER):
+            shared = "what every replica shares (only keys under data. and weighting. may vary)"
+        if shared is not None:
+            raise MtlexpError(f"stack_over.{key}: cannot vary across the replicas of a stacked run: it changes "
+                              f"{shared}; sweep it instead (-m {key}=a,b)")
+        if not values:
+            raise MtlexpError(f"stack_over.{key}: expected a non-empty list of values, got []")
+        if len({repr(v) for v in values}) < len(values):
+            raise MtlexpError(f"stack_over.{key}: expected distinct values (each is one set of replicas), got {values}")
+
+
 def validate_run(cfg: DictConfig) -> RunConfig:
-    """Run the range checks of ``RunConfig`` on the scalar top-level keys of a composed config."""
+    """Run the range checks of ``RunConfig`` on the scalar top-level keys of a composed config (and on
+    ``stack_over``, whose keys must also be keys of the config)."""
     scalars = {f.name: cfg.get(f.name) for f in fields(RunConfig) if f.name in cfg and f.default is not MISSING}
     scalars = {k: v for k, v in scalars.items() if not isinstance(v, DictConfig)}
+    stack_over = cfg.get("stack_over")
+    if isinstance(stack_over, DictConfig):
+        stack_over = OmegaConf.to_container(stack_over)
+        missing = object()
+        for key in stack_over:
+            if OmegaConf.select(cfg, str(key), default=missing) is missing:
+                raise MtlexpError(f"stack_over.{key}: not a key of the config (expected e.g. data.correlation)")
+    scalars["stack_over"] = stack_over
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
     if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs != -1 and epochs < 1:
         # Lightning would "train" zero epochs and the run would report an untrained model as ok.

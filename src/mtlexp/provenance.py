@@ -46,12 +46,18 @@ def threads() -> dict[str, Any]:
             **{var: os.environ[var] for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if var in os.environ}}
 
 
-def provenance(data_fingerprint: str, data_summary: dict[str, Any]) -> dict[str, Any]:
+def environment() -> dict[str, Any]:
+    """What the process runs on and with: provenance less the data (the same for every replica of a stacked run,
+    which asks git and the package metadata once instead of once per replica)."""
     return {
         "git": git_state(Path(__file__).resolve().parent),
         "versions": versions(),
         "command": redact_values(sys.argv),
         "host": platform.node(),
         "threads": threads(),
-        "data": {"sha256": data_fingerprint, **data_summary},
     }
+
+
+def provenance(data_fingerprint: str, data_summary: dict[str, Any],
+               env: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**(environment() if env is None else env), "data": {"sha256": data_fingerprint, **data_summary}}

@@ -42,10 +42,12 @@ def log_hyperparams(cfg: DictConfig, loggers: list[Any], module: MTLModule) -> N
 
 def record_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, loggers: list[Any], best: str | None,
                best_epoch: int, epochs_trained: int, started: float, summary: dict[str, Any],
-               is_main: bool = True, announce: bool = True, pruned_epoch: int | None = None) -> RunRecord:
-    """Write metrics.json (from the best checkpoint's evaluation in ``module.results``) and the gate figure,
-    and log the summary table (``announce``): the end of every run, sequential or stacked. ``pruned_epoch``:
-    the epoch after which the run's study pruned it (status pruned)."""
+               is_main: bool = True, announce: bool = True, pruned_epoch: int | None = None,
+               gate_figure: bool = True) -> RunRecord:
+    """Write metrics.json (from the best checkpoint's evaluation in ``module.results``) and the gate figure
+    (``gate_figure``: a stacked run draws one for all its replicas), and log the summary table (``announce``):
+    the end of every run, sequential or stacked. ``pruned_epoch``: the epoch after which the run's study pruned
+    it (status pruned)."""
     output_dir = Path(cfg.paths.output_dir)
     num_params = count_parameters(module.model)
     results: dict[str, Any] = {split: module.results[split] for split in ("val", "test") if split in module.results}
@@ -80,7 +82,7 @@ def record_run(cfg: DictConfig, data: MTLDataModule, module: MTLModule, loggers:
     if is_main:
         record = record.over(read_record(output_dir))
         write_record(output_dir, record)
-        if record.gates:
+        if record.gates and gate_figure:
             plot_gates(record.gates, output_dir / "figures" / "gates.png", title=f"{record.model}: mean gate weights (val)",
                        experts=record.gate_experts)
         for logger in loggers:  # trackers that keep the run folder's results too (logger=mlflow)

@@ -41,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, select the best checkpoint on validation, test it, and write the run folder; return its record as
     metrics.json has it."""
     validate_run(cfg)
-    if int(cfg.get("stack", 1)) > 1:  # several seeds as one vectorised run, one run folder each
+    if int(cfg.get("stack", 1)) > 1 or cfg.get("stack_over"):  # replicas as one vectorised run, a folder each
         return train_stacked(cfg)
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()

@@ -91,6 +91,9 @@ def test_replica_folders_read_like_sequential_runs(make_cfg):
         assert f"seed: {seed}\n" in config and "stack: 1\n" in config
         assert (run / "provenance.json").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (root / "checkpoints" / "last.ckpt").is_file()
+    # One gate figure for the run, of the replicas' mean gates; the replicas' gates are in their records.
+    assert (root / "figures" / "gates.png").read_bytes()[:4] == b"\x89PNG"
+    assert not any(root.glob("replicas/*/figures")) and all(r["gates"] for r in replicas)
 
 
 def test_a_stacked_run_resumes_where_it_stopped(make_cfg):

@@ -45,6 +45,9 @@ from mtlexp.stacking.model import StackedModel
 from mtlexp.weighting.base import StepInputs
 
 log = logging.getLogger(__name__)
+# Rows per replica a stacked run's training outputs are buffered for before its replicas' metrics are updated
+# (and at every epoch's end): bounds the buffer, (K x rows x tasks) values, on large data sets.
+TRAIN_METRIC_ROWS = 1 << 18
 
 
 @dataclass
@@ -104,6 +107,8 @@ class StackedModule(pl.LightningModule):
         self._epoch_steps = 0
         self._eval_sums: dict[str, Tensor] = {}
         self.epoch_means: dict[str, float] = {}  # the last validation epoch's values, by name, over active replicas
+        self._train_outputs: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+        self._train_rows = 0
         self.route = self._check_vectorises(features)
 
     @property
@@ -172,6 +177,7 @@ class StackedModule(pl.LightningModule):
         for loader in self.trainer.train_dataloader:  # Lightning gives the CombinedLoader's iterables
             loader.set_epoch(self.current_epoch)
         self._epoch_sums, self._epoch_steps = None, 0
+        self._train_outputs, self._train_rows = [], 0
 
     def _losses(self, out: MTLOutput, labels: dict[str, Tensor], weight: Tensor | None,
                 tasks: Sequence[Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -253,12 +259,13 @@ class StackedModule(pl.LightningModule):
         sums = torch.stack(step_values).float().sum(0)  # (K, 1 + 2T + 1)
         self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
         self._epoch_steps += steps
-        for k, replica in enumerate(self.replicas):
-            if not self.states[k].active:
-                continue
-            chunk_logits = {t.name: torch.cat([step[t.name][k] for step in logits_per_step]) for t in self.tasks}
-            replica.update_metrics("train", chunk_logits,
-                                   {t.name: torch.cat([b["labels"][t.name] for b in chunks[k]]) for t in self.tasks})
+        self._train_outputs.append((
+            {t.name: torch.cat([step[t.name] for step in logits_per_step], 1) for t in self.tasks},  # (K, rows, ...)
+            {name: torch.stack([torch.cat([b["labels"][name] for b in chunk]) for chunk in chunks])
+             for name in chunks[0][0]["labels"]}))
+        self._train_rows += self._train_outputs[-1][1][self.tasks[0].name].shape[1]
+        if self._train_rows >= TRAIN_METRIC_ROWS:
+            self._update_train_metrics()
         if is_last_batch(self.trainer):
             self._finish_training_epoch()
 
@@ -277,7 +284,22 @@ class StackedModule(pl.LightningModule):
             for grad in gs:
                 grad.mul_(scale[k])
 
+    def _update_train_metrics(self) -> None:
+        """Every active replica's training metrics updated with the chunks buffered since the last call: once per
+        replica for many chunks, since K replicas x T tasks x their metrics made hundreds of small updates per epoch
+        when updated chunk by chunk. Each replica still sees every row its single run's metrics see."""
+        if not self._train_outputs:
+            return
+        logits, labels = ({name: torch.cat([out[i][name] for out in self._train_outputs], 1)
+                           for name in self._train_outputs[0][i]} for i in (0, 1))
+        self._train_outputs, self._train_rows = [], 0
+        for k, replica in enumerate(self.replicas):
+            if self.states[k].active:
+                replica.update_metrics("train", {name: value[k] for name, value in logits.items()},
+                                       {name: value[k] for name, value in labels.items()})
+
     def _finish_training_epoch(self) -> None:
+        self._update_train_metrics()
         means = self._epoch_sums / self._epoch_steps  # (K, 1 + 2T + 1)
         num = len(self.trained)
         for k, state in enumerate(self.states):

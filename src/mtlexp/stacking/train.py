@@ -1,17 +1,22 @@
-"""``train_stacked(cfg)``: seeds ``seed .. seed+stack-1`` of one config as one vectorised run.
+"""``train_stacked(cfg)``: seeds ``seed .. seed+stack-1`` of one config as one vectorised run, crossed with the
+values ``stack_over`` gives keys that change neither shapes nor the optimizer (``{data.correlation: [0.5, 1.0]}``).
 
-Every replica gets the run folder its single run would have (``replicas/seed_<n>/`` under the run folder):
-``.hydra/`` with its own config and overrides, metrics.json, provenance.json, CSV and TensorBoard logs,
-``checkpoints/best.ckpt`` in the single-run format (``mtlexp eval`` reads it) and the gate figure, so
+Every replica gets the run folder its single run would have (``replicas/seed_<n>/`` under the run folder, or
+``replicas/<key>_<value>/seed_<n>/`` with ``stack_over``): ``.hydra/`` with its own config and overrides (its
+varied values and seed, as a ``-m`` sweep over them would write them), metrics.json, provenance.json, CSV and
+TensorBoard logs and ``checkpoints/best.ckpt`` in the single-run format (``mtlexp eval`` reads it), so
 ``mtlexp report`` cannot tell them from sequential runs. The run folder itself keeps the stacked run's
-``checkpoints/last.ckpt`` (resume with ``ckpt_path=``) and a metrics.json that lists the replicas.
+``checkpoints/last.ckpt`` (resume with ``ckpt_path=``), a metrics.json that lists the replicas, and one gate
+figure of the replicas' mean gates (a replica's gates are in its metrics.json).
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import itertools
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,14 +28,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import CombinedLoader
 
-from mtlexp.artefacts import format_table
+from mtlexp.artefacts import format_table, plot_gates
 from mtlexp.checkpoint_io import AtomicCheckpointIO
 from mtlexp.components import build_components
 from mtlexp.errors import MtlexpError
 from mtlexp.instantiate import build, build_all
 from mtlexp.io import write_atomic, write_json
 from mtlexp.models.names import model_name
-from mtlexp.provenance import provenance
+from mtlexp.provenance import environment, provenance
 from mtlexp.pruning import trial_pruning
 from mtlexp.record import log_hyperparams, record_run, start_run_folder
 from mtlexp.redact import redact
@@ -41,19 +46,43 @@ log = logging.getLogger(__name__)
 REPLICAS = "replicas"
 
 
-def replica_config(cfg: DictConfig, seed: int, output_dir: Path) -> DictConfig:
-    """The config of the single run a replica stands for: its seed, its folder, no stacking."""
+def replica_settings(cfg: DictConfig) -> list[tuple[dict[str, Any], int]]:
+    """(varied values, seed) of every replica: each combination of ``stack_over``'s values, with every seed."""
+    over = OmegaConf.to_container(cfg.stack_over) if cfg.get("stack_over") else {}
+    return [(dict(zip(over, values)), int(cfg.seed) + k)
+            for values in itertools.product(*over.values()) for k in range(int(cfg.stack))]
+
+
+def replica_folders(root: Path, settings: list[tuple[dict[str, Any], int]]) -> list[Path]:
+    """``replicas/seed_<n>``, below a folder per combination of varied values when there are any. A name keeps
+    to characters a Hydra override carries unquoted, since ``ckpt_path=<replica>/checkpoints/best.ckpt`` names it."""
+    folders = [root / REPLICAS / "-".join(f"{key}_{re.sub(r'[^A-Za-z0-9._-]+', '_', _override_value(value))}"
+                                          for key, value in varied.items()) / f"seed_{seed}"
+               for varied, seed in settings]
+    if len(set(folders)) < len(folders):
+        raise MtlexpError("stack_over: two replicas' values give the same folder name (values that differ only in "
+                          "punctuation); sweep one of the keys instead")
+    return folders
+
+
+def replica_config(cfg: DictConfig, seed: int, output_dir: Path, varied: dict[str, Any] | None = None) -> DictConfig:
+    """The config of the single run a replica stands for: its varied values, its seed, its folder, no stacking."""
     replica = copy.deepcopy(cfg)
     with open_dict(replica):
+        for key, value in (varied or {}).items():
+            OmegaConf.update(replica, key, value, merge=False)
         replica.seed = seed
         replica.stack = 1
+        replica.stack_over = None
         replica.ckpt_path = None
         replica.paths.output_dir = str(output_dir)
     return replica
 
 
-def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: int) -> None:
-    """``.hydra/`` of a replica: its config, and the parent's overrides with its seed and without ``stack``."""
+def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: int,
+                       varied: dict[str, Any] | None = None) -> None:
+    """``.hydra/`` of a replica: its config, and the parent's overrides without ``stack`` and ``stack_over``,
+    with its varied values and its seed, as a ``-m`` sweep over them would write them."""
     hydra_dir = replica_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(hydra_dir / "config.yaml", redact(OmegaConf.to_yaml(cfg)).encode())
@@ -61,7 +90,10 @@ def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: i
     overrides: list[str] = []
     if (source / "overrides.yaml").is_file():
         overrides = OmegaConf.to_container(OmegaConf.load(source / "overrides.yaml")) or []
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("stack=", "seed=", "ckpt_path="))]
+    varied = varied or {}
+    replaced = ("stack=", "stack_over=", "seed=", "ckpt_path=", *(f"{key}=" for key in varied))
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(replaced)]
+    overrides += [f"{key}={_override_value(value)}" for key, value in varied.items()]
     write_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create([*overrides, f"seed={seed}"])).encode())
     if (source / "hydra.yaml").is_file():
         shutil.copyfile(source / "hydra.yaml", hydra_dir / "hydra.yaml")
@@ -69,32 +101,45 @@ def write_hydra_folder(parent: Path, replica_dir: Path, cfg: DictConfig, seed: i
         write_atomic(hydra_dir / "hydra.yaml", b"hydra:\n  job:\n    config_name: config\n")
 
 
+def _override_value(value: Any) -> str:
+    """A value as a Hydra override spells it (``0.5``, ``[1,2]``, ``null``, ``true``)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
 def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     pruning = trial_pruning(cfg, lambda trainer, stacked: stacked.epoch_means)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(cfg.seed) + k for k in range(int(cfg.stack))]
-    folders = [output_dir / REPLICAS / f"seed_{seed}" for seed in seeds]
+    settings = replica_settings(cfg)
+    seeds = [seed for _, seed in settings]
+    folders = replica_folders(output_dir, settings)
     replicas = [str(f.relative_to(output_dir)) for f in folders]
     write_record(output_dir, RunRecord(status=Status.RUNNING, stack=len(seeds), replicas=replicas))
     configs, datas, modules, loggers, summaries = [], [], [], [], []
-    for seed, folder in zip(seeds, folders):
-        replica_cfg = replica_config(cfg, seed, folder)
+    env = environment()
+    for (varied, seed), folder in zip(settings, folders):
+        replica_cfg = replica_config(cfg, seed, folder, varied)
         start_run_folder(replica_cfg)
-        write_hydra_folder(output_dir, folder, replica_cfg, seed)
+        write_hydra_folder(output_dir, folder, replica_cfg, seed, varied)
         pl.seed_everything(seed, workers=True, verbose=False)  # what the single run seeds before it builds
         data, module = build_components(replica_cfg)
         summary = data.describe()
-        write_json(folder / "provenance.json", provenance(data.fingerprint(), summary))
+        write_json(folder / "provenance.json", provenance(data.fingerprint(), summary, env))
         replica_loggers = build_all(replica_cfg.get("logger"), "logger")
         log_hyperparams(replica_cfg, replica_loggers, module)
         configs.append(replica_cfg), datas.append(data), modules.append(module)
         loggers.append(replica_loggers), summaries.append(summary)
+    _check_shapes_agree(modules, replicas, cfg)
     if cfg.ckpt_path:
-        _carry_best_checkpoints(Path(str(cfg.ckpt_path)), folders)
+        _carry_best_checkpoints(Path(str(cfg.ckpt_path)), output_dir, folders)
     name = model_name(cfg.model)
-    log.info("model %s: %d replicas (seeds %d-%d) stacked; data: %s", name, len(seeds), seeds[0], seeds[-1],
+    log.info("model %s: %d replicas (seeds %d-%d%s) stacked; data: %s", name, len(seeds), min(seeds), max(seeds),
+             "".join(f", {key}: {values}" for key, values in (cfg.get("stack_over") or {}).items()),
              summaries[0]["rows"])
 
     def save_best(k: int, epoch: int) -> None:
@@ -113,7 +158,6 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     def log_epoch(k: int, values: dict[str, float], step: int) -> None:
         for logger in loggers[k]:
             logger.log_metrics(values, step)
-            logger.save()
 
     selecting, stopping = _selection_callbacks(cfg)
     # trainer.enable_checkpointing=false (debug=default): no checkpoint at all, as in a single run; the final
@@ -126,7 +170,8 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     _check_replicas_agree(datas)
     last = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
                            enable_version_counter=False)
-    callbacks = ([last] if checkpointing else []) + ([pruning] if pruning else [])
+    flush = _SaveLoggers([logger for replica in loggers for logger in replica])
+    callbacks = [*([last] if checkpointing else []), *([pruning] if pruning else []), flush]
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     trainer.fit(stacked,
                 train_dataloaders=CombinedLoader([d.train_dataloader() for d in datas], "min_size"),
@@ -139,21 +184,25 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
     if cfg.run_test and pruned_epoch is None:  # as a single run: a pruned trial is not tested
         trainer.test(stacked, dataloaders=CombinedLoader([d.test_dataloader() for d in datas], "min_size"), verbose=False)
     results, failures = [], []
+    names = [str(f.relative_to(output_dir / REPLICAS)) for f in folders]
     for k, (state, folder) in enumerate(zip(stacked.states, folders)):
         if state.failed:
-            failures.append(f"seed {seeds[k]}: {state.failed}")
+            failures.append((names[k], state.failed))
             update_record(folder, status=Status.FAILED, error=state.failed)
+            for logger in loggers[k]:  # its logs up to the failure
+                logger.finalize("failed")
             continue
         best = folder / "checkpoints" / "best.ckpt"
         epochs = state.stopped_epoch + 1 if state.stopped_epoch is not None else trainer.current_epoch
         modules[k].results["replica"] = {"replica": k, "of": len(seeds), "stacked_run": str(output_dir)}
         replica = record_run(configs[k], datas[k], modules[k], loggers[k], str(best) if best.is_file() else None,
                              state.best_epoch if state.best_epoch is not None else trainer.current_epoch, epochs,
-                             started, summaries[k], announce=False, pruned_epoch=pruned_epoch)
+                             started, summaries[k], announce=False, pruned_epoch=pruned_epoch, gate_figure=False)
         for logger in loggers[k]:
             logger.finalize("success")
-        results.append((seeds[k], replica))
+        results.append((names[k], replica))
     _log_summary(results, failures, output_dir)
+    _plot_mean_gates([replica for _, replica in results], output_dir / "figures" / "gates.png")
     record = RunRecord(
         status=Status.FAILED if failures else Status.OK if pruned_epoch is None else Status.PRUNED,
         pruned_epoch=pruned_epoch, stack=len(seeds), model=name, replicas=replicas,
@@ -163,11 +212,37 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
         val_norm_loss=_mean([m.val_norm_loss for _, m in results]),
         test_norm_loss=_mean([m.test_norm_loss for _, m in results]),
         duration_s=round(time.time() - started, 2),
-        error=f"{len(failures)} of {len(seeds)} replicas failed; " + failures[0] if failures else None)
+        error=f"{len(failures)} of {len(seeds)} replicas failed; {failures[0][0]}: {failures[0][1]}"
+        if failures else None)
     write_record(output_dir, record)
     if record.error:
         raise MtlexpError(record.error)
     return record.to_json()
+
+
+class _SaveLoggers(pl.Callback):
+    """Writes the replicas' logs out once an epoch, when the next one starts (finalize writes the last): each
+    logger's save() rewrites its files, once per logged value it cost a stacked run as much as its metrics."""
+
+    def __init__(self, loggers: list[Any]) -> None:
+        self.loggers = loggers
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in self.loggers:
+            logger.save()
+
+
+def _plot_mean_gates(records: list[RunRecord], path: Path) -> None:
+    """One gate figure for the whole run, of the replicas' mean gate weights: drawing one per replica was the
+    largest cost of a stacked run besides training. Each replica's own gates stay in its metrics.json, from which
+    ``mtlexp report`` draws its figures."""
+    gated = [record for record in records if record.gates]
+    if not gated:
+        return
+    means = {gate: [sum(r.gates[gate][e] for r in gated) / len(gated) for e in range(len(values))]
+             for gate, values in gated[0].gates.items()}
+    plot_gates(means, path, title=f"{gated[0].model}: mean gate weights (val), mean of {len(gated)} replicas",
+               experts=gated[0].gate_experts)
 
 
 def _selection_callbacks(cfg: DictConfig) -> tuple[ModelCheckpoint | None, EarlyStopping | None]:
@@ -189,15 +264,30 @@ def _best_state(folder: Path, module: Any) -> dict[str, torch.Tensor] | None:
     return module.model.state_dict()
 
 
-def _carry_best_checkpoints(ckpt_path: Path, folders: list[Path]) -> None:
+def _carry_best_checkpoints(ckpt_path: Path, output_dir: Path, folders: list[Path]) -> None:
     """A resumed run writes a new folder: each replica starts from the best checkpoint the interrupted run
     wrote for it, which stays its best unless a later epoch beats the score restored with the states."""
-    old_root = ckpt_path.resolve().parent.parent / REPLICAS
+    old_root = ckpt_path.resolve().parent.parent
     for folder in folders:
-        old = old_root / folder.name / "checkpoints" / "best.ckpt"
+        old = old_root / folder.relative_to(output_dir) / "checkpoints" / "best.ckpt"
         if old.is_file():
             (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(old, folder / "checkpoints" / "best.ckpt")
+
+
+def _check_shapes_agree(modules: list[Any], replicas: list[str], cfg: DictConfig) -> None:
+    """One model template runs every replica: a varied key that changes a parameter's shape (the data's
+    features) is refused, naming it."""
+    first = {name: value.shape for name, value in modules[0].model.state_dict().items()}
+    for module, replica in zip(modules[1:], replicas[1:]):
+        shapes = {name: value.shape for name, value in module.model.state_dict().items()}
+        if shapes != first:
+            changed = next(name for name in first if shapes.get(name) != first[name])
+            keys = ", ".join(f"stack_over.{key}" for key in cfg.get("stack_over") or {})
+            raise MtlexpError(f"{keys or 'stack'}: cannot vary across the replicas of a stacked run: it changes the "
+                              f"model's parameter shapes ({changed}: {tuple(first[changed])} in {replicas[0]}, "
+                              f"{tuple(shapes[changed]) if changed in shapes else 'none'} in {replica}); sweep it "
+                              "instead")
 
 
 def _check_replicas_agree(datas: list[Any]) -> None:
@@ -222,12 +312,13 @@ def _mean_metrics(records: list[dict[str, dict[str, float]]]) -> dict[str, dict[
             for task, values in records[0].items()}
 
 
-def _log_summary(results: list[tuple[int, RunRecord]], failures: list[str], output_dir: Path) -> None:
+def _log_summary(results: list[tuple[str, RunRecord]], failures: list[tuple[str, str]], output_dir: Path) -> None:
     rows = []
-    for seed, replica in results:
+    for name, replica in results:
         headline = {task: next(iter(values.values())) for task, values in (replica.test or {}).items()}
-        rows.append([seed, replica.status, replica.best_epoch, replica.epochs_trained, replica.test_norm_loss,
+        rows.append([name, replica.status, replica.best_epoch, replica.epochs_trained, replica.test_norm_loss,
                      " ".join(f"{t}={v:.4f}" for t, v in headline.items())])
-    rows += [[f.split(":")[0].split()[-1], Status.FAILED, "-", "-", "-", f.split(": ", 1)[1]] for f in failures]
-    log.info("\n%s", format_table(["seed", STATUS, "best epoch", "epochs", "test/norm_loss", "test (first metric)"], rows))
+    rows += [[name, Status.FAILED, "-", "-", "-", error] for name, error in failures]
+    log.info("\n%s", format_table(["replica", STATUS, "best epoch", "epochs", "test/norm_loss", "test (first metric)"],
+                                   rows))
     log.info("run dir: %s (replicas in %s/)", output_dir, REPLICAS)
