@@ -6,7 +6,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,7 @@ FAST = ["trainer.max_epochs=2", "data.batch_size=64", "data.chunk_steps=2"]
 
 
 def mtlexp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MTLEXP_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "mtlexp", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return cli_in_fork(args, cwd, env={**os.environ, "MTLEXP_CACHE_DIR": str(cwd / "cache")})
 
 
 def test_train_census_group1_on_a_uci_format_file(census_dir: Path, tmp_path: Path) -> None:
