@@ -186,7 +186,7 @@ def test_every_model_trains_on_a_table_with_every_task_kind(tmp_path: Path) -> N
     sweep = tmp_path / "sweep"
     result = mtlexp("train", "-m", "data=tabular", f"data.path={tmp_path / 'shop.csv'}",
                     f"data.schema={tmp_path / 'shop.yaml'}", f"model={','.join(ZOO)}", *FAST,
-                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                    "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # wiring: one epoch
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sweep_metrics(sweep)
     assert set(runs) == set(ZOO)
