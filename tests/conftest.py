@@ -4,10 +4,12 @@ run in a forked process."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,15 +62,52 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
-def cli_in_fork(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``mtlexp <args>`` in a child forked from the test process: a fresh process (its own Hydra state, exit
-    status, stdout and stderr) without paying the 5-10 s of importing torch and Lightning again.
+# The warning filters of a fresh interpreter (no -W, no PYTHONWARNINGS): what a forked child starts from
+# instead of pytest's filters, which record warnings into a list where no test would see them.
+FRESH_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                         ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                         ("ignore", ResourceWarning, "")]
 
-    For commands that stop early (config errors, ``--help``, ``--cfg``): the child computes on one thread, since
-    the thread pools the parent started (OpenMP, pyarrow) do not survive a fork; anything that trains or reads
-    files with pyarrow runs as a real subprocess instead.
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _as_a_fresh_process(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None) -> None:
+    """In the forked child: what a new ``mtlexp`` process would start with, as far as the test can see."""
+    import torch
+
+    os.chdir(cwd)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    os.environ["HYDRA_FULL_ERROR"] = "0"
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by os._exit
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    sys.argv = ["mtlexp", *args]
+    warnings.resetwarnings()
+    for action, category, module in FRESH_WARNING_FILTERS:
+        warnings.filterwarnings(action, category=category, module=module, append=True)
+    warnings.showwarning = _print_warning
+    # The parent's OpenMP threads are gone in the child, and libgomp does not start new ones: a parallel region
+    # on more than one thread would wait for them forever. On one thread it never asks the pool (checked with
+    # torch 2.13: 30 forked children trained after the parent's pool ran, none hung). Arrow re-creates its CPU
+    # and IO pools in the child by itself (atfork handlers since Arrow 11; checked with pyarrow 26).
+    torch.set_num_threads(1)
+
+
+def cli_in_fork(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """``mtlexp <args>`` in a child forked from the test process: a fresh process (its own Hydra state, exit
+    status, stdout and stderr, warnings printed as a new interpreter prints them) without paying the 5-10 s of
+    importing torch and Lightning again. ``env`` replaces the environment, as subprocess.run's does.
+
+    The child computes on one thread (xdist already runs a worker per core). Tests about the process itself
+    (signals, DDP's re-run of the script, the console script's exit, plugins found by a new interpreter, what
+    runs at exit) start a real one instead.
     """
     import tempfile
+    import time
 
     import mtlexp.evaluate  # noqa: F401 - imported once here, so that no child imports torch and Lightning again
     import mtlexp.train  # noqa: F401
@@ -81,16 +120,9 @@ def cli_in_fork(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
         if pid == 0:  # the child: never returns into pytest
             code = 1
             try:
-                os.chdir(cwd)
-                os.environ["HYDRA_FULL_ERROR"] = "0"
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - closed by os._exit
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                sys.argv = ["mtlexp", *args]
-                import torch
-
-                torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork
+                _as_a_fresh_process(args, cwd, env)
                 try:
                     main(list(args))
                     code = 0
@@ -104,7 +136,18 @@ def cli_in_fork(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:  # as subprocess.run's timeout: the child is killed, the test fails
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                out.seek(0)
+                err.seek(0)
+                raise subprocess.TimeoutExpired(["mtlexp", *args], timeout, out.read(), err.read())
+            time.sleep(0.05)
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(["mtlexp", *args], os.waitstatus_to_exitcode(status), out.read(), err.read())

@@ -8,7 +8,6 @@ import importlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,20 +37,20 @@ NOISE = ("Creating initial MLflow database tables", "Updating database tables", 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One sweep of two jobs started in one folder, so into one store (outputs/mlflow.db), with CSV and TensorBoard
-    too; the second job diverges during fit, after its MLflow run exists. One command for the whole file: a
-    command spends most of its time importing."""
+    too; the second job diverges during fit, after its MLflow run exists. One command for the whole file, in a
+    forked child that finds MLflow's SQL store imported already."""
     pytest.importorskip("mlflow")
     folder = tmp_path_factory.mktemp("tracking")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the default store, not the user's
-    command = [sys.executable, "-m", "mtlexp", "train", "-m", "logger=[default,mlflow]", "optimizer=sgd",
-               "optimizer.momentum=0.9", "optimizer.lr=0.01,1e6", *FAST, f"hydra.sweep.dir={folder / 'sweep'}"]
-    process = subprocess.Popen(command, cwd=folder, env={**env, "HYDRA_FULL_ERROR": "0"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    # Meanwhile, on the other core, the seconds of imports the tests here need (Lightning, MLflow's SQL store).
     importlib.import_module("mtlexp.tracking")
     importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
-    stdout, stderr = process.communicate(timeout=300)
-    return folder, subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return folder, cli_in_fork(["train", "-m", "logger=[default,mlflow]", "optimizer=sgd", "optimizer.momentum=0.9",
+                                "optimizer.lr=0.01,1e6", *FAST, f"hydra.sweep.dir={folder / 'sweep'}"], folder,
+                               env=without_mlflow_settings())
+
+
+def without_mlflow_settings() -> dict[str, str]:
+    """This environment without MLFLOW_* variables: the default store, not the user's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
 
 
 def store(folder: Path):
@@ -200,14 +199,12 @@ def test_a_password_in_a_uri_is_recorded_masked_everywhere(tmp_path):
     pytest.importorskip("mlflow")
     sweep, store = tmp_path / "sweep", tmp_path / "store"
     run_dir = sweep / "0"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["DATA_MIRROR"] = "https://reader:env-s3cret@data.example.org/census"
-    command = [sys.executable, "-m", "mtlexp", "train", "-m", "logger=[default,mlflow]",
-               f"logger.mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
-               "+logger.mlflow.tags.source=https://trainer:cli-s3cret@data.example.org/x",
-               "+logger.mlflow.tags.mirror=${oc.env:DATA_MIRROR}", *SIZES, f"hydra.sweep.dir={sweep}"]
-    train = subprocess.run(command, cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "0"}, capture_output=True,
-                           text=True, timeout=300)
+    env = {**without_mlflow_settings(), "DATA_MIRROR": "https://reader:env-s3cret@data.example.org/census"}
+    train = cli_in_fork(["train", "-m", "logger=[default,mlflow]",
+                         f"logger.mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+                         "+logger.mlflow.tags.source=https://trainer:cli-s3cret@data.example.org/x",
+                         "+logger.mlflow.tags.mirror=${oc.env:DATA_MIRROR}", *SIZES, f"hydra.sweep.dir={sweep}"],
+                        tmp_path, env=env)
     assert train.returncode == 0, train.stderr
     assert "s3cret" not in train.stdout + train.stderr
     assert files_holding(b"s3cret", tmp_path) == []

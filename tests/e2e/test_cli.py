@@ -1,4 +1,5 @@
-"""The installed ``mtlexp`` command, run as a user runs it: subprocesses from a foreign working directory."""
+"""The installed ``mtlexp`` command, run as a user runs it from a foreign working directory: the console script and
+the tests about the process itself (signals, a second process) as new processes, the rest as forked children."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ MTLEXP = shutil.which("mtlexp") or str(Path(sys.executable).with_name("mtlexp"))
 
 
 def run(args: list[str], cwd: Path, console_script: bool = False) -> subprocess.CompletedProcess:
-    command = [MTLEXP, *args] if console_script else [sys.executable, "-m", "mtlexp", *args]
+    """The console script as a new process where the test is about it; otherwise a forked child (conftest), which
+    spares each command the seconds of importing torch and Lightning."""
+    if not console_script:
+        return cli_in_fork(args, cwd)
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([MTLEXP, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_console_script_trains_and_eval_reevaluates(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_in_fork
+
 pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")
 
@@ -23,9 +25,8 @@ TINY = [
 
 
 def mtlexp(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "mtlexp", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    # A forked child (conftest): the tests that need a new interpreter (plugin discovery) start one themselves.
+    return cli_in_fork(args, cwd)
 
 
 def search(tmp_path: Path, sweep: str, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
@@ -251,8 +252,6 @@ hydra:
     (["optimizer.lr=interval(1, 0)"], "mtlexp: error: hydra.sweeper.params.optimizer.lr: "),
 ])
 def test_a_bad_search_config_is_one_line_without_traceback(tmp_path, args, expected):
-    from tests.conftest import cli_in_fork
-
     result = cli_in_fork(["train", "-m", "hparams_search=mmoe_optuna", f"hydra.sweep.dir={tmp_path / 's'}", *args],
                          tmp_path)
     assert result.returncode == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +42,7 @@ def arguments(tmp_path: Path, storage: str, number: int, *extra: str) -> list[st
 
 
 def train(tmp_path: Path, storage: str, number: int, *extra: str) -> subprocess.CompletedProcess:
-    args = arguments(tmp_path, storage, number, *extra)
-    return subprocess.run([sys.executable, "-m", "mtlexp", *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, check=False)
+    return cli_in_fork(arguments(tmp_path, storage, number, *extra), tmp_path)
 
 
 def reported(storage: str, number: int) -> dict[int, float]:
@@ -113,7 +110,6 @@ def test_a_stacked_trial_reports_the_mean_of_its_replicas_and_is_pruned_as_one(t
 
 def test_a_missing_trial_or_storage_is_one_line_naming_the_key(tmp_path):
     storage, number = study_with_baseline(tmp_path, 0.05)
-    # Both stop before training: a forked child, not a new interpreter.
     result = cli_in_fork(arguments(tmp_path, storage, number + 5), tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 from mtlexp.models import AITM
 from mtlexp.models.aitm import AdaptiveTransfer
 from mtlexp.specs import FeatureSpec, TaskSpec
+from tests.conftest import cli_in_fork
 
 FEATURES = FeatureSpec(numeric=("a", "b", "c", "d"))
 FUNNEL = [TaskSpec("click", "binary"), TaskSpec("purchase", "binary")]
@@ -74,11 +72,9 @@ def test_the_calibrator_keeps_a_trained_funnel_in_order() -> None:
 @pytest.mark.slow
 def test_aitm_under_esmm_trains_on_the_simulator_through_the_cli(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "mtlexp", "train", "data=selection_bias_sim", "model=esmm", "model@model.bottom=aitm",
-               "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
-               f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    result = cli_in_fork(["train", "data=selection_bias_sim", "model=esmm", "model@model.bottom=aitm",
+                          "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
+                          f"hydra.run.dir={run_dir}"], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["model"] == "esmm(aitm)" and metrics["model_class"] == "EntireSpace"

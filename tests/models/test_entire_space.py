@@ -6,9 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -119,11 +116,9 @@ def test_escm2_dr_trains_its_imputation_tower_and_pcvr_on_unclicked_impressions(
 def test_every_objective_trains_on_the_simulator_through_the_cli(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     objectives = model_configs(objectives=True)
-    command = [sys.executable, "-m", "mtlexp", "train", "-m", "data=selection_bias_sim", f"model={','.join(objectives)}",
-               "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
-               f"hydra.sweep.dir={sweep}"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    result = cli_in_fork(["train", "-m", "data=selection_bias_sim", f"model={','.join(objectives)}",
+                          "data.num_train=4000", "data.num_val=1000", "data.num_test=1000", "trainer.max_epochs=2",
+                          f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {m["model"]: m for m in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}
     assert set(runs) == {f"{name}(shared_bottom)" for name in objectives}

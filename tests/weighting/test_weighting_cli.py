@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_in_fork
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 METHODS = sorted(p.stem for p in (CONF / "weighting").glob("*.yaml"))
 TINY = ["data.num_train=256", "data.num_val=128", "data.num_test=128", "data.batch_size=64", "data.chunk_steps=2",
@@ -19,6 +21,7 @@ TINY = ["data.num_train=256", "data.num_val=128", "data.num_test=128", "data.bat
 
 
 def mtlexp(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A new process: DDP starts its second rank by running the script again."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "mtlexp", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env=env)
@@ -33,9 +36,9 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
     # One model (MMoE): the methods read the model only through the contract (shared parameters, the last shared
     # layer), which tests/models checks for every architecture; test_methods.py checks each method's property.
     sweep = tmp_path / "sweep"
-    result = mtlexp(["train", "-m", "model=mmoe", f"weighting={','.join(METHODS)}", *TINY,
-                     "trainer.max_epochs=1", "module.grad_cosine_every_n_steps=2",
-                     f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = cli_in_fork(["train", "-m", "model=mmoe", f"weighting={','.join(METHODS)}", *TINY,
+                          "trainer.max_epochs=1", "module.grad_cosine_every_n_steps=2",
+                          f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [(path.parent, json.loads(path.read_text())) for path in sweep.glob("*/metrics.json")]
     assert len(jobs) == len(METHODS)
@@ -56,12 +59,12 @@ def test_every_method_trains_and_records_its_weights_and_the_gradient_conflict(t
     assert by_method[("mmoe", "equal")]["weighting"]["weights"] == {"task1": 1.0, "task2": 1.0}
     assert sum(by_method[("mmoe", "mgda")]["weighting"]["weights"].values()) == pytest.approx(1.0, abs=1e-3)
 
-    report = mtlexp(["report", str(sweep), "--baseline", "weighting=equal"], tmp_path)
+    report = cli_in_fork(["report", str(sweep), "--baseline", "weighting=equal"], tmp_path)
     assert report.returncode == 0, report.stderr
     assert "Δm vs weighting=equal (%)" in report.stdout
     assert re.search(r"weighting=equal .* \+0\.00", report.stdout), report.stdout
     assert re.search(r"weighting=upgrad .* [+-]\d+\.\d\d", report.stdout), report.stdout
-    bad = mtlexp(["report", str(sweep), "--baseline", "weighting=nope"], tmp_path)
+    bad = cli_in_fork(["report", str(sweep), "--baseline", "weighting=nope"], tmp_path)
     assert bad.returncode == 1 and "--baseline: 'nope' is not among the swept values of weighting" in bad.stderr
 
 
