@@ -190,7 +190,7 @@ def train_stacked(cfg: DictConfig) -> dict[str, Any]:
             failures.append((names[k], state.failed))
             update_record(folder, status=Status.FAILED, error=state.failed)
             for logger in loggers[k]:  # its logs up to the failure
-                logger.finalize("failed")
+                logger.finalize(Status.FAILED.value)
             continue
         best = folder / "checkpoints" / "best.ckpt"
         epochs = state.stopped_epoch + 1 if state.stopped_epoch is not None else trainer.current_epoch
