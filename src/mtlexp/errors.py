@@ -27,3 +27,9 @@ def require(condition: bool, field: str, expected: str, got: object) -> None:
     """Raise ``ConfigValueError`` unless ``condition`` holds: ``<field>: expected <expected>, got <got>``."""
     if not condition:
         raise ConfigValueError(field, f"expected {expected}, got {got!r}")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line for an error that names the key (its class name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

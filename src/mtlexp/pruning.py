@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerFn
 
-from mtlexp.errors import MtlexpError
+from mtlexp.errors import MtlexpError, first_line
 from mtlexp.instantiate import build
 from mtlexp.redact import redact
 
@@ -90,7 +90,7 @@ def open_trial(study_name: str, storage: str, number: int) -> Any:
     try:
         store = optuna.storages.get_storage(storage)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors: one line naming the key
-        raise MtlexpError(f"trial.storage: cannot open {redact(storage)} ({_first_line(error)})") from None
+        raise MtlexpError(f"trial.storage: cannot open {redact(storage)} ({first_line(error)})") from None
     try:
         study_id = store.get_study_id_from_name(study_name)
     except KeyError:
@@ -111,7 +111,3 @@ def open_trial(study_name: str, storage: str, number: int) -> Any:
         raise MtlexpError(f"hydra.sweeper.pruner: study {study_name!r} has {len(study.directions)} objectives; "
                           "Optuna prunes single-objective studies only (hydra.sweeper.pruner=none)")
     return optuna.trial.Trial(study, trial_id)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

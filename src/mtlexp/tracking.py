@@ -27,7 +27,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from mtlexp.errors import MtlexpError
+from mtlexp.errors import MtlexpError, first_line
 from mtlexp.redact import redact
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class MLflowLogger(MLFlowLogger):
                     self._client = MlflowClient(self._tracking_uri)
             except Exception as error:  # noqa: BLE001 - a store that cannot be opened or created, as one line
                 raise MtlexpError(
-                    f"{KEY}: cannot open the tracking store {self._tracking_uri}: {_first_line(error)}") from None
+                    f"{KEY}: cannot open the tracking store {self._tracking_uri}: {first_line(error)}") from None
         return self._client
 
     @_mlflow_client.setter
@@ -261,7 +261,7 @@ class MLflowLogger(MLFlowLogger):
             raise
         except Exception as error:  # noqa: BLE001 - a store or server problem, as one line
             raise MtlexpError(
-                f"{KEY}: could not upload the run folder to {self._tracking_uri}: {_first_line(error)}") from None
+                f"{KEY}: could not upload the run folder to {self._tracking_uri}: {first_line(error)}") from None
         if self in _OPEN:
             _OPEN.remove(self)
 
@@ -276,7 +276,7 @@ def end_runs(status: str) -> None:
         try:
             logger.experiment.set_terminated(logger._run_id, status)
         except Exception as error:  # noqa: BLE001
-            log.warning("%s: could not mark the run %s as %s: %s", KEY, logger._run_id, status, _first_line(error))
+            log.warning("%s: could not mark the run %s as %s: %s", KEY, logger._run_id, status, first_line(error))
 
 
 def _check_reachable(uri: str) -> None:
@@ -311,9 +311,4 @@ def _os_reason(error: BaseException) -> str:
     """The operating system's words at the bottom of a requests error ("Connection refused", "Name or service
     not known"), not the pages of urllib3 wrapping around them."""
     found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
-    return found[-1].strip() if found else _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return found[-1].strip() if found else first_line(error)
