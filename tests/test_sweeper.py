@@ -231,7 +231,7 @@ def test_a_multi_objective_study_writes_its_pareto_front(sweeper_for, tmp_path):
                                      "hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.n_trials=8",
                                      "hydra/sweeper/sampler=nsgaii", "~hydra.sweeper.sampler.n_startup_trials",
                                      "hydra.sweeper.sampler.population_size=4",
-                                     "hydra.sweeper.sampler.seed=0", results=results)
+                                     "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=none", results=results)
     sweeper.sweep(sweeper.arguments)
     study = load(tmp_path)
     front = yaml.safe_load((sweep_dir / "best_trials.yaml").read_text())
@@ -258,7 +258,7 @@ def test_a_multi_objective_study_writes_its_pareto_front(sweeper_for, tmp_path):
 
 
 def test_without_a_pruner_the_jobs_get_no_trial_overrides(sweeper_for, tmp_path):
-    sweeper, _ = sweeper_for("hydra.sweeper.n_trials=2")
+    sweeper, _ = sweeper_for("hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none")
     sweeper.sweep(sweeper.arguments)
     jobs = [job for _, batch in sweeper.launcher.batches for job in batch]
     assert len(jobs) == 2 and not any(o.startswith("trial.") for job in jobs for o in job)

@@ -13,7 +13,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ from mtlexp.run_record import STATUS, RunRecord, Status
 
 class UnknownMetric(MtlexpError):
     """``optimized_metric`` names a metric the run does not have: it stops a sweep at its first job."""
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        super().__init__(f"optimized_metric: no metric {name!r} in this run; available: {', '.join(available)}")
 
 
 def check_metric_name(metric: str, cfg: DictConfig) -> None:
@@ -63,8 +66,7 @@ def objective(metrics: dict[str, Any], metric: Any) -> float | list[float] | dic
     values = []
     for name in metric_list(metric):
         if names.get(name) is None:
-            available = ", ".join(k for k, v in names.items() if v is not None)
-            raise UnknownMetric(f"optimized_metric: no metric {name!r} in this run; available: {available}")
+            raise UnknownMetric(name, (k for k, v in names.items() if v is not None))
         value = float(names[name])
         if not math.isfinite(value):
             print(f"mtlexp: warning: optimized_metric {name} is {value}: a sweeper records a failed trial",

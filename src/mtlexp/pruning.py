@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mtlexp.errors import MtlexpError, first_line
+from mtlexp.hpo import UnknownMetric
 from mtlexp.instantiate import build
 from mtlexp.redact import redact
 
@@ -37,8 +38,8 @@ class TrialPruning(pl.Callback):
     """After each validation epoch of ``fit``: report ``metric`` to the trial with the epoch as its step, and
     stop training when the study's pruner says so (``pruned_epoch`` then holds the epoch)."""
 
-    def __init__(self, trial: Any, metric: str, values: Values) -> None:
-        self.trial, self.metric, self.values = trial, metric, values
+    def __init__(self, trial: Any, metric: str, values: Values, tasks: Iterable[str]) -> None:
+        self.trial, self.metric, self.values, self.tasks = trial, metric, values, set(tasks)
         self.pruned_epoch: int | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -46,9 +47,8 @@ class TrialPruning(pl.Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         values = self.values(trainer, pl_module)
-        if self.metric not in values:
-            raise MtlexpError(f"optimized_metric: {self.metric!r} is not logged after a validation epoch; logged: "
-                              f"{', '.join(sorted(k for k in values if k.startswith('val/')))}")
+        if self.metric not in values:  # the same error as after training: the sweep stops at this first trial
+            raise UnknownMetric(self.metric, sorted(k for k in values if objective_name(k, self.tasks)))
         value, epoch = float(values[self.metric]), trainer.current_epoch
         # A diverged value is reported as it is: Optuna's pruners prune a trial whose value is NaN.
         self.trial.report(value, step=epoch)
@@ -72,7 +72,16 @@ def trial_pruning(cfg: DictConfig, values: Values) -> TrialPruning | None:
     if not metric or not isinstance(metric, str):
         raise MtlexpError(f"optimized_metric: the study prunes, so the run reports one validation metric to it every "
                           f"epoch; expected a name such as val/norm_loss, got {metric!r}")
-    return TrialPruning(trial, metric, values)
+    return TrialPruning(trial, metric, values, [str(task) for task in cfg.tasks])
+
+
+def objective_name(logged: str, tasks: set[str]) -> bool:
+    """Whether a name logged after a validation epoch is one ``optimized_metric`` may name, as the run's
+    ``metrics.json`` records them: ``val/norm_loss`` and ``val/<task>/<metric>`` (not the gates' statistics nor
+    the raw losses, which the task-balanced ``norm_loss`` stands for)."""
+    parts = logged.split("/")
+    return logged == "val/norm_loss" or (len(parts) == 3 and parts[0] == "val" and parts[1] in tasks
+                                         and parts[2] != "loss")
 
 
 def open_trial(study_name: str, storage: str, number: int) -> Any:

@@ -170,7 +170,9 @@ def test_parallel_trials_with_the_joblib_launcher_write_one_study(tmp_path):
     assert sorted(r.name for r in runs) == ["0", "1", "2"]
     for trial, run in zip(done, runs):
         assert json.loads((run / "metrics.json").read_text())["val_norm_loss"] == pytest.approx(trial.value)
-        assert "trial." not in (run / ".hydra" / "overrides.yaml").read_text()  # no pruner: nothing to report to
+        # The preset prunes: each job was told its trial, and reported to it through the one SQLite file.
+        assert f"trial.number={trial.number}" in (run / ".hydra" / "overrides.yaml").read_text()
+        assert sorted(trial.intermediate_values) == list(range(json.loads((run / "metrics.json").read_text())["epochs_trained"]))
     assert "launching 2 jobs" in result.stdout.lower() and "launching 1 jobs" in result.stdout.lower()
 
 
@@ -179,7 +181,7 @@ def test_a_multi_objective_search_writes_the_pareto_front(tmp_path):
 
     metrics = ["val/task1/mse", "val/task2/mse"]
     result = search(tmp_path, "s", 4, f"optimized_metric=[{','.join(metrics)}]", "hydra.sweeper.study_name=mo",
-                    "hydra.sweeper.direction=[minimize,minimize]")
+                    "hydra.sweeper.direction=[minimize,minimize]", "hydra/sweeper/pruner=none")
     assert result.returncode == 0, result.stderr[-3000:]
     done = {t.number: t.values for t in trials(tmp_path, "mo")}
     assert len(done) == 4 and all(v is not None for v in done.values())
