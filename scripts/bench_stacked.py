@@ -18,7 +18,8 @@ Usage::
 Besides the wall times, each study prints the ratio of the runs' own ``duration_s`` (metrics.json: the run
 without starting the process, importing torch and Lightning and composing the config), and ``--routes`` times
 one optimizer step of MMoE three ways in this process: K single models one after another, and ``stack=K``'s
-two routes (``stack_route``): ``vmap``, and ``native``, whose blocks carry the replica dimension themselves.
+two routes (``stack_route``): ``vmap``, and ``native``, whose blocks carry the replica dimension themselves;
+with the census files, also at the census study's shapes (3 seeds, batch 1024, its 30 embedded columns).
 
 The last line printed is ``stacked_speedup_b128=<x> stacked_speedup_b1024=<y>[ stacked_speedup_census=<z>]``:
 sequential wall time over stacked wall time (median over ``--rounds``).
@@ -210,9 +211,24 @@ def overhead(quick: bool, extra: list[str]) -> float:
     return outside / total
 
 
-def routes(seeds: int, batch: int, steps: int = 200) -> None:
-    """Milliseconds per optimizer step (forward, backward, Adam) of MMoE with the synthetic task's sizes: one
-    model at a time for every seed, and ``stack``'s vmap and native routes."""
+def census_shapes(census: Path) -> tuple[Any, list[Any]]:
+    """The features and tasks of ``experiment=paper_census_group1`` (its data module, set up from the files)."""
+    from hydra import compose, initialize_config_module
+
+    from mtlexp.components import build_data
+    from mtlexp.config import register_configs
+
+    register_configs()
+    with initialize_config_module("mtlexp.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=paper_census_group1", f"data.path={census}"])
+    data = build_data(cfg)
+    return data.features, list(data.tasks)
+
+
+def routes(seeds: int, batch: int, steps: int = 200, shapes: tuple[Any, list[Any]] | None = None) -> None:
+    """Milliseconds per optimizer step (forward, backward, Adam) of MMoE with the synthetic task's sizes (or
+    ``shapes``: census's features and tasks, random inputs of their cardinalities): one model at a time for every
+    seed, and ``stack``'s vmap and native routes."""
     import torch
 
     from mtlexp.specs import FeatureSpec
@@ -220,10 +236,15 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
     from mtlexp.stacking.model import StackedModel
     from mtlexp.tasks import TaskSpec
 
-    d, tasks = 100, [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
-    models = [MMoE(FeatureSpec(numeric=tuple(f"x{i}" for i in range(d))), tasks) for _ in range(seeds)]
-    x, y = torch.randn(seeds, batch, d), torch.randn(seeds, len(tasks), batch)
-    empty = torch.zeros(seeds, batch, 0, dtype=torch.long)
+    if shapes is None:
+        features = FeatureSpec(numeric=tuple(f"x{i}" for i in range(100)))
+        tasks = [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
+    else:
+        features, tasks = shapes
+    models = [MMoE(features, tasks) for _ in range(seeds)]
+    x, y = torch.randn(seeds, batch, features.num_numeric), torch.randn(seeds, len(tasks), batch)
+    categorical = torch.stack([torch.randint(0, c.cardinality, (seeds, batch)) for c in features.categorical], -1) \
+        if features.categorical else torch.zeros(seeds, batch, 0, dtype=torch.long)
 
     def mse(logits: dict, k: Any = slice(None)) -> Any:
         return sum(((logits[t.name].squeeze(-1) - y[k, i]) ** 2).mean(-1) for i, t in enumerate(tasks))
@@ -233,7 +254,7 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
     def one_at_a_time() -> None:
         for k, (model, opt) in enumerate(zip(models, singles)):
             opt.zero_grad(set_to_none=True)
-            mse(model(x[k], empty[k]).logits, k).backward()
+            mse(model(x[k], categorical[k]).logits, k).backward()
             opt.step()
 
     stacked = {route: StackedModel(models) for route in ("vmap", "native")}
@@ -243,7 +264,7 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
 
     def stacked_step(route: str) -> None:
         optimizers[route].zero_grad(set_to_none=True)
-        mse(forwards[route](x, empty)).sum().backward()
+        mse(forwards[route](x, categorical)).sum().backward()
         optimizers[route].step()
 
     timings = {}
@@ -256,7 +277,8 @@ def routes(seeds: int, batch: int, steps: int = 200) -> None:
             step()
         timings[label] = (time.perf_counter() - started) / steps * 1e3
     base = timings["one model at a time"]
-    print(f"routes, MMoE, {seeds} seeds, batch {batch}, ms per optimizer step of every seed: " + ", ".join(
+    print(f"routes, MMoE{'' if shapes is None else ' on census shapes'}, {seeds} seeds, batch {batch}, ms per "
+          "optimizer step of every seed: " + ", ".join(
         f"{label} {ms:.2f} ({base / ms:.2f}x)" for label, ms in timings.items()), flush=True)
 
 
@@ -288,6 +310,8 @@ def main() -> None:
     if args.routes or args.routes_only:
         for batch in (128, 1024):
             routes(args.seeds if args.routes_only else seeds, batch, steps=5 if args.quick else 200)
+        if (args.census / "census-income.data.gz").is_file() and not args.quick:
+            routes(3, 1024, shapes=census_shapes(args.census))  # the census study's step: 3 seeds, batch 1024
         if args.routes_only:
             return
     with tempfile.TemporaryDirectory(prefix="bench-stacked-") as tmp:

@@ -47,6 +47,14 @@ def test_bench_stacked_times_one_model_at_a_time_and_both_routes_of_a_step(capsy
     assert re.fullmatch(r"routes, MMoE, 2 seeds, batch 16, ms per optimizer step of every seed: one model at a time "
                         r"[\d.]+ \(1\.00x\), vmap route [\d.]+ \([\d.]+x\), native route [\d.]+ \([\d.]+x\)", line), line
 
+    # Census's shapes (--routes with the census files): embedded categorical columns and binary tasks.
+    from mtlexp.specs import CategoricalFeature, FeatureSpec, TaskSpec
+
+    features = FeatureSpec(numeric=("age",), categorical=(CategoricalFeature("a", 5, 3), CategoricalFeature("b", 9, 4)))
+    bench_stacked.routes(seeds=2, batch=16, steps=2, shapes=(features, [TaskSpec("income", "binary"),
+                                                                        TaskSpec("never_married", "binary")]))
+    assert capsys.readouterr().out.startswith("routes, MMoE on census shapes, 2 seeds, batch 16, ms per optimizer step")
+
 
 @pytest.mark.slow
 def test_bench_stacked_studies_quick_prints_the_study_line(tmp_path):
