@@ -347,7 +347,8 @@ def test_outcomes_of_a_job_as_optuna_states():
 
 
 def test_the_objective_of_a_list_metric_is_one_value_per_metric():
-    from mtlexp.hpo import UnknownMetric, objective
+    from mtlexp.errors import UnknownMetric
+    from mtlexp.hpo import objective
 
     # A run's record as metrics.json holds it (a stacked run's holds its replicas' means).
     record = {"val": {"task1": {"mse": 1.5, "r2": 0.2}, "task2": {"mse": 2.5}}, "val_norm_loss": 0.5}

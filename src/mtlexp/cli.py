@@ -22,10 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtlexp.config import register_configs
-from mtlexp.errors import MtlexpError
+from mtlexp.errors import MtlexpError, UnknownMetric
 from mtlexp.hpo import (
     HPARAMS_SEARCH,
-    UnknownMetric,
     expose_sweeper_plugin,
     official_sweeper_installed,
     optuna_sweeper_installed,

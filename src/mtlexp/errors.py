@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class MtlexpError(Exception):
     """A problem with the user's input (config, data, checkpoint), reported as one line.
@@ -21,6 +23,14 @@ class ConfigValueError(MtlexpError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class UnknownMetric(MtlexpError):
+    """``optimized_metric`` names a metric the run does not have (``hparams_search``): it stops a sweep at its
+    first job, whether the run finds out after training or at its first report to a pruning study."""
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        super().__init__(f"optimized_metric: no metric {name!r} in this run; available: {', '.join(available)}")
 
 
 def require(condition: bool, field: str, expected: str, got: object) -> None:

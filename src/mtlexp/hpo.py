@@ -13,7 +13,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mtlexp.config import validate_run
-from mtlexp.errors import MtlexpError
+from mtlexp.errors import MtlexpError, UnknownMetric
 from mtlexp.redact import redact, redact_values
 from mtlexp.run_record import STATUS, RunRecord, Status
-
-
-class UnknownMetric(MtlexpError):
-    """``optimized_metric`` names a metric the run does not have: it stops a sweep at its first job."""
-
-    def __init__(self, name: str, available: Iterable[str]) -> None:
-        super().__init__(f"optimized_metric: no metric {name!r} in this run; available: {', '.join(available)}")
 
 
 def check_metric_name(metric: str, cfg: DictConfig) -> None:

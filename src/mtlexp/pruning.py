@@ -19,8 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.trainer.states import TrainerFn
 
-from mtlexp.errors import MtlexpError, first_line
-from mtlexp.hpo import UnknownMetric
+from mtlexp.errors import MtlexpError, UnknownMetric, first_line
 from mtlexp.instantiate import build
 from mtlexp.redact import redact
 
